@@ -1,0 +1,8 @@
+"""spark-submit entry point of the bucket stage: `spark-submit jobs/bucket.py --config run.toml`."""
+
+import sys
+
+from embedpipe.corpus.job import run_job
+
+if __name__ == "__main__":
+    sys.exit(run_job("bucket"))

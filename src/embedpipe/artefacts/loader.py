@@ -1,0 +1,250 @@
+"""Load a published embedding artefact (verified first) and query it.
+
+An embedding artefact is a version directory holding `vectors.safetensors` (tensor "vectors",
+float32 (V, d)) and `vocab.parquet` (VOCAB_SCHEMA, row i has id i), both listed in its manifest.
+Only safetensors and Parquet are read: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from safetensors.numpy import load_file
+
+from embedpipe.artefacts.store import (
+    MANIFEST,
+    ArtefactError,
+    ArtefactStore,
+    default_store,
+    validate_name,
+    verify,
+)
+from embedpipe.schemas import COUNT, ID, PAD, SPECIAL_TOKENS, TOKEN, VOCAB_SCHEMA
+
+if TYPE_CHECKING:
+    import torch
+
+VECTORS_FILE = "vectors.safetensors"
+VOCAB_FILE = "vocab.parquet"
+VECTORS_KEY = "vectors"
+
+
+class Embeddings:
+    """A vocabulary with one float32 vector per token, plus counts and the manifest."""
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        vocab: Sequence[str],
+        counts: np.ndarray | None = None,
+        manifest: dict[str, Any] | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.vectors: np.ndarray = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.vocab: list[str] = list(vocab)
+        if self.vectors.ndim != 2:
+            raise ValueError(f"vectors must be 2-D (V, d), got shape {self.vectors.shape}")
+        if len(self.vocab) != self.vectors.shape[0]:
+            raise ValueError(f"{len(self.vocab)} tokens but {self.vectors.shape[0]} vector rows")
+        if counts is None:
+            counts = np.zeros(len(self.vocab), dtype=np.int64)
+        self.counts: np.ndarray = np.asarray(counts, dtype=np.int64)
+        if self.counts.shape != (len(self.vocab),):
+            raise ValueError(
+                f"counts must have shape ({len(self.vocab)},), got {self.counts.shape}"
+            )
+        self.manifest: dict[str, Any] = dict(manifest or {})
+        self.path: Path | None = path
+        self._ids: dict[str, int] = {token: i for i, token in enumerate(self.vocab)}
+        if len(self._ids) != len(self.vocab):
+            duplicate = next(t for t, n in Counter(self.vocab).items() if n > 1)
+            raise ValueError(f"token {duplicate!r} appears more than once in the vocabulary")
+        self._normed: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(
+        cls, tokens: Sequence[str], vectors: np.ndarray, counts: np.ndarray | None = None
+    ) -> Embeddings:
+        """Embeddings from in-memory arrays (tests, evaluation, freshly trained tables)."""
+        return cls(vectors=vectors, vocab=tokens, counts=counts)
+
+    def __repr__(self) -> str:
+        where = f", path={str(self.path)!r}" if self.path else ""
+        return f"Embeddings(V={len(self)}, dim={self.dim}{where})"
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def __contains__(self, word: object) -> bool:
+        return isinstance(word, str) and word in self._ids
+
+    def __getitem__(self, word: str) -> np.ndarray:
+        return self.vectors[self.index(word)]
+
+    def index(self, word: str) -> int:
+        """The id of `word`; KeyError naming it if it is not in the vocabulary."""
+        try:
+            return self._ids[word]
+        except (KeyError, TypeError):
+            raise KeyError(f"word {word!r} is not in the vocabulary ({len(self)} tokens)") from None
+
+    @property
+    def dim(self) -> int:
+        """The vector dimension d."""
+        return int(self.vectors.shape[1])
+
+    @property
+    def normed(self) -> np.ndarray:
+        """The rows scaled to unit L2 norm (zero rows stay zero), computed once and cached."""
+        if self._normed is None:
+            norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+            self._normed = self.vectors / np.where(norms > 0, norms, 1.0).astype(np.float32)
+        return self._normed
+
+    def _unit(self, word_or_vector: str | np.ndarray) -> np.ndarray:
+        """The unit vector of a word or of a raw vector of length d."""
+        if isinstance(word_or_vector, str):
+            vector = self.vectors[self.index(word_or_vector)]
+        else:
+            vector = np.asarray(word_or_vector, dtype=np.float32)
+            if vector.shape != (self.dim,):
+                raise ValueError(f"query vector must have shape ({self.dim},), got {vector.shape}")
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            raise ValueError("a zero vector has no direction: cosine similarity is undefined")
+        return vector / norm
+
+    def most_similar(
+        self, word_or_vector: str | np.ndarray, k: int = 10
+    ) -> list[tuple[str, float]]:
+        """The k tokens of highest cosine similarity, best first.
+
+        Excludes the query word itself and the special tokens, which carry no meaning.
+        """
+        scores = self.normed @ self._unit(word_or_vector)
+        excluded = [self._ids[t] for t in SPECIAL_TOKENS if t in self._ids]
+        if isinstance(word_or_vector, str):
+            excluded.append(self._ids[word_or_vector])
+        candidates = np.ones(len(self), dtype=bool)
+        candidates[excluded] = False
+        ids = np.flatnonzero(candidates)
+        k = min(k, len(ids))
+        if k <= 0:
+            return []
+        if k < len(ids):
+            ids = ids[np.argpartition(-scores[ids], k - 1)[:k]]
+        # Best first; ties broken by id so the order is deterministic.
+        ids = ids[np.lexsort((ids, -scores[ids]))]
+        return [(self.vocab[i], float(scores[i])) for i in ids]
+
+    def similarity(self, a: str | np.ndarray, b: str | np.ndarray) -> float:
+        """The cosine similarity of two words (or vectors)."""
+        return float(self._unit(a) @ self._unit(b))
+
+    def to_torch(self, freeze: bool = True) -> tuple[torch.nn.Embedding, dict[str, int]]:
+        """An nn.Embedding holding a copy of the vectors, and the token -> id mapping.
+
+        padding_idx is the id of PAD when the vocabulary has it, so its row gets no gradient.
+        """
+        import torch
+
+        weight = torch.from_numpy(self.vectors.copy())
+        layer = torch.nn.Embedding.from_pretrained(
+            weight, freeze=freeze, padding_idx=self._ids.get(PAD)
+        )
+        return layer, dict(self._ids)
+
+
+def load(
+    path_or_name: str | os.PathLike[str],
+    version: str | int = "latest",
+    store: str | os.PathLike[str] | ArtefactStore | None = None,
+) -> Embeddings:
+    """Load embeddings from a version directory, or by name (and version) from a store.
+
+    The artefact is verified against its manifest first, so a modified file fails with
+    ArtefactError instead of loading silently.
+    """
+    candidate = Path(path_or_name)
+    if (candidate / MANIFEST).is_file():
+        directory = candidate
+    else:
+        name = os.fspath(path_or_name)
+        try:
+            validate_name(name)
+        except ArtefactError:
+            raise ArtefactError(
+                f"{name} is neither an artefact directory (no {MANIFEST}) nor an artefact name"
+            ) from None
+        if isinstance(store, ArtefactStore):
+            chosen = store
+        else:
+            chosen = default_store() if store is None else ArtefactStore(store)
+        directory = chosen.resolve(name, version)
+    return read_embeddings(directory)
+
+
+def read_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
+    """Verify and read the embedding artefact in version directory `directory`."""
+    directory = Path(directory)
+    manifest = verify(directory)
+    for file in (VECTORS_FILE, VOCAB_FILE):
+        if file not in manifest["files"]:
+            raise ArtefactError(f"{directory / MANIFEST} does not list {file}")
+    vectors = _read_vectors(directory / VECTORS_FILE)
+    tokens, counts = _read_vocab(directory / VOCAB_FILE)
+    if len(tokens) != vectors.shape[0]:
+        raise ArtefactError(
+            f"{directory / VOCAB_FILE} has {len(tokens)} tokens but "
+            f"{directory / VECTORS_FILE} has {vectors.shape[0]} rows"
+        )
+    try:
+        return Embeddings(vectors, tokens, counts, manifest=manifest, path=directory)
+    except ValueError as e:
+        raise ArtefactError(f"{directory}: {e}") from e
+
+
+def _read_vectors(path: Path) -> np.ndarray:
+    """The float32 (V, d) tensor "vectors" of a safetensors file."""
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ArtefactError(f"{path} is not a readable safetensors file: {e}") from e
+    if VECTORS_KEY not in tensors:
+        raise ArtefactError(f"{path} has no tensor {VECTORS_KEY!r} (has {sorted(tensors)})")
+    vectors = tensors[VECTORS_KEY]
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        raise ArtefactError(
+            f"{path}: tensor {VECTORS_KEY!r} must be a 2-D float array, "
+            f"got {vectors.dtype} {vectors.shape}"
+        )
+    return vectors.astype(np.float32, copy=False)
+
+
+def _read_vocab(path: Path) -> tuple[list[str], np.ndarray]:
+    """Tokens by id and their counts from a VOCAB_SCHEMA table, checking ids are 0..V-1."""
+    try:
+        with pq.ParquetFile(path) as file:
+            missing = [c for c in VOCAB_SCHEMA.names if c not in file.schema_arrow.names]
+            if missing:
+                raise ArtefactError(f"{path} lacks the vocabulary columns {missing}")
+            table = file.read(columns=VOCAB_SCHEMA.names).select(VOCAB_SCHEMA.names)
+        table = table.cast(VOCAB_SCHEMA)
+    except ArtefactError:
+        raise
+    except Exception as e:  # pyarrow raises several error types for bad files and types
+        raise ArtefactError(f"{path} is not a readable vocabulary table: {e}") from e
+    if table.column(ID).null_count or table.column(TOKEN).null_count:
+        raise ArtefactError(f"{path} has null ids or tokens")
+    ids = table.column(ID).to_numpy()
+    if not np.array_equal(ids, np.arange(len(ids))):
+        raise ArtefactError(f"{path}: ids must be 0..{len(ids) - 1} in order")
+    tokens = table.column(TOKEN).to_pylist()
+    counts = table.column(COUNT).fill_null(0).to_numpy().astype(np.int64)
+    return tokens, counts

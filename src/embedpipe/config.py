@@ -1,0 +1,221 @@
+"""Typed, validated configuration: one dataclass per stage plus the run that joins them.
+
+Configs load from TOML or YAML, take `section.key=value` overrides, and validate in
+`__post_init__` so a bad value fails before any Spark or torch work starts. Each stage's
+config has a stable fingerprint that goes into its manifest and decides whether a stage
+can be skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_type_hints
+
+import tomllib
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where the raw text is and how to read it."""
+
+    paths: tuple[str, ...] = ("data/sample/wordnet-glosses.txt.gz",)
+    format: Literal["text", "jsonl", "parquet"] = "text"
+    text_field: str = "text"  # JSON field / Parquet column holding the text
+
+    def __post_init__(self) -> None:
+        _check(len(self.paths) > 0, "corpus.paths: give at least one path")
+        _check(self.format in ("text", "jsonl", "parquet"), f"corpus.format: {self.format!r}")
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """Word-level tokenizer: NFKC, lower-casing, runs of letters, marks and digits."""
+
+    lowercase: bool = True
+    nfkc: bool = True
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    min_count: int = 5
+    max_size: int | None = None  # words, not counting the special tokens
+
+    def __post_init__(self) -> None:
+        _check(self.min_count >= 1, "vocab.min_count must be >= 1")
+        _check(self.max_size is None or self.max_size >= 1, "vocab.max_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    oov: Literal["unk", "drop"] = "unk"  # map unknown tokens to [UNK] or drop them
+
+    def __post_init__(self) -> None:
+        _check(self.oov in ("unk", "drop"), f"encode.oov must be 'unk' or 'drop', not {self.oov!r}")
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    boundaries: tuple[int, ...] | None = None  # inclusive upper bounds; derived when None
+    num_buckets: int = 8
+
+    def __post_init__(self) -> None:
+        if self.boundaries is not None:
+            b = list(self.boundaries)
+            _check(
+                b == sorted(set(b)) and all(x > 0 for x in b),
+                "bucket.boundaries must be strictly increasing positive lengths",
+            )
+        _check(self.num_buckets >= 1, "bucket.num_buckets must be >= 1")
+
+
+@dataclass(frozen=True)
+class CooccurConfig:
+    window: int = 10
+    min_weight: float = 0.0
+    num_shards: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.window >= 1, "cooccur.window must be >= 1")
+        _check(self.min_weight >= 0, "cooccur.min_weight must be >= 0")
+        _check(self.num_shards >= 1, "cooccur.num_shards must be >= 1")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the corpus stages get a Spark session: in-process, or spark-submit to a master."""
+
+    master: str = "local[*]"
+    submit: bool = False  # True: run jobs/<stage>.py through spark-submit
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 8
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: Literal["sgns"] = "sgns"
+    dim: int = 100
+    window: int = 5
+    negatives: int = 5
+    epochs: int = 1
+    lr: float = 0.025
+    min_lr: float = 0.0001
+    sample: float = 1e-3  # frequent-word subsampling threshold; 0 disables it
+    batch_size: int = 4096  # centre words per step and rank
+    seed: int = 1
+    nproc: int = 2
+    threads: int = 1  # torch intra-op threads per process
+    checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
+    keep_checkpoints: int = 2
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        _check(self.model in ("sgns",), f"train.model: {self.model!r} is not supported")
+        for name in ("dim", "window", "negatives", "epochs", "batch_size", "nproc", "threads"):
+            _check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
+        _check(0 < self.min_lr <= self.lr, "train.min_lr must be in (0, lr]")
+        _check(self.sample >= 0, "train.sample must be >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one pipeline run needs."""
+
+    name: str = "sample"
+    workdir: str = "work"
+    store: str = "artefacts"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    bucket: BucketConfig = field(default_factory=BucketConfig)
+    cooccur: CooccurConfig = field(default_factory=CooccurConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build a config dataclass from nested dicts; unknown keys are errors naming the key."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    _check(not unknown, f"unknown config key(s): {', '.join(where + k for k in unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            _check(isinstance(value, dict), f"{where}{key} must be a table")
+            kwargs[key] = from_dict(hint, value, f"{where}{key}.")
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from e
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.epochs=3` -> (["train", "epochs"], 3); values are JSON when they parse as JSON."""
+    key, sep, raw = text.partition("=")
+    _check(bool(sep) and bool(key), f"override {text!r} is not of the form section.key=value")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Load a RunConfig from TOML/YAML (or defaults) and apply `a.b=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        _check(p.is_file(), f"config file {p} does not exist")
+        text = p.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if p.suffix == ".toml" else (yaml.safe_load(text) or {})
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return from_dict(RunConfig, data)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (configs as dataclasses are converted)."""
+    norm = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    blob = json.dumps(norm, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

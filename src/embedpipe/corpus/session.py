@@ -1,0 +1,49 @@
+"""The Spark session every corpus stage runs on: in-process `local[*]` or a cluster's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from pyspark.sql import SparkSession
+
+from embedpipe.config import SparkConfig
+
+
+class JavaNotFoundError(RuntimeError):
+    """Spark needs a Java runtime (17 or newer for Spark 4)."""
+
+
+def check_java() -> None:
+    """Fail early, with what to install, when there is no Java for Spark."""
+    if os.environ.get("JAVA_HOME") or shutil.which("java"):
+        return
+    raise JavaNotFoundError(
+        "Spark needs Java 17 or newer and none was found: install it "
+        "(Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`) or set JAVA_HOME."
+    )
+
+
+def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") -> SparkSession:
+    """Get or create the session; workers use this interpreter so Arrow batches find pyarrow."""
+    check_java()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.driver.memory", config.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4096")
+        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
+    )
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
+        builder = builder.master(config.master)
+    for key, value in config.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,27 @@
+"""Intrinsic evaluation of trained word embeddings (word similarity and analogies)."""
+
+from embedpipe.evaluate.benchmarks import (
+    ANALOGY_FILE,
+    BENCHMARKS,
+    DATA_DIR,
+    SPECIAL_TOKENS,
+    evaluate_all,
+    evaluate_analogy,
+    evaluate_similarity,
+    nearest_neighbours,
+    read_analogies,
+    read_pairs,
+)
+
+__all__ = [
+    "ANALOGY_FILE",
+    "BENCHMARKS",
+    "DATA_DIR",
+    "SPECIAL_TOKENS",
+    "evaluate_all",
+    "evaluate_analogy",
+    "evaluate_similarity",
+    "nearest_neighbours",
+    "read_analogies",
+    "read_pairs",
+]
