@@ -198,13 +198,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Load a RunConfig from TOML/YAML (or defaults) and apply `a.b=value` overrides."""
+    """Load a RunConfig from TOML, YAML or JSON (or defaults) and apply `a.b=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         _check(p.is_file(), f"config file {p} does not exist")
         text = p.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if p.suffix == ".toml" else (yaml.safe_load(text) or {})
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
     for item in overrides:
         keys, value = parse_override(item)
         node = data
@@ -219,3 +224,11 @@ def fingerprint(*parts: Any) -> str:
     norm = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
     blob = json.dumps(norm, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
+    """Write a RunConfig as JSON that `load_config` reads back (for jobs and torchrun)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    return p

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from embedpipe.schemas import SPECIAL_TOKENS
+
 __all__ = [
     "BENCHMARKS",
     "DATA_DIR",
-    "SPECIAL_TOKENS",
+    "PROBE_WORDS",
     "ANALOGY_FILE",
     "evaluate_all",
     "evaluate_analogy",
@@ -42,8 +44,8 @@ BENCHMARKS: dict[str, Path] = {
 ANALOGY_FILE: Path = DATA_DIR / "questions-words.txt"
 """The bundled Google analogy test set."""
 
-SPECIAL_TOKENS: frozenset[str] = frozenset({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
-"""Tokenizer tokens that are never analogy candidates nor nearest neighbours."""
+PROBE_WORDS: tuple[str, ...] = ("dog", "king", "water", "music", "red", "run", "computer", "good")
+"""The fixed words whose nearest neighbours every evaluation report shows."""
 
 PairList = list[tuple[str, str, float]]
 Analogy = tuple[str, str, str, str, str]

@@ -1,0 +1,119 @@
+"""Turn a finished training run into a published artefact, evaluated before it is sealed.
+
+An artefact never changes after publish, so its evaluation scores are computed from the
+final checkpoint first and written into the manifest with everything else: the model and
+its hyper-parameters, every corpus stage's fingerprint and counts, code and library
+versions, hardware and world size, training time and words/s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from safetensors.numpy import save_file
+
+from embedpipe import schemas as S
+from embedpipe.artefacts.export import write_word2vec_text
+from embedpipe.artefacts.loader import VECTORS_FILE, VOCAB_FILE
+from embedpipe.artefacts.store import ArtefactStore
+from embedpipe.config import RunConfig
+from embedpipe.corpus.stage import Workdir
+from embedpipe.corpus.stages import TABLES
+from embedpipe.evaluate import PROBE_WORDS, evaluate_all, nearest_neighbours
+from embedpipe.train.checkpoint import load_checkpoint
+from embedpipe.train.trainer import METRICS, SUMMARY
+from embedpipe.version import code_version
+
+WORD2VEC_FILE = "vectors.w2v.txt"
+LIBRARIES = ("torch", "pyspark", "pyarrow", "numpy", "prefect", "safetensors")
+
+
+def read_trained(train_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """The training summary and the final input-embedding matrix of a training directory."""
+    summary_path = train_dir / SUMMARY
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{train_dir} holds no finished training run (no {SUMMARY})")
+    summary = json.loads(summary_path.read_text())
+    tensors, _ = load_checkpoint(train_dir / "checkpoints" / summary["checkpoint"])
+    return summary, tensors["input"].numpy().astype(np.float32, copy=False)
+
+
+def evaluate_vectors(vectors: np.ndarray, tokens: list[str]) -> dict[str, Any]:
+    """Benchmark scores and the probe words' nearest neighbours."""
+    return {
+        **evaluate_all(vectors, tokens),
+        "neighbours": {
+            w: [[t, round(s, 4)] for t, s in n]
+            for w, n in nearest_neighbours(vectors, tokens, PROBE_WORDS, k=8).items()
+        },
+    }
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {
+        "python": platform.python_version(),
+        "libraries": versions,
+        "hardware": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "system": platform.system(),
+        },
+    }
+
+
+def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -> Path:
+    """Evaluate the trained vectors and publish them as `<store>/<name>/vNNNN`."""
+    summary, vectors = read_trained(train_dir)
+    wd = Workdir(config.workdir)
+    vocab = pq.read_table(wd.path("vocab")).select(S.VOCAB_SCHEMA.names).sort_by(S.ID)
+    tokens = vocab.column(S.TOKEN).to_pylist()
+    if len(tokens) != len(vectors):
+        raise ValueError(
+            f"{wd.path('vocab')} has {len(tokens)} tokens but the model has {len(vectors)} rows: "
+            "the vocabulary changed after training"
+        )
+    metrics = evaluate_vectors(vectors, tokens)
+    stages = {}
+    for table in TABLES.values():
+        m = wd.require(table)
+        stages[table] = {
+            k: m.get(k) for k in ("fingerprint", "config", "counts", "inputs", "seconds")
+        }
+    manifest = {
+        "model": {"kind": config.train.model, "hyperparameters": summary["config"]},
+        "run_config": config.to_dict(),
+        "stages": stages,
+        "training": {k: v for k, v in summary.items() if k != "config"},
+        "metrics": metrics,
+        "code_version": code_version(),
+        **environment(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {
+            VECTORS_FILE: Path(tmp, VECTORS_FILE),
+            VOCAB_FILE: Path(tmp, VOCAB_FILE),
+            WORD2VEC_FILE: Path(tmp, WORD2VEC_FILE),
+            METRICS: train_dir / METRICS,
+        }
+        save_file({"vectors": vectors}, str(files[VECTORS_FILE]))
+        pq.write_table(vocab.cast(S.VOCAB_SCHEMA), files[VOCAB_FILE])
+        words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only
+        write_word2vec_text(files[WORD2VEC_FILE], tokens[words:], vectors[words:])
+        return store.publish(config.name, files, manifest)
+
+
+__all__ = ["publish_training", "evaluate_vectors", "read_trained"]

@@ -1,0 +1,198 @@
+"""`embedpipe`: one entry point with a sub-command per part of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from embedpipe.config import RunConfig, load_config
+
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="run config file (TOML, YAML or JSON)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )  # fmt: skip
+
+
+def add_artefact_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("artefact", help="artefact directory, or a name in the store")
+    parser.add_argument("--version", default="latest", help="version or alias (default latest)")
+    parser.add_argument("--store", help="store root (default $EMBEDPIPE_STORE or ./artefacts)")
+
+
+def config_of(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.config, args.set)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from embedpipe.corpus.session import get_spark
+    from embedpipe.corpus.stages import STAGE_FUNCTIONS
+
+    config = config_of(args)
+    spark = get_spark(config.spark)
+    stages = args.stage or list(STAGE_FUNCTIONS)
+    for stage in stages:
+        manifest = STAGE_FUNCTIONS[stage](spark, config)
+        state = "reused" if manifest["skipped"] else f"{manifest['seconds']}s"
+        print(f"{stage:12s} {state:>8s}  {json.dumps(manifest['counts'])[:160]}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from embedpipe.corpus.stage import Workdir
+    from embedpipe.train.launch import run_training
+    from embedpipe.train.trainer import training_fingerprint
+
+    config = config_of(args)
+    if args.nproc:
+        config = load_config(args.config, [*args.set, f"train.nproc={args.nproc}"])
+    wd = Workdir(config.workdir)
+    expected = training_fingerprint(config.train, wd.require("sequences"), wd.require("vocab"))
+    summary = run_training(config, Path(config.workdir) / "train", expected)
+    print_json({k: summary[k] for k in ("steps", "seconds", "words_per_sec", "skipped")})
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from embedpipe.artefacts import ArtefactStore
+    from embedpipe.artefacts.publish import publish_training
+
+    config = config_of(args)
+    print(publish_training(config, Path(config.workdir) / "train", ArtefactStore(config.store)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from embedpipe.artefacts import load
+    from embedpipe.artefacts.publish import evaluate_vectors
+
+    emb = load(args.artefact, version=args.version, store=args.store)
+    print_json(evaluate_vectors(emb.vectors, emb.vocab))
+
+
+def cmd_neighbors(args: argparse.Namespace) -> None:
+    from embedpipe.artefacts import load
+    from embedpipe.text import tokenize_line
+
+    emb = load(args.artefact, version=args.version, store=args.store)
+    words = tokenize_line(args.word) or [args.word]
+    if words[0] not in emb:
+        sys.exit(f"{args.word!r} is not in the vocabulary of {emb.path}")
+    for token, score in emb.most_similar(words[0], k=args.k):
+        print(f"{score:.4f}  {token}")
+
+
+def find_flow_file() -> Path:
+    """flows/pretrain.py of the project: the current directory's, else the checkout's."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = root / "flows" / "pretrain.py"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("flows/pretrain.py not found: run from the project directory")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    path = find_flow_file()
+    spec = importlib.util.spec_from_file_location("embedpipe_flows_pretrain", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.pretrain_embeddings(args.config, args.set)
+    print_result(result)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    print(f"\nPublished {result['artefact']}")
+    for row in result["scores"]:
+        value = row.get("spearman", row.get("accuracy"))
+        what = "spearman" if "spearman" in row else "accuracy"
+        print(f"  {row['benchmark']:15s} {what} {value:+.3f}  (coverage {row['coverage']:.0%})")
+    print("Nearest neighbours:")
+    for word, neighbours in result["neighbours"].items():
+        print(f"  {word:10s} {', '.join(t for t, _ in neighbours[:6])}")
+
+
+def cmd_artefacts(args: argparse.Namespace) -> None:
+    from embedpipe.artefacts import ArtefactStore, default_store, read_manifest, verify
+
+    store = ArtefactStore(args.store) if args.store else default_store()
+    if args.action == "list":
+        for name in store.names():
+            aliases = store.aliases(name)
+            for version in store.versions(name):
+                tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
+                print(f"{name}\t{version}\t{tags}")
+        return
+    if not args.name:
+        sys.exit(f"embedpipe artefacts {args.action} needs a NAME")
+    path = store.resolve(args.name, args.version)
+    if args.action == "show":
+        print_json(read_manifest(path))
+    else:
+        verify(path)
+        print(f"{path}: all files match their sha256")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="run the corpus stages (Spark, in-process)")
+    add_config_args(p)
+    p.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train under torchrun")
+    add_config_args(p)
+    p.add_argument("--nproc", type=int, help="processes (default train.nproc)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("publish", help="evaluate and publish the trained vectors")
+    add_config_args(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("run", help="the whole flow: prepare, train, publish, evaluate")
+    add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="benchmark scores of an artefact")
+    add_artefact_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("neighbors", help="nearest neighbours of a word")
+    add_artefact_args(p)
+    p.add_argument("word")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=cmd_neighbors)
+
+    p = sub.add_parser("artefacts", help="list, show or verify published artefacts")
+    p.add_argument("action", choices=["list", "show", "verify"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--version", default="latest")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_artefacts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
