@@ -8,8 +8,6 @@ The flow composes; the stages, the trainer and the store hold the logic.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,38 +18,13 @@ from prefect.cache_policies import NO_CACHE
 
 from embedpipe.artefacts import ArtefactStore
 from embedpipe.artefacts.publish import publish_training
-from embedpipe.config import RunConfig, load_config, save_config
+from embedpipe.config import RunConfig, load_config
 from embedpipe.corpus.session import get_spark
 from embedpipe.corpus.stage import Workdir
 from embedpipe.corpus.stages import STAGE_FUNCTIONS
+from embedpipe.corpus.submit import submit_stage
 from embedpipe.train.launch import run_training
 from embedpipe.train.trainer import training_fingerprint
-
-JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
-JOB_FILES = {
-    "tokenize": "tokenize_text.py",
-    "build_vocab": "build_vocab.py",
-    "encode": "encode.py",
-    "bucket": "bucket.py",
-    "cooccur": "cooccur.py",
-}
-
-
-def submit_stage(stage: str, config: RunConfig) -> dict[str, Any]:
-    """Run a stage with spark-submit against `spark.master`; its manifest is its last stdout line."""
-    config_file = save_config(config, Path(config.workdir) / "run-config.json")
-    command = [
-        str(Path(sys.executable).parent / "spark-submit"),
-        "--master", config.spark.master,
-        "--driver-memory", config.spark.driver_memory,
-        *[arg for k, v in config.spark.conf.items() for arg in ("--conf", f"{k}={v}")],
-        str(JOBS_DIR / JOB_FILES[stage]), "--config", str(config_file),
-    ]  # fmt: skip
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"spark-submit {JOB_FILES[stage]} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="{stage}")

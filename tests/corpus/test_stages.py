@@ -93,7 +93,8 @@ def test_stages_match_reference(spark, tmp_path: Path, seed: int) -> None:
     vocab = pq.read_table(work / "vocab")
     assert vocab.schema.field(S.ID).type == S.VOCAB_SCHEMA.field(S.ID).type
     assert (
-        list(zip(*[vocab.column(c).to_pylist() for c in (S.ID, S.TOKEN, S.COUNT)], strict=False)) == want["vocab"]
+        list(zip(*[vocab.column(c).to_pylist() for c in (S.ID, S.TOKEN, S.COUNT)], strict=False))
+        == want["vocab"]
     )
 
     sequences = pq.read_table(work / "sequences")
@@ -105,7 +106,9 @@ def test_stages_match_reference(spark, tmp_path: Path, seed: int) -> None:
     cooc = pq.read_table(work / "cooccur")
     got = {
         (r, c): w
-        for r, c, w in zip(*[cooc.column(k).to_pylist() for k in (S.ROW, S.COL, S.WEIGHT)], strict=False)
+        for r, c, w in zip(
+            *[cooc.column(k).to_pylist() for k in (S.ROW, S.COL, S.WEIGHT)], strict=False
+        )
     }
     assert got.keys() == want["cooccur"].keys()
     assert all(abs(got[k] - v) <= 1e-5 * max(1.0, v) for k, v in want["cooccur"].items())
@@ -141,7 +144,9 @@ def test_buckets_and_shards(spark, tmp_path: Path) -> None:
         shard = int(shard_dir.name.split("=")[1])
         for part in shard_dir.glob("*.parquet"):
             table = pq.read_table(part)
-            keys = list(zip(table.column(S.ROW).to_pylist(), table.column(S.COL).to_pylist(), strict=False))
+            keys = list(
+                zip(table.column(S.ROW).to_pylist(), table.column(S.COL).to_pylist(), strict=False)
+            )
             assert keys == sorted(keys), f"{part} is not sorted by (row, col)"
             assert all(r * 3 // vocab_size == shard for r, _ in keys)
 

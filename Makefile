@@ -1,0 +1,44 @@
+# embedpipe: `make demo` runs the pipeline on the bundled sample, `make test` runs the tests.
+# Both create .venv and install the project on first use (torch as the CPU wheel).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: install demo test test-fast lint format bench clean check-system
+
+check-system:
+	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || { \
+	  echo "error: Spark needs Java 17 or newer and none was found."; \
+	  echo "       Debian/Ubuntu: sudo apt-get install openjdk-17-jre-headless (or set JAVA_HOME)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+	  echo "error: Python 3.10 or newer is needed ($(PYTHON) is older)"; exit 1; }
+
+$(STAMP): pyproject.toml | check-system
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/embedpipe run --config configs/sample.toml
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf work artefacts spark-warehouse .pytest_cache

@@ -1,0 +1,1 @@
+"""Corpus stages: Spark DataFrame transforms, their job runner and the stage manifests."""
