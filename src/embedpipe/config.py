@@ -36,10 +36,12 @@ class CorpusConfig:
     paths: tuple[str, ...] = ("data/sample/wordnet-glosses.txt.gz",)
     format: Literal["text", "jsonl", "parquet"] = "text"
     text_field: str = "text"  # JSON field / Parquet column holding the text
+    unit: Literal["line", "sentence"] = "line"  # one sequence per line/record, or per sentence
 
     def __post_init__(self) -> None:
         _check(len(self.paths) > 0, "corpus.paths: give at least one path")
         _check(self.format in ("text", "jsonl", "parquet"), f"corpus.format: {self.format!r}")
+        _check(self.unit in ("line", "sentence"), f"corpus.unit: {self.unit!r}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class TokenizeConfig:
 
     lowercase: bool = True
     nfkc: bool = True
+    cjk_chars: bool = True  # Han, Hiragana and Katakana runs become one token per character
+    urls: bool = False  # replace URLs by the token "url"
+    digits: bool = False  # replace every decimal digit by "0" ("1984" -> "0000")
+    max_line_chars: int = 100_000  # longer lines are split at whitespace (counted)
+
+    def __post_init__(self) -> None:
+        _check(self.max_line_chars >= 16, "tokenize.max_line_chars must be >= 16")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ SEQ_ID = "seq_id"
 TOKENS = "tokens"
 N_TOKENS = "n_tokens"
 REPAIRED = "repaired"
+SPLIT = "split"
+REASON = "reason"
+RECORD = "record"
 ID = "id"
 TOKEN = "token"
 COUNT = "count"
@@ -40,6 +43,17 @@ TOKENS_SCHEMA = pa.schema(
         pa.field(N_TOKENS, pa.int32(), nullable=False),
         # True when the line held invalid UTF-8 that was replaced by U+FFFD.
         pa.field(REPAIRED, pa.bool_(), nullable=False),
+        # True when the row is a piece of a line longer than tokenize.max_line_chars.
+        pa.field(SPLIT, pa.bool_(), nullable=False),
+    ]
+)
+
+# Records set aside by the tokenize stage (written to tokens/_rejects/), never dropped.
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field(SOURCE, pa.string(), nullable=False),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(RECORD, pa.string(), nullable=False),
     ]
 )
 

@@ -114,7 +114,7 @@ def test_stages_match_reference(spark, tmp_path: Path, seed: int) -> None:
     assert all(abs(got[k] - v) <= 1e-5 * max(1.0, v) for k, v in want["cooccur"].items())
 
     counts = manifests["tokenize"]["counts"]
-    assert counts["lines"] == len(lines)
+    assert counts["sequences"] == len(lines)
     assert counts["invalid_utf8_lines"] == want["repaired"]
     assert counts["empty_lines"] == sum(
         1 for line in lines if not tokenize_line(line.decode(errors="replace"))
@@ -195,3 +195,56 @@ def test_empty_corpus_fails_and_leaves_nothing(spark, tmp_path: Path) -> None:
     work = tmp_path / "work"
     assert not (work / "tokens").exists()
     assert list((work / ".staging").iterdir()) == []
+
+
+def test_jsonl_rejects_are_set_aside_and_counted(spark, tmp_path: Path) -> None:
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(
+        '{"body": "the cat sat"}\n'
+        "{not json at all\n"
+        '{"title": "no body here"}\n'
+        '{"body": "the dog ran. the cat sat!"}\n'
+    )
+    config = config_for(
+        tmp_path,
+        corpus,
+        **{"corpus.format": "jsonl", "corpus.text_field": "body", "corpus.unit": "sentence"},
+    )
+    manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+    tokens = pq.read_table(tmp_path / "work" / "tokens")
+    assert sorted(tokens.column(S.TOKENS).to_pylist()) == [["the", "cat", "sat"]] * 2 + [
+        ["the", "dog", "ran"]
+    ]
+    rejects = pq.read_table(tmp_path / "work" / "tokens" / "_rejects").to_pylist()
+    assert sorted(r[S.REASON] for r in rejects) == ["malformed JSON", "missing field 'body'"]
+    assert all(r[S.SOURCE].endswith("docs.jsonl") for r in rejects)
+    assert any("not json" in r[S.RECORD] for r in rejects)
+    assert manifest["counts"]["rejected_records"] == 2
+
+
+def test_long_lines_are_split_not_lost(spark, tmp_path: Path) -> None:
+    words = [f"w{i}" for i in range(400)]
+    corpus = tmp_path / "long.txt"
+    corpus.write_text("short line\n" + " ".join(words) + "\n")
+    config = config_for(tmp_path, corpus, **{"tokenize.max_line_chars": 100})
+    manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+    table = pq.read_table(tmp_path / "work" / "tokens").sort_by(S.SEQ_ID)
+    pieces = [
+        t
+        for t, split in zip(
+            table.column(S.TOKENS).to_pylist(), table.column(S.SPLIT).to_pylist(), strict=True
+        )
+        if split
+    ]
+    assert [w for piece in pieces for w in piece] == words
+    assert manifest["counts"]["split_pieces"] == len(pieces) > 1
+
+
+def test_truncated_archive_is_named(spark, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    data = gzip.compress(("the cat sat on the mat\n" * 5000).encode())
+    (corpus / "cut.txt.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorpusError, match="cut.txt.gz is truncated or corrupt"):
+        STAGE_FUNCTIONS["tokenize"](spark, config_for(tmp_path, corpus))
+    assert not (tmp_path / "work" / "tokens").exists()

@@ -4,6 +4,7 @@ from hypothesis import strategies as st
 
 from embedpipe.config import TokenizeConfig
 from embedpipe.text import tokenize_arrow, tokenize_line
+from embedpipe.text.tokenizer import split_long_line
 
 # Latin with accents, Greek with final sigma, Cyrillic, CJK, digits, combining marks,
 # full-width forms and ligatures (NFKC), punctuation, whitespace, control characters.
@@ -22,12 +23,38 @@ def test_examples() -> None:
     assert tokenize_line("Ｆｕｌｌ Case", cased) == ["Ｆｕｌｌ", "Case"]
 
 
+FRAGMENTS = [*ALPHABET, "http://", "HTTPS://", "www.", "a.org/x?y=1", "١٢٣", "ー", "한국어"]
+lines = st.lists(st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join), max_size=20)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(alphabet=ALPHABET, max_size=40), max_size=20), st.booleans(), st.booleans())
-def test_arrow_matches_reference(lines: list[str], lowercase: bool, nfkc: bool) -> None:
-    config = TokenizeConfig(lowercase=lowercase, nfkc=nfkc)
+@given(lines, st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans())
+def test_arrow_matches_reference(
+    lines: list[str], lowercase: bool, nfkc: bool, cjk: bool, urls: bool, digits: bool
+) -> None:
+    config = TokenizeConfig(lowercase=lowercase, nfkc=nfkc, cjk_chars=cjk, urls=urls, digits=digits)
     got = tokenize_arrow(pa.array(lines, pa.string()), config).to_pylist()
     assert got == [tokenize_line(line, config) for line in lines]
+
+
+def test_options() -> None:
+    config = TokenizeConfig(urls=True, digits=True)
+    assert tokenize_line("See HTTPS://a.b/c?d=1 in 1984", config) == ["see", "url", "in", "0000"]
+    assert tokenize_line("東京は日本 abc") == ["東", "京", "は", "日", "本", "abc"]
+    assert tokenize_line("東京", TokenizeConfig(cjk_chars=False)) == ["東京"]
+
+
+def test_split_long_line_keeps_every_word() -> None:
+    assert split_long_line("aaaa bbbb cccccccccccc d", 6) == [
+        "aaaa",
+        "bbbb",
+        "cccccc",
+        "cccccc",
+        "d",
+    ]
+    text = " ".join(f"word{i}" for i in range(100))
+    pieces = split_long_line(text, 37)
+    assert all(len(p) <= 37 for p in pieces) and " ".join(pieces).split() == text.split()
 
 
 def test_null_text_gives_no_tokens() -> None:

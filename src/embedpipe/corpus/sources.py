@@ -23,6 +23,8 @@ class CorpusError(ValueError):
 
 
 _SNIFF_BYTES = 8192
+# Sentence ends: . ! ? and their CJK forms, followed by whitespace (or, for CJK, nothing).
+SENTENCE_BOUNDARY = r"(?<=[.!?])\s+|(?<=[。！？])\s*"
 
 
 def list_input_files(paths: Sequence[str]) -> list[str]:
@@ -70,20 +72,69 @@ def fingerprint_files(urls: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
-def read_lines(spark: SparkSession, urls: Sequence[str], config: CorpusConfig) -> DataFrame:
-    """One row per line (or record) with its text, made valid UTF-8, and whether it was repaired.
+def read_lines(
+    spark: SparkSession, urls: Sequence[str], config: CorpusConfig
+) -> tuple[DataFrame, DataFrame | None]:
+    """(lines, rejects): one row per line, record or sentence, and the records set aside.
 
-    Schema: text string, repaired boolean.
+    lines: text string (made valid UTF-8), repaired boolean (it held invalid UTF-8).
+    rejects (JSON Lines and Parquet only): source, reason, record; a malformed JSON line or
+    a record without the text field lands there instead of being dropped.
     """
+    field = config.text_field
+    rejects = None
     if config.format == "text":
         raw = spark.read.text(list(urls)).select(F.col("value").alias("raw"))
     elif config.format == "jsonl":
-        raw = spark.read.schema(f"`{config.text_field}` string").json(list(urls))
-        raw = raw.select(F.col(config.text_field).alias("raw"))
+        parsed = (
+            spark.read.schema(f"`{field}` string, _corrupt_record string")
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", "_corrupt_record")
+            .json(list(urls))
+            .select(
+                F.col(field).alias("raw"), "_corrupt_record", F.input_file_name().alias(S.SOURCE)
+            )
+        )
+        malformed = F.col("_corrupt_record").isNotNull()
+        rejects = parsed.where(malformed | F.col("raw").isNull()).select(
+            S.SOURCE,
+            F.when(malformed, F.lit("malformed JSON"))
+            .otherwise(F.lit(f"missing field {field!r}"))
+            .alias(S.REASON),
+            F.substring(F.coalesce("_corrupt_record", F.lit("")), 1, 1000).alias(S.RECORD),
+        )
+        raw = parsed.where(~malformed & F.col("raw").isNotNull()).select("raw")
     else:
-        raw = spark.read.parquet(*urls).select(F.col(config.text_field).cast("string").alias("raw"))
-    raw = raw.where(F.col("raw").isNotNull())
-    return raw.select(
+        table = spark.read.parquet(*urls)
+        if field not in table.columns:
+            raise CorpusError(f"{', '.join(urls)}: no column {field!r} (columns: {table.columns})")
+        parsed = table.select(
+            F.col(field).cast("string").alias("raw"), F.input_file_name().alias(S.SOURCE)
+        )
+        rejects = parsed.where(F.col("raw").isNull()).select(
+            S.SOURCE, F.lit(f"missing field {field!r}").alias(S.REASON), F.lit("").alias(S.RECORD)
+        )
+        raw = parsed.where(F.col("raw").isNotNull()).select("raw")
+    lines = raw.select(
         F.make_valid_utf8("raw").alias(S.TEXT),
         (~F.is_valid_utf8("raw")).alias(S.REPAIRED),
     )
+    if config.unit == "sentence":
+        sentences = F.explode(F.split(S.TEXT, SENTENCE_BOUNDARY))
+        lines = lines.select(sentences.alias(S.TEXT), S.REPAIRED)
+    return lines, rejects
+
+
+def find_unreadable(urls: Sequence[str]) -> tuple[str, str] | None:
+    """The first file that cannot be read to its end (a truncated or corrupt archive), if any.
+
+    Called only after Spark failed, to turn a task error into one that names the file.
+    """
+    for url in urls:
+        try:
+            with fsspec.open(url, "rb", compression="infer") as f:
+                while f.read(1 << 24):
+                    pass
+        except Exception as e:  # noqa: BLE001 - any decoder error means the same thing here
+            return url, f"{type(e).__name__}: {e}"
+    return None

@@ -19,6 +19,7 @@ from embedpipe.corpus.encode import encode
 from embedpipe.corpus.sources import (
     CorpusError,
     check_text_file,
+    find_unreadable,
     fingerprint_files,
     list_input_files,
     read_lines,
@@ -26,6 +27,8 @@ from embedpipe.corpus.sources import (
 from embedpipe.corpus.stage import Workdir, run_stage
 from embedpipe.corpus.tokenize import tokenize
 from embedpipe.corpus.vocab import build_vocab, count_tokens
+
+REJECTS = "_rejects"  # tokens/_rejects/: hidden from readers of tokens/ (leading underscore)
 
 # Stage name -> the table it writes, in pipeline order.
 TABLES = {
@@ -38,28 +41,44 @@ TABLES = {
 
 
 def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
-    """Raw text -> tokens/. Refuses missing paths, non-text files and a corpus with no tokens."""
+    """Raw text -> tokens/ (rejected records in tokens/_rejects/).
+
+    Refuses missing paths, non-text files, unreadable archives and a corpus with no tokens,
+    naming the path.
+    """
     files = list_input_files(config.corpus.paths)
-    for url in files:
-        check_text_file(url) if config.corpus.format == "text" else None
+    if config.corpus.format == "text":
+        for url in files:
+            check_text_file(url)
     inputs = {"files": len(files), "fingerprint": fingerprint_files(files)}
 
     def write(out: str) -> dict[str, Any]:
-        lines = read_lines(spark, files, config.corpus)
-        tokenize(lines, config.tokenize).write.parquet(out)
+        lines, rejects = read_lines(spark, files, config.corpus)
+        try:
+            tokenize(lines, config.tokenize).write.parquet(out)
+        except Exception as e:
+            bad = find_unreadable(files) if "Py4J" in type(e).__name__ else None
+            if bad:
+                raise CorpusError(f"{bad[0]} is truncated or corrupt ({bad[1]})") from e
+            raise
+        rejected = 0
+        if rejects is not None:
+            rejects.write.parquet(f"{out}/{REJECTS}")
+            rejected = spark.read.parquet(f"{out}/{REJECTS}").count()
         row = (
             spark.read.parquet(out)
             .agg(
-                F.count(F.lit(1)).alias("lines"),
+                F.count(F.lit(1)).alias("sequences"),
                 F.coalesce(F.sum(S.N_TOKENS), F.lit(0)).alias("tokens"),
                 F.count_if(F.col(S.REPAIRED)).alias("invalid_utf8_lines"),
+                F.count_if(F.col(S.SPLIT)).alias("split_pieces"),
                 F.count_if(F.col(S.N_TOKENS) == 0).alias("empty_lines"),
             )
             .first()
         )
         if row["tokens"] == 0:
             raise CorpusError(f"corpus {', '.join(config.corpus.paths)} holds no tokens")
-        return row.asDict()
+        return {**row.asDict(), "rejected_records": rejected}
 
     cfg = {"corpus": config.corpus, "tokenize": config.tokenize}
     return run_stage(Workdir(config.workdir), "tokens", cfg, inputs, write)
@@ -121,7 +140,7 @@ def encode_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
             .first()
             .asDict()
         )
-        row["dropped_empty_sequences"] = tokens_manifest["counts"]["lines"] - row["sequences"]
+        row["dropped_empty_sequences"] = tokens_manifest["counts"]["sequences"] - row["sequences"]
         row["dropped_oov_tokens"] = tokens_manifest["counts"]["tokens"] - row["tokens"]
         return row
 

@@ -12,6 +12,29 @@ from pyspark.sql import functions as F
 from embedpipe import schemas as S
 from embedpipe.config import TokenizeConfig
 from embedpipe.text import tokenize_arrow
+from embedpipe.text.tokenizer import split_long_line
+
+_BATCH_SCHEMA = pa.schema([f for f in S.TOKENS_SCHEMA if f.name != S.SEQ_ID])
+
+
+def split_long_lines(batch: pa.RecordBatch, limit: int) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(text, repaired, split) with every line over `limit` characters cut into pieces.
+
+    Long lines are rare, so only they go through Python; the rest stay Arrow arrays.
+    """
+    text, repaired = batch.column(S.TEXT), batch.column(S.REPAIRED)
+    long = pc.greater(pc.utf8_length(pc.fill_null(text, "")), limit)
+    if not pc.any(long).as_py():
+        return text, repaired, pa.array([False] * len(text), pa.bool_())
+    texts, flags, splits = [], [], []
+    for line, flag, is_long in zip(
+        text.to_pylist(), repaired.to_pylist(), long.to_pylist(), strict=True
+    ):
+        pieces = split_long_line(line, limit) if is_long else [line]
+        texts += pieces
+        flags += [flag] * len(pieces)
+        splits += [is_long] * len(pieces)
+    return pa.array(texts, pa.string()), pa.array(flags, pa.bool_()), pa.array(splits, pa.bool_())
 
 
 def tokenize(lines: DataFrame, config: TokenizeConfig) -> DataFrame:
@@ -19,16 +42,16 @@ def tokenize(lines: DataFrame, config: TokenizeConfig) -> DataFrame:
 
     def tokenize_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            tokens = tokenize_arrow(batch.column(S.TEXT), config)
+            text, repaired, split = split_long_lines(batch, config.max_line_chars)
+            tokens = tokenize_arrow(text, config)
+            lengths = pc.list_value_length(tokens).cast(pa.int32())
             yield pa.RecordBatch.from_arrays(
-                [
-                    batch.column(S.SEQ_ID),
-                    tokens,
-                    pc.list_value_length(tokens).cast(pa.int32()),
-                    batch.column(S.REPAIRED),
-                ],
-                schema=S.TOKENS_SCHEMA,
+                [tokens, lengths, repaired, split], schema=_BATCH_SCHEMA
             )
 
-    with_ids = lines.select(F.monotonically_increasing_id().alias(S.SEQ_ID), S.TEXT, S.REPAIRED)
-    return with_ids.mapInArrow(tokenize_batches, S.spark_ddl(S.TOKENS_SCHEMA))
+    tokenized = lines.select(S.TEXT, S.REPAIRED).mapInArrow(
+        tokenize_batches, S.spark_ddl(_BATCH_SCHEMA)
+    )
+    return tokenized.select(
+        F.monotonically_increasing_id().alias(S.SEQ_ID), S.TOKENS, S.N_TOKENS, S.REPAIRED, S.SPLIT
+    )

@@ -3,21 +3,33 @@
 `tokenize_arrow` is the vectorised form the Spark jobs apply to Arrow batches
 (Arrow's UTF-8 kernels and RE2, no per-row Python); `tokenize_line` is the
 plain-Python definition of the same thing, used by the CLI, the loaders and as the
-reference in tests. Punctuation and whitespace separate tokens and are dropped,
-so "don't" gives "don", "t" (as in text8 and the GloVe/word2vec preprocessing scripts).
+reference in tests. Punctuation, whitespace and control characters separate tokens and
+are dropped, so "don't" gives "don", "t" (as in text8 and the GloVe/word2vec scripts).
+Steps, in order: NFKC; lower-case (simple one-to-one case mapping); URLs -> "url";
+digits -> "0"; Han/Hiragana/Katakana characters each on their own (scripts written
+without spaces fall back to characters); split.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import regex
 
 from embedpipe.config import TokenizeConfig
 
 _SEPARATOR = r"[^\p{L}\p{M}\p{N}]+"
+_CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
+# A URL runs to the first whitespace or non-ASCII character (the same in RE2 and Python).
+URL_PATTERN = r"(?i)(?:https?://|www\.)[!-~]+"
+URL_TOKEN = "url"
+
+_URL = re.compile(URL_PATTERN)
+_CJK_CHAR = regex.compile(_CJK)
 
 
 def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[str]:
@@ -28,13 +40,24 @@ def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[
         # Simple (one-to-one) case mapping per character, as Arrow's utf8_lower does:
         # "İ" -> "i", and no context rule for a final sigma.
         text = "".join(ch.lower()[:1] for ch in text)
+    if config.urls:
+        text = _URL.sub(f" {URL_TOKEN} ", text)
     tokens, current = [], []
     for ch in text:
-        if unicodedata.category(ch)[0] in "LMN":
-            current.append(ch)
-        elif current:
-            tokens.append("".join(current))
-            current = []
+        if unicodedata.category(ch)[0] not in "LMN":
+            if current:
+                tokens.append("".join(current))
+                current = []
+            continue
+        if config.digits and unicodedata.category(ch) == "Nd":
+            ch = "0"
+        if config.cjk_chars and _CJK_CHAR.fullmatch(ch):
+            if current:
+                tokens.append("".join(current))
+                current = []
+            tokens.append(ch)
+            continue
+        current.append(ch)
     if current:
         tokens.append("".join(current))
     return tokens
@@ -42,11 +65,18 @@ def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[
 
 def tokenize_arrow(texts: pa.Array, config: TokenizeConfig = TokenizeConfig()) -> pa.ListArray:
     """Tokens of every string in an Arrow array, as list<string>; null text gives []."""
+    texts = pc.fill_null(texts, "")
     if config.nfkc:
         texts = pc.utf8_normalize(texts, form="NFKC")
     if config.lowercase:
         texts = pc.utf8_lower(texts)
-    parts = pc.split_pattern_regex(pc.fill_null(texts, ""), pattern=_SEPARATOR)
+    if config.urls:
+        texts = pc.replace_substring_regex(texts, URL_PATTERN, f" {URL_TOKEN} ")
+    if config.digits:
+        texts = pc.replace_substring_regex(texts, r"\p{Nd}", "0")
+    if config.cjk_chars:
+        texts = pc.replace_substring_regex(texts, f"({_CJK})", r" \1 ")
+    parts = pc.split_pattern_regex(texts, pattern=_SEPARATOR)
     flat = pc.list_flatten(parts)
     parents = pc.list_parent_indices(parts)
     keep = pc.greater(pc.binary_length(flat), 0)
@@ -55,3 +85,17 @@ def tokenize_arrow(texts: pa.Array, config: TokenizeConfig = TokenizeConfig()) -
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), flat)
+
+
+def split_long_line(text: str, limit: int) -> list[str]:
+    """Pieces of at most `limit` characters, cut at the last whitespace before the limit
+    (or at the limit when a piece has none); nothing is lost but the whitespace at cuts."""
+    pieces = []
+    while len(text) > limit:
+        cut = max(text.rfind(" ", 0, limit + 1), text.rfind("\t", 0, limit + 1))
+        if cut <= 0:
+            cut = limit
+        pieces.append(text[:cut])
+        text = text[cut:].lstrip(" \t")
+    pieces.append(text)
+    return pieces
