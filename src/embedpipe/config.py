@@ -63,10 +63,14 @@ class TokenizeConfig:
 class VocabConfig:
     min_count: int = 5
     max_size: int | None = None  # words, not counting the special tokens
+    sample: float = 1e-3  # word2vec subsampling threshold for `keep_prob`; 0 keeps every word
+    noise_power: float = 0.75  # `noise_prob` is count ** noise_power, normalised
 
     def __post_init__(self) -> None:
         _check(self.min_count >= 1, "vocab.min_count must be >= 1")
         _check(self.max_size is None or self.max_size >= 1, "vocab.max_size must be >= 1")
+        _check(self.sample >= 0, "vocab.sample must be >= 0")
+        _check(self.noise_power > 0, "vocab.noise_power must be > 0")
 
 
 @dataclass(frozen=True)

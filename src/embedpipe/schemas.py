@@ -27,6 +27,8 @@ RECORD = "record"
 ID = "id"
 TOKEN = "token"
 COUNT = "count"
+KEEP_PROB = "keep_prob"
+NOISE_PROB = "noise_prob"
 IDS = "ids"
 LENGTH = "length"
 BUCKET = "bucket"
@@ -62,6 +64,10 @@ VOCAB_SCHEMA = pa.schema(
         pa.field(ID, pa.int32(), nullable=False),
         pa.field(TOKEN, pa.string(), nullable=False),
         pa.field(COUNT, pa.int64(), nullable=False),
+        # word2vec's subsampling keep probability, min(1, (sqrt(f / sT) + 1) sT / f).
+        pa.field(KEEP_PROB, pa.float64(), nullable=False),
+        # The negative-sampling distribution, count ** 0.75 normalised (0 for specials).
+        pa.field(NOISE_PROB, pa.float64(), nullable=False),
     ]
 )
 

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -91,10 +92,16 @@ def test_stages_match_reference(spark, tmp_path: Path, seed: int) -> None:
     work = tmp_path / "work"
 
     vocab = pq.read_table(work / "vocab")
-    assert vocab.schema.field(S.ID).type == S.VOCAB_SCHEMA.field(S.ID).type
-    assert (
-        list(zip(*[vocab.column(c).to_pylist() for c in (S.ID, S.TOKEN, S.COUNT)], strict=False))
-        == want["vocab"]
+    assert [f.type for f in vocab.schema] == [f.type for f in S.VOCAB_SCHEMA]
+    columns = [vocab.column(c).to_pylist() for c in (S.ID, S.TOKEN, S.COUNT)]
+    assert list(zip(*columns, strict=True)) == want["vocab"]
+    counts = np.array([c for _, _, c in want["vocab"]], dtype=np.float64)
+    t = 1e-3 * counts.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep = np.where(counts > 0, np.minimum(1.0, (np.sqrt(counts / t) + 1) * t / counts), 0.0)
+    np.testing.assert_allclose(vocab.column(S.KEEP_PROB).to_numpy(), keep, rtol=1e-12)
+    np.testing.assert_allclose(
+        vocab.column(S.NOISE_PROB).to_numpy(), counts**0.75 / (counts**0.75).sum(), rtol=1e-12
     )
 
     sequences = pq.read_table(work / "sequences")

@@ -34,6 +34,30 @@ def build_vocab(counts: DataFrame, config: VocabConfig) -> DataFrame:
     )
     spark = counts.sparkSession
     specials = spark.createDataFrame(
-        [(i, t, 0) for i, t in enumerate(S.SPECIAL_TOKENS)], S.spark_ddl(S.VOCAB_SCHEMA)
+        [(i, t, 0) for i, t in enumerate(S.SPECIAL_TOKENS)], "id int, token string, count bigint"
     )
-    return specials.unionByName(words).coalesce(1).orderBy(S.ID)
+    vocab = specials.unionByName(words).coalesce(1)
+    return with_sampling_columns(vocab, config).orderBy(S.ID)
+
+
+def with_sampling_columns(vocab: DataFrame, config: VocabConfig) -> DataFrame:
+    """Add `keep_prob` (word2vec subsampling) and `noise_prob` (unigram ** power) per id.
+
+    T is the number of corpus tokens the vocabulary covers (word2vec's train_words);
+    special tokens (count 0) get 0 for both.
+    """
+    everything = Window.partitionBy()
+    count = F.col(S.COUNT).cast("double")
+    threshold = F.lit(config.sample) * F.sum(count).over(everything)
+    if config.sample > 0:
+        keep = F.least(F.lit(1.0), (F.sqrt(count / threshold) + 1) * threshold / count)
+    else:
+        keep = F.lit(1.0)
+    weight = F.pow(count, F.lit(config.noise_power))
+    return vocab.select(
+        S.ID,
+        S.TOKEN,
+        S.COUNT,
+        F.when(count > 0, keep).otherwise(0.0).alias(S.KEEP_PROB),
+        (weight / F.sum(weight).over(everything)).alias(S.NOISE_PROB),
+    )
