@@ -54,9 +54,23 @@ class TokenizeConfig:
     urls: bool = False  # replace URLs by the token "url"
     digits: bool = False  # replace every decimal digit by "0" ("1984" -> "0000")
     max_line_chars: int = 100_000  # longer lines are split at whitespace (counted)
+    kind: Literal["word", "sentencepiece"] = "word"
+    # SentencePiece: trained on a sample of lines drawn by Spark, applied in Arrow batches.
+    sp_model_type: Literal["unigram", "bpe"] = "unigram"
+    sp_vocab_size: int = 8000
+    sp_sample_lines: int = 1_000_000
+    sp_character_coverage: float = 0.9995
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.max_line_chars >= 16, "tokenize.max_line_chars must be >= 16")
+        _check(self.kind in ("word", "sentencepiece"), f"tokenize.kind: {self.kind!r}")
+        _check(
+            self.sp_model_type in ("unigram", "bpe"),
+            f"tokenize.sp_model_type: {self.sp_model_type!r}",
+        )
+        _check(self.sp_vocab_size >= 16, "tokenize.sp_vocab_size must be >= 16")
+        _check(self.sp_sample_lines >= 1, "tokenize.sp_sample_lines must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -255,3 +255,26 @@ def test_truncated_archive_is_named(spark, tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="cut.txt.gz is truncated or corrupt"):
         STAGE_FUNCTIONS["tokenize"](spark, config_for(tmp_path, corpus))
     assert not (tmp_path / "work" / "tokens").exists()
+
+
+def test_sentencepiece_tokens_and_model(spark, tmp_path: Path) -> None:
+    lines = write_corpus(tmp_path / "corpus", 7)
+    config = config_for(
+        tmp_path,
+        tmp_path / "corpus",
+        **{"tokenize.kind": "sentencepiece", "tokenize.sp_vocab_size": 40, "vocab.min_count": 1},
+    )
+    prepare(spark, config)
+    model = (tmp_path / "work" / "tokens" / "_sentencepiece.model").read_bytes()
+
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_proto=model)
+    texts = sorted(
+        line.decode("utf-8", errors="replace").lower() for line in lines
+    )  # normalised the same way (NFKC changes nothing in this corpus)
+    want = sorted(processor.encode(texts, out_type=str))
+    got = sorted(pq.read_table(tmp_path / "work" / "tokens").column(S.TOKENS).to_pylist())
+    assert got == want
+    vocab = pq.read_table(tmp_path / "work" / "vocab").column(S.TOKEN).to_pylist()
+    assert set(vocab[len(S.SPECIAL_TOKENS) :]) == {p for pieces in want for p in pieces}

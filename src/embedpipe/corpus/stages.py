@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import fsspec
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -25,8 +26,10 @@ from embedpipe.corpus.sources import (
     read_lines,
 )
 from embedpipe.corpus.stage import Workdir, run_stage
-from embedpipe.corpus.tokenize import tokenize
+from embedpipe.corpus.tokenize import sample_text, tokenize
 from embedpipe.corpus.vocab import build_vocab, count_tokens
+from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
+from embedpipe.text.sentencepiece import train_sentencepiece
 
 REJECTS = "_rejects"  # tokens/_rejects/: hidden from readers of tokens/ (leading underscore)
 
@@ -54,13 +57,19 @@ def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
 
     def write(out: str) -> dict[str, Any]:
         lines, rejects = read_lines(spark, files, config.corpus)
+        sp_model = None
+        if config.tokenize.kind == "sentencepiece":
+            sp_model = train_sentencepiece(sample_text(lines, config.tokenize), config.tokenize)
         try:
-            tokenize(lines, config.tokenize).write.parquet(out)
+            tokenize(lines, config.tokenize, sp_model).write.parquet(out)
         except Exception as e:
             bad = find_unreadable(files) if "Py4J" in type(e).__name__ else None
             if bad:
                 raise CorpusError(f"{bad[0]} is truncated or corrupt ({bad[1]})") from e
             raise
+        if sp_model is not None:
+            with fsspec.open(f"{out}/{SP_MODEL_FILE}", "wb") as f:
+                f.write(sp_model)
         rejected = 0
         if rejects is not None:
             rejects.write.parquet(f"{out}/{REJECTS}")
