@@ -28,11 +28,13 @@ from embedpipe.config import RunConfig
 from embedpipe.corpus.stage import Workdir
 from embedpipe.corpus.stages import TABLES
 from embedpipe.evaluate import PROBE_WORDS, evaluate_all, nearest_neighbours
+from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
 from embedpipe.train.checkpoint import load_checkpoint
 from embedpipe.train.trainer import METRICS, SUMMARY
 from embedpipe.version import code_version
 
 WORD2VEC_FILE = "vectors.w2v.txt"
+TOKENIZER_FILE = "tokenizer.model"
 LIBRARIES = ("torch", "pyspark", "pyarrow", "numpy", "prefect", "safetensors")
 
 
@@ -93,8 +95,13 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
         stages[table] = {
             k: m.get(k) for k in ("fingerprint", "config", "counts", "inputs", "seconds")
         }
+    tokenizer_model = Path(wd.path("tokens")) / SP_MODEL_FILE
     manifest = {
         "model": {"kind": config.train.model, "hyperparameters": summary["config"]},
+        "tokenizer": {
+            **config.to_dict()["tokenize"],
+            "model_file": TOKENIZER_FILE if tokenizer_model.is_file() else None,
+        },
         "run_config": config.to_dict(),
         "stages": stages,
         "training": {k: v for k, v in summary.items() if k != "config"},
@@ -109,6 +116,8 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
             WORD2VEC_FILE: Path(tmp, WORD2VEC_FILE),
             METRICS: train_dir / METRICS,
         }
+        if tokenizer_model.is_file():
+            files[TOKENIZER_FILE] = tokenizer_model
         save_file({"vectors": vectors}, str(files[VECTORS_FILE]))
         pq.write_table(vocab.cast(S.VOCAB_SCHEMA), files[VOCAB_FILE])
         words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only
