@@ -82,7 +82,7 @@ SEQUENCES_SCHEMA = pa.schema(
 BUCKETS_SCHEMA = pa.schema([*SEQUENCES_SCHEMA, pa.field(BUCKET, pa.int32(), nullable=False)])
 
 # Written partitioned by `shard` (cooccur/shard=k/), rows sorted by (row, col) within a shard;
-# shard k holds rows [k * V / S, (k + 1) * V / S).
+# shard k holds the rows with row % S == k (balanced, unlike ranges of frequency-sorted ids).
 COOCCUR_SCHEMA = pa.schema(
     [
         pa.field(ROW, pa.int32(), nullable=False),

@@ -1,9 +1,12 @@
-"""cooccur: sequences -> a sparse (row, col, weight) matrix, sharded by row range.
+"""cooccur: sequences -> a sparse (row, col, weight) matrix, sharded by row.
 
 Each Arrow batch is counted in numpy (window pairs, weight 1/distance, both directions,
 pre-aggregated per batch); Spark's shuffle sums the partial counts. Special-token ids
 (including [UNK]) take up their position in the window but are not counted, so
 distances are those of the text.
+
+Shard k holds the rows with row % S == k. (Contiguous row ranges would be badly unbalanced:
+ids are sorted by frequency, so the first range would hold most of the entries.)
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def count_pairs(ids: pa.ListArray, window: int) -> tuple[np.ndarray, np.ndarray,
     return (unique >> 32).astype(np.int32), (unique & 0xFFFFFFFF).astype(np.int32), summed
 
 
-def cooccur(sequences: DataFrame, vocab_size: int, config: CooccurConfig) -> DataFrame:
+def cooccur(sequences: DataFrame, config: CooccurConfig) -> DataFrame:
     """COOCCUR_SCHEMA rows plus `shard`, repartitioned by shard and sorted by (row, col)."""
     window = config.window
 
@@ -63,7 +66,7 @@ def cooccur(sequences: DataFrame, vocab_size: int, config: CooccurConfig) -> Dat
     summed = partial.groupBy(S.ROW, S.COL).agg(F.sum(S.WEIGHT).alias(S.WEIGHT))
     if config.min_weight > 0:
         summed = summed.where(F.col(S.WEIGHT) >= config.min_weight)
-    shard = F.floor(F.col(S.ROW).cast("long") * config.num_shards / vocab_size).cast("int")
+    shard = F.pmod(F.col(S.ROW), F.lit(config.num_shards)).cast("int")
     return (
         summed.select(
             S.ROW, S.COL, F.col(S.WEIGHT).cast("float").alias(S.WEIGHT), shard.alias(S.SHARD)

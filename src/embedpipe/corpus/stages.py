@@ -175,13 +175,13 @@ def bucket_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
 
 
 def cooccur_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
-    """sequences/ -> cooccur/ partitioned by `shard` (row ranges), sorted within each shard."""
+    """sequences/ -> cooccur/ partitioned by `shard` (row % shards), sorted within each shard."""
     wd = Workdir(config.workdir)
     upstream, vocab_manifest = wd.require("sequences"), wd.require("vocab")
     vocab_size = vocab_manifest["counts"]["vocab_size"]
 
     def write(out: str) -> dict[str, Any]:
-        matrix = cooccur(spark.read.parquet(wd.path("sequences")), vocab_size, config.cooccur)
+        matrix = cooccur(spark.read.parquet(wd.path("sequences")), config.cooccur)
         matrix.write.partitionBy(S.SHARD).parquet(out)
         rows = (
             spark.read.parquet(out)
