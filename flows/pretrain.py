@@ -13,16 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
-from embedpipe.artefacts import ArtefactStore
+from embedpipe.artefacts import ArtefactStore, read_manifest
 from embedpipe.artefacts.publish import publish_training
 from embedpipe.config import RunConfig, load_config
 from embedpipe.corpus.session import get_spark
 from embedpipe.corpus.stage import Workdir
 from embedpipe.corpus.stages import STAGE_FUNCTIONS
 from embedpipe.corpus.submit import submit_stage
+from embedpipe.evaluate.report import write_report
 from embedpipe.train.launch import run_training
 from embedpipe.train.trainer import training_fingerprint
 
@@ -56,9 +61,18 @@ def publish_embeddings(config: RunConfig) -> str:
     return str(publish_training(config, Path(config.workdir) / "train", store))
 
 
-def report(artefact: str, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+@task(cache_policy=NO_CACHE)
+def write_artefact_report(config: RunConfig, artefact: str) -> str:
+    """A Markdown report with plots, against the earlier versions of the same name."""
+    store = ArtefactStore(config.store)
+    history = [read_manifest(store.resolve(config.name, v)) for v in store.versions(config.name)]
+    out = Path(config.workdir) / "reports" / config.name / Path(artefact).name
+    return str(write_report(Path(artefact), out, history=history))
+
+
+def report(artefact: str, report_file: str, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Show stage counts and evaluation as Prefect artifacts; return what the run produced."""
-    manifest = json.loads((Path(artefact) / "manifest.json").read_text())
+    manifest = read_manifest(artefact)
     metrics = manifest["metrics"]
     create_table_artifact(
         key="corpus-stages",
@@ -88,8 +102,10 @@ def report(artefact: str, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     create_markdown_artifact(
         key="artefact", markdown=f"Published `{artefact}`\n\nNearest neighbours:\n{neighbours}"
     )
+    report_url = Path(report_file).resolve().as_uri()
+    create_link_artifact(key="report", link=report_url, description="Artefact report")
     return {"artefact": artefact, "version": manifest["version"], "scores": scores,
-            "neighbours": metrics["neighbours"]}  # fmt: skip
+            "neighbours": metrics["neighbours"], "report": report_file}  # fmt: skip
 
 
 def flat_counts(counts: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +121,7 @@ def pretrain_embeddings(
     stages = {stage: run_corpus_stage(stage, config) for stage in STAGE_FUNCTIONS}
     training = train_embeddings(config)
     artefact = publish_embeddings(config)
-    result = report(artefact, stages)
+    result = report(artefact, write_artefact_report(config, artefact), stages)
     print(f"published {artefact} ({training['words_per_sec']:,} words/s in training)")
     return result
 

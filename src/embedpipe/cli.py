@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def print_result(result: dict[str, Any]) -> None:
-    print(f"\nPublished {result['artefact']}")
+    print(f"\nPublished {result['artefact']}  (report: {result['report']})")
     for row in result["scores"]:
         value = row.get("spearman", row.get("accuracy"))
         what = "spearman" if "spearman" in row else "accuracy"
@@ -128,24 +128,58 @@ def print_result(result: dict[str, Any]) -> None:
 
 
 def cmd_artefacts(args: argparse.Namespace) -> None:
-    from embedpipe.artefacts import ArtefactStore, default_store, read_manifest, verify
+    from embedpipe.artefacts import (
+        ArtefactStore,
+        default_store,
+        diff_manifests,
+        export_vectors,
+        format_diff,
+        read_manifest,
+        verify,
+    )
 
     store = ArtefactStore(args.store) if args.store else default_store()
-    if args.action == "list":
+    action = args.action
+    if action == "list":
         for name in store.names():
             aliases = store.aliases(name)
             for version in store.versions(name):
                 tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
                 print(f"{name}\t{version}\t{tags}")
-        return
-    if not args.name:
-        sys.exit(f"embedpipe artefacts {args.action} needs a NAME")
-    path = store.resolve(args.name, args.version)
-    if args.action == "show":
-        print_json(read_manifest(path))
-    else:
+    elif action == "show":
+        print_json(read_manifest(store.resolve(args.name, args.version)))
+    elif action == "verify":
+        path = store.resolve(args.name, args.version)
         verify(path)
-        print(f"{path}: all files match their sha256")
+        print(f"{path}: every file matches its sha256")
+    elif action == "diff":
+        a = read_manifest(store.resolve(args.name, args.a))
+        b = read_manifest(store.resolve(args.name, args.b))
+        diff = diff_manifests(a, b)
+        print(json.dumps(diff, indent=2) if args.json else format_diff(diff))
+    elif action == "alias":
+        store.set_alias(args.name, args.alias, args.target)
+        print(f"{args.name}: {args.alias} -> {store.resolve(args.name, args.alias).name}")
+    elif action == "delete":
+        removed = store.delete(args.name, args.target, force=args.force)
+        print(
+            f"deleted {args.name} {args.target}"
+            + (f" (aliases removed: {removed})" if removed else "")
+        )
+    elif action == "gc":
+        print("deleted: " + (", ".join(store.gc(args.name, keep=args.keep)) or "nothing"))
+    elif action == "export":
+        path = store.resolve(args.name, args.version)
+        print(export_vectors(path, args.format, args.out, include_special=args.include_special))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from embedpipe.artefacts import ArtefactStore, default_store, read_manifest
+    from embedpipe.evaluate.report import write_report
+
+    store = ArtefactStore(args.store) if args.store else default_store()
+    history = [read_manifest(store.resolve(args.name, v)) for v in store.versions(args.name)]
+    print(write_report(store.resolve(args.name, args.version), Path(args.out), history=history))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,12 +214,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(func=cmd_neighbors)
 
-    p = sub.add_parser("artefacts", help="list, show or verify published artefacts")
-    p.add_argument("action", choices=["list", "show", "verify"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("--version", default="latest")
-    p.add_argument("--store")
+    p = sub.add_parser("artefacts", help="list, show, verify, diff, alias, export, gc artefacts")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("list", help="every name and version, with aliases")
+    a.add_argument("--store")
+    for action, text in (("show", "print the manifest"), ("verify", "re-check every sha256")):
+        a = actions.add_parser(action, help=text)
+        a.add_argument("name")
+        a.add_argument("--version", default="latest")
+        a.add_argument("--store")
+    a = actions.add_parser("diff", help="what changed between two versions")
+    a.add_argument("name")
+    a.add_argument("a", help="version or alias")
+    a.add_argument("b", help="version or alias")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--store")
+    a = actions.add_parser("alias", help="point an alias (e.g. production) at a version")
+    a.add_argument("name")
+    a.add_argument("alias")
+    a.add_argument("target", help="version")
+    a.add_argument("--store")
+    a = actions.add_parser("delete", help="delete a version (refused while an alias names it)")
+    a.add_argument("name")
+    a.add_argument("target", help="version")
+    a.add_argument("--force", action="store_true", help="also remove aliases naming it")
+    a.add_argument("--store")
+    a = actions.add_parser("gc", help="keep the newest N versions (and every aliased one)")
+    a.add_argument("name")
+    a.add_argument("--keep", type=int, required=True)
+    a.add_argument("--store")
+    a = actions.add_parser("export", help="word2vec text/binary or Parquet (token, vector)")
+    a.add_argument("name")
+    a.add_argument("--version", default="latest")
+    a.add_argument("--format", required=True, choices=["w2v-text", "w2v-binary", "parquet"])
+    a.add_argument("--out", required=True)
+    a.add_argument("--include-special", action="store_true")
+    a.add_argument("--store")
     p.set_defaults(func=cmd_artefacts)
+
+    p = sub.add_parser("report", help="Markdown report with plots for an artefact version")
+    p.add_argument("name")
+    p.add_argument("--version", default="latest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

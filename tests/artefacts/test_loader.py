@@ -40,6 +40,8 @@ VECTORS = np.array(
     dtype=np.float32,
 )
 COUNTS = np.array([0, 5, 40, 30, 20, 10, 1], dtype=np.int64)
+# The vocabulary columns the loader reads (VOCAB_SCHEMA may hold more, for training).
+VOCAB_COLUMNS = pa.schema([VOCAB_SCHEMA.field(c) for c in ("id", "token", "count")])
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def write_artefact_files(
             "token": list(tokens),
             "count": counts.tolist(),
         },
-        schema=VOCAB_SCHEMA,
+        schema=VOCAB_COLUMNS,
     )
     pq.write_table(vocab, directory / "vocab.parquet")
     return {name: directory / name for name in ("vectors.safetensors", "vocab.parquet")}

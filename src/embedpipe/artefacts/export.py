@@ -1,19 +1,27 @@
 """Exports of trained vectors to formats other tools read with no code of ours.
 
 * word2vec text: gensim, fastText tooling, most embedding viewers.
+* word2vec binary: the original C tool's format; gensim `load_word2vec_format(binary=True)`.
 * Parquet with VECTORS_SCHEMA: Spark, DuckDB, Polars, pandas.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedpipe.schemas import VECTOR, VECTORS_SCHEMA
+from embedpipe.artefacts.loader import Embeddings, read_embeddings
+from embedpipe.schemas import SPECIAL_TOKENS, VECTOR, VECTORS_SCHEMA
+
+ExportFormat = Literal["w2v-text", "w2v-binary", "parquet"]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 # float32 needs 9 significant digits to round-trip exactly through decimal text.
 FLOAT32_FORMAT = "%.9g"
@@ -29,6 +37,16 @@ def _checked(tokens: Sequence[str], vectors: np.ndarray) -> np.ndarray:
     return array
 
 
+def _check_word2vec_tokens(tokens: Sequence[str], kind: str) -> None:
+    """Refuse tokens word2vec formats cannot hold: they end a token at whitespace."""
+    for token in tokens:
+        if not token or any(c.isspace() for c in token):
+            raise ValueError(
+                f"token {token!r} cannot be written in word2vec {kind} format "
+                "(empty or contains whitespace)"
+            )
+
+
 def write_word2vec_text(
     path: str | os.PathLike[str], tokens: Sequence[str], vectors: np.ndarray
 ) -> None:
@@ -39,12 +57,7 @@ def write_word2vec_text(
     cannot be represented: ValueError names it.
     """
     array = _checked(tokens, vectors)
-    for token in tokens:
-        if not token or any(c.isspace() for c in token):
-            raise ValueError(
-                f"token {token!r} cannot be written in word2vec text format "
-                "(empty or contains whitespace)"
-            )
+    _check_word2vec_tokens(tokens, "text")
     row_format = " ".join([FLOAT32_FORMAT] * array.shape[1])
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(f"{array.shape[0]} {array.shape[1]}\n")
@@ -66,3 +79,55 @@ def write_vectors_parquet(
     token_column = pa.array(list(tokens), type=pa.string())
     table = pa.Table.from_arrays([token_column, vector_column], schema=VECTORS_SCHEMA)
     pq.write_table(table, path)
+
+
+def write_word2vec_binary(
+    path: str | os.PathLike[str], tokens: Sequence[str], vectors: np.ndarray
+) -> None:
+    """Write the word2vec binary format: a "V d\\n" header, then per token its UTF-8 bytes,
+    a space, d little-endian float32 values and a newline (as the original C tool writes).
+    """
+    array = _checked(tokens, vectors).astype("<f4", copy=False)
+    _check_word2vec_tokens(tokens, "binary")
+    with open(path, "wb") as f:
+        f.write(f"{array.shape[0]} {array.shape[1]}\n".encode())
+        for token, row in zip(tokens, array, strict=True):
+            f.write(token.encode("utf-8") + b" " + row.tobytes() + b"\n")
+
+
+WRITERS = {
+    "w2v-text": write_word2vec_text,
+    "w2v-binary": write_word2vec_binary,
+    "parquet": write_vectors_parquet,
+}
+
+
+def export(
+    source: str | os.PathLike[str] | Embeddings,
+    fmt: ExportFormat,
+    out_path: str | os.PathLike[str],
+    include_special: bool = False,
+) -> Path:
+    """Write the vectors of an artefact directory (verified first) or Embeddings as `fmt`.
+
+    The special tokens ([PAD], [UNK], ...) are left out unless `include_special`: they carry
+    no meaning for a downstream tool. The file appears complete or not at all (written to a
+    temporary name, then renamed). Returns the path written.
+    """
+    if fmt not in WRITERS:
+        raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    emb = source if isinstance(source, Embeddings) else read_embeddings(source)
+    if include_special:
+        tokens, vectors = emb.vocab, emb.vectors
+    else:
+        keep = [i for i, token in enumerate(emb.vocab) if token not in SPECIAL_TOKENS]
+        tokens, vectors = [emb.vocab[i] for i in keep], emb.vectors[keep]
+    out = Path(out_path)
+    # Written beside the target and renamed, so a failed export leaves no truncated file.
+    tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
+    try:
+        WRITERS[fmt](tmp, tokens, vectors)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

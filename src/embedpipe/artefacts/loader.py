@@ -11,9 +11,10 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file
 
@@ -147,6 +148,61 @@ class Embeddings:
         """The cosine similarity of two words (or vectors)."""
         return float(self._unit(a) @ self._unit(b))
 
+    def lookup(self, token: str) -> int | None:
+        """The id of `token` as given, else of its lower-cased form, else None.
+
+        Our vocabularies are lower-cased, while a downstream vocabulary may keep case.
+        """
+        i = self._ids.get(token)
+        if i is None and isinstance(token, str):
+            i = self._ids.get(token.lower())
+        return i
+
+    def align(
+        self,
+        tokens: Sequence[str],
+        unknown: Literal["zeros", "random", "mean"] = "random",
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Map a downstream vocabulary onto these vectors: (matrix, found).
+
+        Row i of the float32 (len(tokens), dim) matrix is the vector of tokens[i] (looked up as
+        given, then lower-cased); `found` is the boolean mask of rows that were looked up.
+        The other rows follow `unknown`:
+
+        * "zeros": zero vectors;
+        * "random": independent draws from N(0, s^2 I) with s = m / sqrt(dim), where m is the
+          mean L2 norm of the found vectors: E ||row||^2 = m^2, so an unknown row is about as
+          long as a known one and pooled features keep their scale (numbers from `seed`);
+        * "mean": the mean of the found vectors.
+
+        Special tokens are matched like any token but left out of m and of the mean; when no
+        ordinary word is found, the statistics come from all ordinary words of the embedding.
+        """
+        if unknown not in ("zeros", "random", "mean"):
+            raise ValueError(f"unknown must be 'zeros', 'random' or 'mean', got {unknown!r}")
+        ids = np.array(
+            [-1 if (i := self.lookup(t)) is None else i for t in tokens], dtype=np.int64
+        ).reshape(-1)
+        found = ids >= 0
+        matrix = np.zeros((len(ids), self.dim), dtype=np.float32)
+        matrix[found] = self.vectors[ids[found]]
+        missing = int((~found).sum())
+        if missing == 0 or unknown == "zeros":
+            return matrix, found
+        special = {self._ids[t] for t in SPECIAL_TOKENS if t in self._ids}
+        known = sorted({int(i) for i in ids[found]} - special)
+        if not known:
+            known = [i for i in range(len(self)) if i not in special]
+        reference = self.vectors[known] if known else np.zeros((1, self.dim), np.float32)
+        if unknown == "mean":
+            matrix[~found] = reference.mean(axis=0)
+        else:
+            scale = float(np.linalg.norm(reference, axis=1).mean()) / np.sqrt(self.dim)
+            rng = np.random.default_rng(seed)
+            matrix[~found] = rng.standard_normal((missing, self.dim)) * scale
+        return matrix, found
+
     def to_torch(self, freeze: bool = True) -> tuple[torch.nn.Embedding, dict[str, int]]:
         """An nn.Embedding holding a copy of the vectors, and the token -> id mapping.
 
@@ -227,15 +283,21 @@ def _read_vectors(path: Path) -> np.ndarray:
     return vectors.astype(np.float32, copy=False)
 
 
+# The vocabulary columns the loader needs; other VOCAB_SCHEMA columns (sampling tables) are
+# training inputs, so artefacts published before they existed still load.
+_VOCAB_COLUMNS = pa.schema([VOCAB_SCHEMA.field(name) for name in (ID, TOKEN, COUNT)])
+
+
 def _read_vocab(path: Path) -> tuple[list[str], np.ndarray]:
     """Tokens by id and their counts from a VOCAB_SCHEMA table, checking ids are 0..V-1."""
+    names = _VOCAB_COLUMNS.names
     try:
         with pq.ParquetFile(path) as file:
-            missing = [c for c in VOCAB_SCHEMA.names if c not in file.schema_arrow.names]
+            missing = [c for c in names if c not in file.schema_arrow.names]
             if missing:
                 raise ArtefactError(f"{path} lacks the vocabulary columns {missing}")
-            table = file.read(columns=VOCAB_SCHEMA.names).select(VOCAB_SCHEMA.names)
-        table = table.cast(VOCAB_SCHEMA)
+            table = file.read(columns=names).select(names)
+        table = table.cast(_VOCAB_COLUMNS)
     except ArtefactError:
         raise
     except Exception as e:  # pyarrow raises several error types for bad files and types

@@ -6,10 +6,14 @@ Layout::
     <root>/<name>/v0002/
     <root>/<name>/aliases/latest    a text file holding a version string ("v0002")
     <root>/<name>/.tmp-<uuid>/      a publish in progress, invisible to readers
+    <root>/<name>/.deleting-<uuid>/ a version being deleted, invisible to readers
+    <root>/<name>/.deleted/v0001    a tombstone: the number of a deleted version is never reused
 
 A version appears with a single `os.rename` of a fully written temporary directory, so readers
 never see a partial version and concurrent publishers of the same name get distinct versions.
-The manifest records the sha256 and size of every file, so `verify` detects later tampering.
+Deletion is the reverse: one rename out of sight, then removal, so a reader sees the whole
+version or none of it. The manifest records the sha256 and size of every file, so `verify`
+detects later tampering.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Any
 MANIFEST = "manifest.json"
 ALIASES = "aliases"
 LATEST = "latest"
+TOMBSTONES = ".deleted"
+DELETING_PREFIX = ".deleting-"
 BLOCK = 1 << 20  # 1 MiB: the read size for hashing and copying.
 READ_ONLY = 0o444
 STORE_ENV = "EMBEDPIPE_STORE"
@@ -259,8 +265,15 @@ class ArtefactStore:
 
     @staticmethod
     def _max_number(base: Path) -> int:
-        """The highest version number under base, complete or not (0 if none)."""
+        """The highest version number under base, complete, incomplete or deleted (0 if none).
+
+        Counting tombstones means a deleted number is never handed out again, so a version
+        string names the same bytes forever.
+        """
         numbers = [_version_number(p.name) for p in base.iterdir()] if base.is_dir() else []
+        tombstones = base / TOMBSTONES
+        if tombstones.is_dir():
+            numbers += [_version_number(p.name) for p in tombstones.iterdir()]
         return max((n for n in numbers if n is not None), default=0)
 
     def versions(self, name: str) -> list[str]:
@@ -347,3 +360,101 @@ class ArtefactStore:
                 f"(versions: {self.versions(name) or 'none'})"
             )
         return path
+
+    def delete(self, name: str, version: str | int, force: bool = False) -> list[str]:
+        """Delete one version of `name`; return the aliases that pointed at it.
+
+        `version` must be a version ('v0003', '3' or 3), not an alias, so an alias can never
+        delete more than the caller named. A version that any alias names (`latest`
+        included) is refused with ArtefactError naming the aliases, unless `force`: then the
+        aliases are removed and `latest` moves to the newest remaining version (or is removed
+        with the last one). The number is tombstoned, so it is never reused by a publish.
+        """
+        validate_name(name)
+        if (
+            isinstance(version, str)
+            and _version_number(version) is None
+            and not _NUMBER_RE.fullmatch(version)
+        ):
+            raise ArtefactError(
+                f"delete takes a version of {name!r} such as 'v0003', not the alias "
+                f"{version!r}: resolve it first"
+            )
+        path = self.resolve(name, version)
+        target = path.name
+        pointing = sorted(a for a, v in self.aliases(name).items() if v == target)
+        if pointing and not force:
+            raise ArtefactError(
+                f"cannot delete {name} {target}: alias(es) {', '.join(pointing)} point at it "
+                "(move them, or pass force=True to remove them too)"
+            )
+        base = self.root / name
+        for alias in pointing:
+            if alias != LATEST:
+                with contextlib.suppress(FileNotFoundError):
+                    (base / ALIASES / alias).unlink()
+        tombstones = base / TOMBSTONES
+        tombstones.mkdir(exist_ok=True)
+        deleted_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        _write_atomic(tombstones / target, json.dumps({"deleted": deleted_at}) + "\n")
+        doomed = base / f"{DELETING_PREFIX}{uuid.uuid4().hex}"
+        os.rename(path, doomed)
+        _fsync_dir(base)
+        if LATEST in pointing or self.aliases(name).get(LATEST) == target:
+            if self.versions(name):
+                self._advance_latest(name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (base / ALIASES / LATEST).unlink()
+        _remove_tree(doomed)
+        return pointing
+
+    def gc(self, name: str, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions of `name`, sparing any an alias names.
+
+        Returns the deleted versions, oldest first. Also removes leftovers of deletions that
+        were interrupted (`.deleting-*` directories).
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ArtefactError(f"keep must be an integer >= 0, got {keep!r}")
+        versions = self.versions(name)
+        kept = set(versions[len(versions) - keep :]) if keep else set()
+        aliased = set(self.aliases(name).values())
+        deleted = []
+        for version in versions:
+            if version not in kept and version not in aliased:
+                try:
+                    self.delete(name, version)
+                except ArtefactError:
+                    continue  # deleted or aliased by someone else meanwhile: leave it be
+                deleted.append(version)
+        base = self.root / name
+        if base.is_dir():
+            for leftover in base.glob(f"{DELETING_PREFIX}*"):
+                _remove_tree(leftover)
+        return deleted
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory of read-only published files: make everything writable, then rmtree.
+
+    Removing a file needs a writable directory on POSIX but a writable file on Windows, so
+    both are made writable. Entries that vanish meanwhile (a concurrent remover) are ignored.
+    """
+    for directory, subdirs, files in os.walk(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(directory, 0o700)
+        for entry in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(os.path.join(directory, entry), 0o600)
+        for entry in subdirs:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(os.path.join(directory, entry), 0o700)
+    for _ in range(3):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            if not path.exists():
+                return
+    shutil.rmtree(path)

@@ -1,0 +1,287 @@
+"""What changed between two artefact manifests: configuration, corpus stages, scores, sizes.
+
+Answers "why is v0007 better than v0006?" from the manifests alone, with no vectors loaded:
+the hyper-parameters and run configuration that differ, the corpus stages whose fingerprint
+or counts moved, the evaluation scores with their deltas, and the sizes of files and runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# (benchmark, field) pairs reported in every diff, in this order.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("wordsim353", "spearman"),
+    ("wordsim353", "oov_rate"),
+    ("simlex999", "spearman"),
+    ("simlex999", "oov_rate"),
+    ("analogy", "accuracy"),
+    ("analogy", "semantic_accuracy"),
+    ("analogy", "syntactic_accuracy"),
+    ("analogy", "coverage"),
+)
+TRAINING = ("steps", "seconds", "words_per_sec", "corpus_words", "world_size", "device")
+STAGE_COUNTS_SKIPPED = ("buckets", "shards", "boundaries")  # bulky per-bucket/shard lists
+_MISSING = object()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {"a.b.c": leaf}; lists and scalars are leaves."""
+    if not isinstance(value, Mapping):
+        return {prefix: value} if prefix else {}
+    out: dict[str, Any] = {}
+    for key in sorted(value, key=str):
+        out.update(_flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _number(x: Any) -> float | None:
+    """x as a finite float, None for anything else (missing, NaN, bools, strings)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _same(x: Any, y: Any) -> bool:
+    """Equality that treats two NaNs as equal (a NaN score did not change)."""
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return x == y
+
+
+def _pair(a: Any, b: Any) -> dict[str, Any]:
+    """{"a", "b"} plus "delta" = b - a when both are finite numbers."""
+    entry: dict[str, Any] = {"a": a, "b": b}
+    x, y = _number(a), _number(b)
+    if x is not None and y is not None:
+        delta = y - x
+        entry["delta"] = int(delta) if isinstance(a, int) and isinstance(b, int) else delta
+    return entry
+
+
+def _changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The flattened keys whose values differ between a and b (missing on one side: None)."""
+    fa, fb = _flatten(a), _flatten(b)
+    return {
+        key: _pair(fa.get(key), fb.get(key))
+        for key in sorted(fa.keys() | fb.keys())
+        if not _same(fa.get(key, _MISSING), fb.get(key, _MISSING))
+    }
+
+
+def _get(d: Any, *keys: str) -> Any:
+    """d[k1][k2]..., None when any level is missing or not a dict."""
+    for key in keys:
+        if not isinstance(d, Mapping) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _hyperparameters(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The model kind and its hyper-parameters (run_config.train when the model lacks them)."""
+    params = _get(manifest, "model", "hyperparameters")
+    if not isinstance(params, Mapping):
+        params = _get(manifest, "run_config", "train") or {}
+    return {"kind": _get(manifest, "model", "kind"), **params}
+
+
+def _stage_diff(a: Any, b: Any) -> dict[str, Any] | None:
+    """How one corpus stage differs: fingerprint, scalar counts; None when identical."""
+    if a is None or b is None:
+        return {"status": "added" if a is None else "removed"}
+    entry: dict[str, Any] = {}
+    if a.get("fingerprint") != b.get("fingerprint"):
+        entry["fingerprint"] = {"a": a.get("fingerprint"), "b": b.get("fingerprint")}
+
+    def counts(stage: Mapping[str, Any]) -> dict[str, Any]:
+        c = stage.get("counts") or {}
+        return {k: v for k, v in c.items() if k not in STAGE_COUNTS_SKIPPED}
+
+    changed_counts = _changes(counts(a), counts(b))
+    if changed_counts:
+        entry["counts"] = changed_counts
+    changed_config = _changes(a.get("config") or {}, b.get("config") or {})
+    if changed_config:
+        entry["config"] = changed_config
+    return entry or None
+
+
+def _sizes(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Bytes per file and in total, vocabulary size and dimension."""
+    files = manifest.get("files") or {}
+    sizes: dict[str, Any] = {
+        f"bytes.{name}": entry.get("bytes")
+        for name, entry in sorted(files.items())
+        if isinstance(entry, Mapping)
+    }
+    sizes["bytes.total"] = sum(v for v in sizes.values() if isinstance(v, int)) or None
+    sizes["vocab_size"] = _get(manifest, "stages", "vocab", "counts", "vocab_size")
+    sizes["dim"] = _hyperparameters(manifest).get("dim")
+    return sizes
+
+
+def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: manifest.get(k) for k in ("name", "version", "created")}
+
+
+def diff_manifests(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """What changed from manifest `a` (older) to manifest `b` (newer).
+
+    Returns a JSON-ready dict:
+
+    * "a", "b": name, version and created of each side;
+    * "hyperparameters": {key: {"a", "b", "delta"?}} for the model kind and training
+      hyper-parameters that differ;
+    * "config": the same for the rest of the run configuration (corpus, tokenize, vocab, ...);
+    * "stages": {table: {"fingerprint"?, "counts"?, "config"?} or {"status": added|removed}}
+      for the corpus stages that differ; "stages_unchanged": the others;
+    * "metrics": {"wordsim353.spearman": {"a", "b", "delta"?}, ...} for every score present on
+      either side (delta only when both are finite);
+    * "sizes": bytes per file and in total, vocab size and dimension, with deltas;
+    * "training": steps, seconds, words/s, corpus words, world size and device;
+    * "code", "libraries": versions that differ.
+    """
+    run_a = dict(a.get("run_config") or {})
+    run_b = dict(b.get("run_config") or {})
+    run_a.pop("train", None)
+    run_b.pop("train", None)
+
+    stages_a, stages_b = a.get("stages") or {}, b.get("stages") or {}
+    stages: dict[str, Any] = {}
+    unchanged: list[str] = []
+    for table in sorted(stages_a.keys() | stages_b.keys()):
+        entry = _stage_diff(stages_a.get(table), stages_b.get(table))
+        if entry is None:
+            unchanged.append(table)
+        else:
+            stages[table] = entry
+
+    metrics: dict[str, Any] = {}
+    for bench, field in METRICS:
+        x, y = _get(a, "metrics", bench, field), _get(b, "metrics", bench, field)
+        if x is not None or y is not None:
+            metrics[f"{bench}.{field}"] = _pair(x, y)
+
+    sizes_a, sizes_b = _sizes(a), _sizes(b)
+    sizes = {
+        key: _pair(sizes_a.get(key), sizes_b.get(key))
+        for key in sorted(sizes_a.keys() | sizes_b.keys())
+        if sizes_a.get(key) is not None or sizes_b.get(key) is not None
+    }
+    training = {
+        key: _pair(_get(a, "training", key), _get(b, "training", key))
+        for key in TRAINING
+        if _get(a, "training", key) is not None or _get(b, "training", key) is not None
+    }
+    return {
+        "a": _identity(a),
+        "b": _identity(b),
+        "hyperparameters": _changes(_hyperparameters(a), _hyperparameters(b)),
+        "config": _changes(run_a, run_b),
+        "stages": stages,
+        "stages_unchanged": unchanged,
+        "metrics": metrics,
+        "sizes": sizes,
+        "training": training,
+        "code": _changes(a.get("code_version") or {}, b.get("code_version") or {}),
+        "libraries": _changes(a.get("libraries") or {}, b.get("libraries") or {}),
+    }
+
+
+def _show(value: Any) -> str:
+    """A compact terminal rendering of one value."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]  # a sha256 fingerprint
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show_delta(entry: Mapping[str, Any], signed_percent: bool = False) -> str:
+    if "delta" not in entry:
+        return ""
+    delta = entry["delta"]
+    text = f"{delta:+d}" if isinstance(delta, int) else f"{delta:+.4f}"
+    a = _number(entry["a"])
+    if signed_percent and a:
+        text += f" ({100 * delta / abs(a):+.1f}%)"
+    return text
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """Left-aligned columns: key, a, b, delta."""
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+
+
+def format_diff(d: Mapping[str, Any]) -> str:
+    """A plain-text rendering of a `diff_manifests` result for a terminal."""
+
+    def label(side: Mapping[str, Any]) -> str:
+        return f"{side.get('name') or '?'} {side.get('version') or '?'}"
+
+    a, b = label(d["a"]), label(d["b"])
+    lines = [f"{a} -> {b}"]
+    if d["a"].get("name") == d["b"].get("name"):  # columns by version alone
+        a, b = str(d["a"].get("version") or "?"), str(d["b"].get("version") or "?")
+    header = ("", a, b, "delta")
+
+    def section(title: str, entries: Mapping[str, Any], percent: bool = False) -> None:
+        lines.append("")
+        if not entries:
+            lines.append(f"{title}: unchanged")
+            return
+        lines.append(f"{title}:")
+        rows = [header] + [
+            (key, _show(e["a"]), _show(e["b"]), _show_delta(e, percent))
+            for key, e in entries.items()
+        ]
+        lines.extend(_table(rows))
+
+    section("metrics", d["metrics"])
+    section("hyper-parameters", d["hyperparameters"])
+    section("run config", d["config"])
+
+    lines.append("")
+    if d["stages"]:
+        lines.append("corpus stages:")
+        for table, entry in d["stages"].items():
+            if "status" in entry:
+                lines.append(f"  {table}: {entry['status']}")
+                continue
+            what = []
+            if "fingerprint" in entry:
+                fp = entry["fingerprint"]
+                what.append(f"fingerprint {_show(fp['a'])} -> {_show(fp['b'])}")
+            lines.append(f"  {table}: " + ("; ".join(what) or "same fingerprint"))
+            changed = {**entry.get("config", {}), **entry.get("counts", {})}
+            if changed:
+                rows = [
+                    ("  " + k, _show(e["a"]), _show(e["b"]), _show_delta(e, True))
+                    for k, e in changed.items()
+                ]
+                lines.extend(_table(rows))
+    if d["stages_unchanged"]:
+        lines.append(f"corpus stages unchanged: {', '.join(d['stages_unchanged'])}")
+    if not d["stages"] and not d["stages_unchanged"]:
+        lines.append("corpus stages: none recorded")
+
+    section("sizes", d["sizes"], percent=True)
+    section("training", d["training"], percent=True)
+    if d["code"] or d["libraries"]:
+        section(
+            "code and libraries",
+            {**{f"code.{k}": v for k, v in d["code"].items()}, **d["libraries"]},
+        )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["diff_manifests", "format_diff"]
