@@ -38,7 +38,6 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4096")
-        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)
