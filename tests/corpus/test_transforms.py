@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedpipe import schemas as S
-from embedpipe.corpus.cooccur import count_pairs
+from embedpipe.corpus.cooccur import PairCounter, count_pairs
 from embedpipe.corpus.encode import encode_arrow
 
 WORDS = ["a", "b", "c", "d", "e", "zz"]
@@ -32,9 +32,13 @@ id_lists = st.lists(st.lists(st.integers(0, 12), max_size=15), max_size=12)
 
 
 @settings(max_examples=200, deadline=None)
-@given(id_lists, st.integers(1, 6))
-def test_count_pairs_matches_reference(sequences: list[list[int]], window: int) -> None:
-    rows, cols, weights = count_pairs(pa.array(sequences, pa.list_(pa.int32())), window)
+@given(id_lists, st.integers(1, 6), st.sampled_from([0, 8, 4096]))
+def test_count_pairs_matches_reference(
+    sequences: list[list[int]], window: int, dense_ids: int
+) -> None:
+    """All pairs sparse (0), mixed dense and sparse (8), all dense (4096)."""
+    ids = pa.array(sequences, pa.list_(pa.int32()))
+    rows, cols, weights = count_pairs(ids, window, dense_ids=dense_ids)
     got = {(int(r), int(c)): w for r, c, w in zip(rows, cols, weights, strict=True)}
     want = reference_cooccur(sequences, window)
     assert got.keys() == want.keys()
@@ -62,3 +66,19 @@ def test_encode_matches_reference(token_lists: list[list[str]], drop: bool) -> N
         want = [[index.get(t, S.UNK_ID) for t in tokens] for tokens in token_lists]
     assert got.type == pa.list_(pa.int32())
     assert got.to_pylist() == want
+
+
+def test_pair_counter_merges_runs_across_flushes() -> None:
+    """Tiny flushes force many sorted runs and merges; the sums still match the reference."""
+    rng = np.random.default_rng(0)
+    sequences = [list(rng.integers(5, 60, size=rng.integers(0, 20))) for _ in range(300)]
+    counter = PairCounter(3, flush_pairs=50, dense_ids=20)
+    for a in range(0, 300, 7):
+        counter.add(pa.array(sequences[a : a + 7], pa.list_(pa.int32())))
+    table = pa.Table.from_batches(list(counter.drain()))
+    keys = list(zip(table.column("row").to_pylist(), table.column("col").to_pylist(), strict=True))
+    assert keys == sorted(keys)
+    got = dict(zip(keys, table.column("units").to_numpy() / 6, strict=True))
+    want = reference_cooccur(sequences, 3)
+    assert got.keys() == want.keys()
+    assert all(np.isclose(got[k], v) for k, v in want.items())

@@ -2,17 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from embedpipe import schemas as S
 from embedpipe.config import VocabConfig
 
+_COUNTS_SCHEMA = pa.schema([pa.field(S.TOKEN, pa.string()), pa.field(S.COUNT, pa.int64())])
+FLUSH_TOKENS = 1 << 23
+
+
+def merge_counts(partial: pa.Table | None, tokens: list[pa.Array]) -> pa.Table:
+    """Add the counts of `tokens` to a (token, count) table (Arrow's C++ hash aggregation)."""
+    counted = pc.value_counts(pa.chunked_array(tokens, pa.string()))
+    table = pa.Table.from_arrays(
+        [counted.field("values"), counted.field("counts")], schema=_COUNTS_SCHEMA
+    )
+    if partial is not None:
+        table = pa.concat_tables([partial, table])
+        table = table.group_by(S.TOKEN).aggregate([(S.COUNT, "sum")])
+        table = table.rename_columns(
+            [S.COUNT if c.endswith("_sum") else c for c in table.column_names]
+        )
+        table = table.select([S.TOKEN, S.COUNT])
+    return table
+
 
 def count_tokens(tokens: DataFrame) -> DataFrame:
-    """(token, count) of every distinct token; a distributed aggregation."""
-    exploded = tokens.select(F.explode(S.TOKENS).alias(S.TOKEN))
-    return exploded.groupBy(S.TOKEN).agg(F.count(F.lit(1)).alias(S.COUNT))
+    """(token, count) of every distinct token.
+
+    Each partition counts its tokens in Arrow (hash aggregation in C++) and emits only its
+    distinct tokens; Spark's shuffle sums those partial counts.
+    """
+
+    def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        partial, pending, pending_tokens = None, [], 0
+        for batch in batches:
+            flat = pc.list_flatten(batch.column(S.TOKENS))
+            pending.append(flat)
+            pending_tokens += len(flat)
+            if pending_tokens >= FLUSH_TOKENS:
+                partial = merge_counts(partial, pending)
+                pending, pending_tokens = [], 0
+        if pending:
+            partial = merge_counts(partial, pending)
+        if partial is not None:
+            yield from partial.to_batches(max_chunksize=1 << 20)
+
+    partial = tokens.select(S.TOKENS).mapInArrow(count_partition, S.spark_ddl(_COUNTS_SCHEMA))
+    return partial.groupBy(S.TOKEN).agg(F.sum(S.COUNT).cast("bigint").alias(S.COUNT))
 
 
 def build_vocab(counts: DataFrame, config: VocabConfig) -> DataFrame:
