@@ -79,8 +79,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from embedpipe.artefacts import load
     from embedpipe.artefacts.publish import evaluate_vectors
 
+    from embedpipe.evaluate import evaluate_similarity, read_pairs
+
     emb = load(args.artefact, version=args.version, store=args.store)
-    print_json(evaluate_vectors(emb.vectors, emb.vocab))
+    results = evaluate_vectors(emb.vectors, emb.vocab)
+    for path in args.pairs:
+        results[Path(path).name] = evaluate_similarity(emb.vectors, emb.vocab, read_pairs(path))
+    print_json(results)
 
 
 def cmd_neighbors(args: argparse.Namespace) -> None:
@@ -206,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="benchmark scores of an artefact")
     add_artefact_args(p)
+    p.add_argument(
+        "--pairs", action="append", default=[], metavar="FILE",
+        help="also score your own word<TAB>word<TAB>score file (repeatable)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("neighbors", help="nearest neighbours of a word")

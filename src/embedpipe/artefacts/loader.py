@@ -7,6 +7,7 @@ Only safetensors and Parquet are read: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 VECTORS_FILE = "vectors.safetensors"
 VOCAB_FILE = "vocab.parquet"
 VECTORS_KEY = "vectors"
+TOKENIZER_FILE = "tokenizer.model"  # SentencePiece model of a SentencePiece artefact
 
 
 class Embeddings:
@@ -46,6 +48,7 @@ class Embeddings:
         counts: np.ndarray | None = None,
         manifest: dict[str, Any] | None = None,
         path: Path | None = None,
+        tokenizer_model: bytes | None = None,
     ) -> None:
         self.vectors: np.ndarray = np.ascontiguousarray(vectors, dtype=np.float32)
         self.vocab: list[str] = list(vocab)
@@ -67,6 +70,8 @@ class Embeddings:
             duplicate = next(t for t, n in Counter(self.vocab).items() if n > 1)
             raise ValueError(f"token {duplicate!r} appears more than once in the vocabulary")
         self._normed: np.ndarray | None = None
+        self.tokenizer_model = tokenizer_model
+        self._processor: Any = None
 
     @classmethod
     def from_arrays(
@@ -86,7 +91,32 @@ class Embeddings:
         return isinstance(word, str) and word in self._ids
 
     def __getitem__(self, word: str) -> np.ndarray:
-        return self.vectors[self.index(word)]
+        """The word's vector; for a SentencePiece artefact an out-of-vocabulary word gets the
+        mean vector of its pieces (KeyError when none of them is known either)."""
+        if word in self._ids or self.tokenizer_model is None:
+            return self.vectors[self.index(word)]
+        pieces = [self._ids[p] for p in self.pieces(word) if p in self._ids]
+        if not pieces:
+            raise KeyError(f"word {word!r} and its pieces are not in the vocabulary")
+        return self.vectors[pieces].mean(axis=0)
+
+    def pieces(self, text: str) -> list[str]:
+        """The SentencePiece pieces of `text`, normalised as at training time."""
+        if self.tokenizer_model is None:
+            raise ValueError("this artefact has no SentencePiece model")
+        if self._processor is None:
+            from embedpipe.config import TokenizeConfig
+            from embedpipe.text.sentencepiece import load_processor
+
+            known = {f.name for f in dataclasses.fields(TokenizeConfig)}
+            options = {k: v for k, v in self.manifest.get("tokenizer", {}).items() if k in known}
+            self._tokenize_config = TokenizeConfig(**options)
+            self._processor = load_processor(self.tokenizer_model)
+        from embedpipe.text.sentencepiece import encode_pieces_arrow
+
+        return encode_pieces_arrow(pa.array([text]), self._processor, self._tokenize_config)[
+            0
+        ].as_py()
 
     def index(self, word: str) -> int:
         """The id of `word`; KeyError naming it if it is not in the vocabulary."""
@@ -111,7 +141,7 @@ class Embeddings:
     def _unit(self, word_or_vector: str | np.ndarray) -> np.ndarray:
         """The unit vector of a word or of a raw vector of length d."""
         if isinstance(word_or_vector, str):
-            vector = self.vectors[self.index(word_or_vector)]
+            vector = self[word_or_vector]
         else:
             vector = np.asarray(word_or_vector, dtype=np.float32)
             if vector.shape != (self.dim,):
@@ -130,7 +160,7 @@ class Embeddings:
         """
         scores = self.normed @ self._unit(word_or_vector)
         excluded = [self._ids[t] for t in SPECIAL_TOKENS if t in self._ids]
-        if isinstance(word_or_vector, str):
+        if isinstance(word_or_vector, str) and word_or_vector in self._ids:
             excluded.append(self._ids[word_or_vector])
         candidates = np.ones(len(self), dtype=bool)
         candidates[excluded] = False
@@ -260,8 +290,12 @@ def read_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
             f"{directory / VOCAB_FILE} has {len(tokens)} tokens but "
             f"{directory / VECTORS_FILE} has {vectors.shape[0]} rows"
         )
+    tokenizer = directory / TOKENIZER_FILE
+    model = tokenizer.read_bytes() if TOKENIZER_FILE in manifest["files"] else None
     try:
-        return Embeddings(vectors, tokens, counts, manifest=manifest, path=directory)
+        return Embeddings(
+            vectors, tokens, counts, manifest=manifest, path=directory, tokenizer_model=model
+        )
     except ValueError as e:
         raise ArtefactError(f"{directory}: {e}") from e
 

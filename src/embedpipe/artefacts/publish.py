@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from embedpipe import schemas as S
 from embedpipe.artefacts.export import write_word2vec_text
-from embedpipe.artefacts.loader import VECTORS_FILE, VOCAB_FILE
+from embedpipe.artefacts.loader import TOKENIZER_FILE, VECTORS_FILE, VOCAB_FILE
 from embedpipe.artefacts.store import ArtefactStore
 from embedpipe.config import RunConfig
 from embedpipe.corpus.stage import Workdir
@@ -34,7 +34,6 @@ from embedpipe.train.trainer import METRICS, SUMMARY
 from embedpipe.version import code_version
 
 WORD2VEC_FILE = "vectors.w2v.txt"
-TOKENIZER_FILE = "tokenizer.model"
 LIBRARIES = ("torch", "pyspark", "pyarrow", "numpy", "prefect", "safetensors")
 
 
