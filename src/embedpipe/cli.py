@@ -78,7 +78,6 @@ def cmd_publish(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from embedpipe.artefacts import load
     from embedpipe.artefacts.publish import evaluate_vectors
-
     from embedpipe.evaluate import evaluate_similarity, read_pairs
 
     emb = load(args.artefact, version=args.version, store=args.store)

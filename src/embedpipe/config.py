@@ -142,8 +142,7 @@ class TrainConfig:
     epochs: int = 1
     lr: float = 0.025
     min_lr: float = 0.0001
-    sample: float = 1e-3  # frequent-word subsampling threshold; 0 disables it
-    batch_size: int = 4096  # centre words per step and rank
+    batch_size: int = 16384  # (centre, context) pairs per step and rank
     seed: int = 1
     nproc: int = 2
     threads: int = 1  # torch intra-op threads per process
@@ -156,7 +155,6 @@ class TrainConfig:
         for name in ("dim", "window", "negatives", "epochs", "batch_size", "nproc", "threads"):
             _check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
         _check(0 < self.min_lr <= self.lr, "train.min_lr must be in (0, lr]")
-        _check(self.sample >= 0, "train.sample must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
 
 

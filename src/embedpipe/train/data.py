@@ -3,12 +3,17 @@
 Ranks split the table by global row ranges computed from Parquet metadata alone, so a
 rank reads only its rows and memory is bounded by `chunk_rows`, not by the corpus. The
 chunk list is deterministic, which makes (epoch, chunk, batch) a complete data cursor.
+`Prefetcher` runs a deterministic producer (reading, pair generation, negative sampling)
+on a background thread so it overlaps the training step and collective waits.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import fsspec
 import numpy as np
@@ -59,14 +64,29 @@ def rank_chunks(table_dir: str, rank: int, world: int, chunk_rows: int = 16384) 
     return chunks
 
 
+class ChunkReader:
+    """Reads chunks, keeping the last row group so consecutive chunks of one group read it once."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, int] | None = None
+        self._ids: Any = None
+
+    def __call__(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        """(flat int32 ids, int64 offsets) of a chunk's sequences."""
+        key = (chunk.file, chunk.row_group)
+        if key != self._key:
+            with fsspec.open(chunk.file, "rb") as f:
+                table = pq.ParquetFile(f).read_row_group(chunk.row_group, columns=[S.IDS])
+            self._key, self._ids = key, table.column(S.IDS).combine_chunks()
+        ids = self._ids.slice(chunk.start, chunk.stop - chunk.start)
+        offsets = np.asarray(ids.offsets, dtype=np.int64)
+        flat = ids.values.to_numpy()[offsets[0] : offsets[-1]].astype(np.int32, copy=False)
+        return flat, offsets - offsets[0]
+
+
 def read_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
     """(flat int32 ids, int64 offsets) of a chunk's sequences."""
-    with fsspec.open(chunk.file, "rb") as f:
-        table = pq.ParquetFile(f).read_row_group(chunk.row_group, columns=[S.IDS])
-    ids = table.column(S.IDS).combine_chunks().slice(chunk.start, chunk.stop - chunk.start)
-    offsets = np.asarray(ids.offsets, dtype=np.int64)
-    flat = ids.values.to_numpy()[offsets[0] : offsets[-1]].astype(np.int32, copy=False)
-    return flat, offsets - offsets[0]
+    return ChunkReader()(chunk)
 
 
 def count_rows(table_dir: str) -> int:
@@ -80,5 +100,87 @@ def count_rows(table_dir: str) -> int:
 def iter_chunks(
     chunks: list[Chunk], first: int = 0
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    reader = ChunkReader()
     for i in range(first, len(chunks)):
-        yield (i, *read_chunk(chunks[i]))
+        yield (i, *reader(chunks[i]))
+
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Prefetcher(Generic[T]):
+    """Iterate `items` on a background thread, up to `depth` items ahead.
+
+    The order and content of items are the producer's alone, so prefetching never changes
+    results; `depth=0` runs the producer inline (no thread). `peek()` returns the next item
+    without consuming it (None at the end); errors of the producer re-raise here. Always
+    `close()` (or use as a context manager): it stops the thread when a consumer ends early.
+    """
+
+    def __init__(self, items: Iterator[T], depth: int = 8) -> None:
+        self._items = items
+        self._head: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+            self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            self._put(_Failure(error))
+
+    def _fetch(self) -> Any:
+        if self._thread is None:
+            return next(self._items, _DONE)
+        return self._queue.get()
+
+    def peek(self) -> T | None:
+        if self._head is None:
+            self._head = self._fetch()
+        if isinstance(self._head, _Failure):
+            raise self._head.error
+        return None if self._head is _DONE else self._head
+
+    def __iter__(self) -> Prefetcher[T]:
+        return self
+
+    def __next__(self) -> T:
+        item = self.peek()
+        if item is None:
+            raise StopIteration
+        self._head = None
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

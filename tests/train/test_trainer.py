@@ -1,0 +1,161 @@
+"""The trainer: exact resume after a kill, run fingerprints, and a real 2-rank torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from embedpipe.config import TrainConfig
+from embedpipe.corpus.stage import MANIFEST, Workdir
+from embedpipe.train.checkpoint import (
+    STATE,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from embedpipe.train.sgns import SkipGram, compact_rows
+from embedpipe.train.trainer import (
+    SUMMARY,
+    SparseRowsExchange,
+    coalesced,
+    sparse_rows_hook,
+    train,
+    training_fingerprint,
+)
+
+CONFIG = TrainConfig(
+    dim=8, window=3, negatives=3, epochs=2, batch_size=48, checkpoint_every=3,
+    keep_checkpoints=100, log_every=10_000,
+)  # fmt: skip
+
+
+def final_tensors(out: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(latest_checkpoint(out / "checkpoints"))[0]
+
+
+def test_resume_after_a_kill_repeats_the_run_exactly(workdir: Path, tmp_path: Path) -> None:
+    full = train(CONFIG, str(workdir), tmp_path / "full")
+    expected = final_tensors(tmp_path / "full")
+    checkpoints = complete_checkpoints(tmp_path / "full" / "checkpoints")[:-1]
+    states = [json.loads((p / STATE).read_text()) for p in checkpoints]
+    # The run holds checkpoints mid-chunk, at chunk boundaries and at the epoch boundary.
+    cursors = {(s["epoch"], tuple(s["cursors"][0])) for s in states}
+    assert any(c[1][0] >= 1 and c[1][1] >= 1 for c in cursors)
+    assert (1, (0, 0)) in cursors
+
+    for killed_at in checkpoints:  # as if killed right after writing this checkpoint
+        out = tmp_path / f"resumed-{killed_at.name}"
+        shutil.copytree(killed_at, out / "checkpoints" / killed_at.name)
+        resumed = train(CONFIG, str(workdir), out)
+        assert resumed["steps"] == full["steps"]
+        got = final_tensors(out)
+        for name in ("input", "output"):
+            assert torch.equal(expected[name], got[name]), (killed_at.name, name)
+    # ... and training did move the vectors.
+    initial = SkipGram(len(expected["input"]), CONFIG.dim, CONFIG.seed).input.weight
+    assert not torch.equal(expected["input"], initial)
+    assert torch.isfinite(expected["input"]).all()
+
+
+def test_fingerprint_is_recorded_and_guards_resume(workdir: Path, tmp_path: Path) -> None:
+    config = dataclasses.replace(CONFIG, epochs=1, checkpoint_every=0)
+    out = tmp_path / "out"
+    summary = train(config, str(workdir), out)
+    wd = Workdir(str(workdir))
+    expected = training_fingerprint(config, wd.require("sequences"), wd.require("vocab"))
+    assert summary["fingerprint"] == expected
+    assert json.loads((out / SUMMARY).read_text())["fingerprint"] == expected
+    state = json.loads((latest_checkpoint(out / "checkpoints") / STATE).read_text())
+    assert state["fingerprint"] == expected
+
+    # Another setting: the old checkpoint must not be resumed.
+    with pytest.raises(RuntimeError, match=str(out / "checkpoints")):
+        train(dataclasses.replace(config, lr=0.05), str(workdir), out)
+
+    # Same settings, new upstream table: refused as well.
+    manifest = workdir / "vocab" / MANIFEST
+    manifest.write_text(json.dumps({"fingerprint": "vocab-rebuilt"}))
+    assert training_fingerprint(config, wd.require("sequences"), wd.require("vocab")) != expected
+    with pytest.raises(RuntimeError, match="fingerprint"):
+        train(config, str(workdir), out)
+
+
+def test_sparse_rows_hook_gives_what_ddp_gives(tmp_path: Path) -> None:
+    """The communication hook against DDP's own sparse all-reduce (one rank in-process;
+    the torchrun test runs it across two)."""
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
+    try:
+        vocab, batch, width = 40, 64, 4
+        results = []
+        for hooked in (False, True):
+            model = SkipGram(vocab, 8, seed=0)
+            with torch.no_grad():
+                model.output.weight.normal_(generator=torch.Generator().manual_seed(1))
+            ddp = DistributedDataParallel(model)
+            if hooked:
+                bounds = {model.input.weight: batch, model.output.weight: batch * width}
+                ddp.register_comm_hook(SparseRowsExchange(bounds, 1), sparse_rows_hook)
+            rng = np.random.default_rng(0)
+            for _ in range(3):
+                in_rows, in_pos = compact_rows(rng.integers(5, vocab, batch), vocab)
+                out_rows, out_pos = compact_rows(rng.integers(5, vocab, (batch, width)), vocab)
+                tensors = (in_rows, in_pos, out_rows, out_pos.reshape(batch, width))
+                ddp(*(torch.from_numpy(t) for t in tensors), 0.1).backward()
+                with torch.no_grad():
+                    for p in (model.input.weight, model.output.weight):
+                        p.add_(p.grad.to_dense(), alpha=-0.1)
+                        p.grad = None
+            results.append(torch.cat([model.input.weight, model.output.weight]).detach())
+        torch.testing.assert_close(results[1], results[0])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_coalesced_marks_or_merges() -> None:
+    dense = torch.zeros(6, 2)
+    ordered = torch.sparse_coo_tensor(
+        torch.tensor([[1, 4]]), torch.ones(2, 2), (6, 2), check_invariants=True
+    )
+    assert coalesced(ordered).is_coalesced()
+    torch.testing.assert_close(
+        coalesced(ordered).to_dense(), dense.index_add(0, torch.tensor([1, 4]), torch.ones(2, 2))
+    )
+    repeated = torch.sparse_coo_tensor(
+        torch.tensor([[4, 1, 4]]), torch.ones(3, 2), (6, 2), check_invariants=True
+    )
+    merged = coalesced(repeated)
+    assert merged.is_coalesced() and merged._indices().tolist() == [[1, 4]]
+    assert merged._values()[1].tolist() == [2.0, 2.0]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "embedpipe.train", "--set", f"workdir={workdir}", "--set", "train.epochs=2",
+        "--set", "train.dim=8", "--set", "train.batch_size=48", "--set", "train.negatives=3",
+        "--set", "train.checkpoint_every=4", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["world_size"] == 2 and summary["steps"] > 0
+    tensors, state = load_checkpoint(out / "checkpoints" / summary["checkpoint"])
+    assert state["world"] == 2 and state["epoch"] == 2 and state["step"] == summary["steps"]
+    vectors = tensors["input"]
+    assert torch.isfinite(vectors).all() and torch.isfinite(tensors["output"]).all()
+    assert not torch.equal(vectors, SkipGram(len(vectors), 8, seed=1).input.weight)
