@@ -496,6 +496,7 @@ def summarise(size: str, tok_info: dict, glove: dict, ours: dict, sanity: dict) 
     all_s = sum(s["seconds"] for s in ours["stages"].values())
     return {
         "size": size,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tokens": tokens,
         "lines": tok_info["lines"],
         "pretokenize_s": tok_info.get("seconds"),
@@ -683,6 +684,11 @@ def main() -> None:
     parser.add_argument("--oov", choices=["drop", "unk"], default="drop")
     parser.add_argument("--event-log", type=Path, help="also write Spark event logs here")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--add-to",
+        type=Path,
+        help="an earlier OUT/corpus_stages.rows.json whose other sizes go into the results too",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the fastest is kept")
     parser.add_argument(
         "--wait-quiet",
@@ -734,6 +740,12 @@ def main() -> None:
             f"[{size}] ours path {row['ours']['path_s']:.1f}s vs glove {glove['seconds']:.1f}s",
             flush=True,
         )
+    if args.add_to and args.add_to.is_file():
+        # Keep an earlier invocation's rows for the sizes not measured now.
+        done = {r["size"] for r in rows}
+        rows += [r for r in json.loads(args.add_to.read_text()) if r["size"] not in done]
+        rows.sort(key=lambda r: r["tokens"])
+    (args.out / "corpus_stages.rows.json").write_text(json.dumps(rows, indent=2, default=str))
     print_table(rows)
     scale = scaling(rows)
     if scale:

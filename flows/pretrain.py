@@ -48,8 +48,7 @@ def run_corpus_stage(stage: str, config: RunConfig) -> dict[str, Any]:
 def train_embeddings(config: RunConfig) -> dict[str, Any]:
     """torchrun over `config.train.nproc` processes; its output goes to the run log."""
     logger = get_run_logger()
-    wd = Workdir(config.workdir)
-    expected = training_fingerprint(config.train, wd.require("sequences"), wd.require("vocab"))
+    expected = training_fingerprint(config.train, Workdir(config.workdir))
     out = Path(config.workdir) / "train"
     return run_training(config, out, expected, log=logger.info)
 

@@ -61,8 +61,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = config_of(args)
     if args.nproc:
         config = load_config(args.config, [*args.set, f"train.nproc={args.nproc}"])
-    wd = Workdir(config.workdir)
-    expected = training_fingerprint(config.train, wd.require("sequences"), wd.require("vocab"))
+    expected = training_fingerprint(config.train, Workdir(config.workdir))
     summary = run_training(config, Path(config.workdir) / "train", expected)
     print_json({k: summary[k] for k in ("steps", "seconds", "words_per_sec", "skipped")})
 

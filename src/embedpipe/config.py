@@ -135,7 +135,10 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: Literal["sgns"] = "sgns"
+    # sgns: skip-gram; cbow: CBOW with the mean of the context vectors (gensim's
+    # cbow_mean=1; word2vec's usual lr for CBOW is 0.05: set train.lr); glove: GloVe on the
+    # `cooccur` table with AdaGrad at glove_lr (constant; lr/min_lr are unused).
+    model: Literal["sgns", "cbow", "glove"] = "sgns"
     dim: int = 100
     window: int = 5
     negatives: int = 5
@@ -149,9 +152,17 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
     keep_checkpoints: int = 2
     log_every: int = 50
+    glove_lr: float = 0.05  # AdaGrad's learning rate (glove only)
+    x_max: float = 100.0  # GloVe weighting f(x) = min(1, (x / x_max) ** alpha)
+    alpha: float = 0.75
 
     def __post_init__(self) -> None:
-        _check(self.model in ("sgns",), f"train.model: {self.model!r} is not supported")
+        _check(
+            self.model in ("sgns", "cbow", "glove"), f"train.model: {self.model!r} is not supported"
+        )
+        _check(self.glove_lr > 0, "train.glove_lr must be > 0")
+        _check(self.x_max > 0, "train.x_max must be > 0")
+        _check(0 < self.alpha <= 1, "train.alpha must be in (0, 1]")
         for name in ("dim", "window", "negatives", "epochs", "batch_size", "nproc", "threads"):
             _check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
         _check(0 < self.min_lr <= self.lr, "train.min_lr must be in (0, lr]")

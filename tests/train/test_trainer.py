@@ -72,7 +72,7 @@ def test_fingerprint_is_recorded_and_guards_resume(workdir: Path, tmp_path: Path
     out = tmp_path / "out"
     summary = train(config, str(workdir), out)
     wd = Workdir(str(workdir))
-    expected = training_fingerprint(config, wd.require("sequences"), wd.require("vocab"))
+    expected = training_fingerprint(config, wd)
     assert summary["fingerprint"] == expected
     assert json.loads((out / SUMMARY).read_text())["fingerprint"] == expected
     state = json.loads((latest_checkpoint(out / "checkpoints") / STATE).read_text())
@@ -85,7 +85,7 @@ def test_fingerprint_is_recorded_and_guards_resume(workdir: Path, tmp_path: Path
     # Same settings, new upstream table: refused as well.
     manifest = workdir / "vocab" / MANIFEST
     manifest.write_text(json.dumps({"fingerprint": "vocab-rebuilt"}))
-    assert training_fingerprint(config, wd.require("sequences"), wd.require("vocab")) != expected
+    assert training_fingerprint(config, wd) != expected
     with pytest.raises(RuntimeError, match="fingerprint"):
         train(config, str(workdir), out)
 
@@ -141,11 +141,13 @@ def test_coalesced_marks_or_merges() -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["sgns", "cbow"])
+def test_torchrun_two_ranks(workdir: Path, tmp_path: Path, model: str) -> None:
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "embedpipe.train", "--set", f"workdir={workdir}", "--set", "train.epochs=2",
+        "--set", f"train.model={model}",
         "--set", "train.dim=8", "--set", "train.batch_size=48", "--set", "train.negatives=3",
         "--set", "train.checkpoint_every=4", "--out", str(out),
     ]  # fmt: skip

@@ -10,6 +10,7 @@ on a background thread so it overlaps the training step and collective waits.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,8 +49,28 @@ def parquet_files(table_dir: str) -> list[str]:
 
 def rank_chunks(table_dir: str, rank: int, world: int, chunk_rows: int = 16384) -> list[Chunk]:
     """The chunks of rows [rank * N / world, (rank + 1) * N / world) of the table."""
+    return split_chunks(parquet_files(table_dir), rank, world, chunk_rows)
+
+
+def cooccur_chunks(table_dir: str, rank: int, world: int, chunk_rows: int = 1 << 18) -> list[Chunk]:
+    """A rank's chunks of the `cooccur` table (partitioned `shard=k/`).
+
+    With at least as many shards as ranks, rank r takes the whole shards k with
+    k % world == r (shards hold rows with row % S == k: balanced in expectation); with
+    fewer shards, the ranks split the table's rows as `rank_chunks` does.
+    """
+    files = parquet_files(table_dir)
+    shards = [int(m.group(1)) if (m := _SHARD.search(f)) else 0 for f in files]
+    if len(set(shards)) >= world:
+        mine = [f for f, k in zip(files, shards, strict=True) if k % world == rank]
+        return split_chunks(mine, 0, 1, chunk_rows) if mine else []
+    return split_chunks(files, rank, world, chunk_rows)
+
+
+def split_chunks(files: list[str], rank: int, world: int, chunk_rows: int) -> list[Chunk]:
+    """The chunks of rows [rank * N / world, (rank + 1) * N / world) of `files`, in order."""
     groups: list[tuple[str, int, int]] = []
-    for url in parquet_files(table_dir):
+    for url in files:
         with fsspec.open(url, "rb") as f:
             meta = pq.ParquetFile(f).metadata
         groups += [(url, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
@@ -84,6 +105,29 @@ class ChunkReader:
         return flat, offsets - offsets[0]
 
 
+class CooccurReader:
+    """Reads chunks of the `cooccur` table: (row int64, col int64, weight float32)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, int] | None = None
+        self._table: Any = None
+
+    def __call__(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (chunk.file, chunk.row_group)
+        if key != self._key:
+            with fsspec.open(chunk.file, "rb") as f:
+                self._table = pq.ParquetFile(f).read_row_group(
+                    chunk.row_group, columns=[S.ROW, S.COL, S.WEIGHT]
+                )
+            self._key = key
+        part = self._table.slice(chunk.start, chunk.stop - chunk.start)
+        return (
+            part.column(S.ROW).to_numpy().astype(np.int64),
+            part.column(S.COL).to_numpy().astype(np.int64),
+            part.column(S.WEIGHT).to_numpy().astype(np.float32, copy=False),
+        )
+
+
 def read_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
     """(flat int32 ids, int64 offsets) of a chunk's sequences."""
     return ChunkReader()(chunk)
@@ -105,6 +149,7 @@ def iter_chunks(
         yield (i, *reader(chunks[i]))
 
 
+_SHARD = re.compile(r"shard=(\d+)")
 T = TypeVar("T")
 _DONE = object()
 

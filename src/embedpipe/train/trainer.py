@@ -11,6 +11,12 @@ hook that sums every table over the union of the rows the ranks touched in one a
 the vocabulary. The loss is multiplied by the world size so each rank's pairs count fully
 (DDP averages), and every rank applies the same plain SGD update to the same rows.
 
+`train.model` picks the objective: "sgns" (above), "cbow" (`cbow.cbow_step`: the mean of
+a centre word's context vectors predicts it against K negatives, gensim's cbow_mean=1; the
+same chunks, seeding, compact rows, hook and checkpoints; `batch_size` counts centre
+words), or "glove" (`glove_trainer.train_glove`: AdaGrad on the `cooccur` table, same
+cursor, agreement, hook and checkpoint layout).
+
 Ranks agree once per chunk, not per step, on how many steps all of them can take (the
 fewest batches left in any rank's current chunk; 0 ends the epoch for everyone) and on the
 corpus words those steps cover, so they share one learning-rate schedule exactly and their
@@ -64,6 +70,7 @@ from torch.nn.parallel import DistributedDataParallel
 from embedpipe import schemas as S
 from embedpipe.config import TrainConfig, fingerprint, to_dict
 from embedpipe.corpus.stage import Workdir
+from embedpipe.train.cbow import CBOW, cbow_examples, permute_examples
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, ChunkReader, Prefetcher, rank_chunks
 from embedpipe.train.sgns import (
@@ -118,38 +125,52 @@ def learning_rate(config: TrainConfig, progress: float) -> float:
     return max(config.min_lr, config.lr - (config.lr - config.min_lr) * progress)
 
 
-def training_fingerprint(
-    config: TrainConfig, sequences: dict[str, Any], vocab: dict[str, Any]
-) -> str:
+# The table each model trains on (besides the vocabulary).
+DATA_TABLE = {"sgns": "sequences", "cbow": "sequences", "glove": "cooccur"}
+
+
+def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
     """What a training run depends on: its config and the upstream tables' fingerprints."""
+    table = DATA_TABLE[config.model]
     return fingerprint(
-        config, {"sequences": sequences["fingerprint"], "vocab": vocab["fingerprint"]}
+        config,
+        {
+            table: workdir.require(table)["fingerprint"],
+            "vocab": workdir.require("vocab")["fingerprint"],
+        },
     )
 
 
 class Batch(NamedTuple):
-    """One step's pairs in compact form (see `sgns_step`), and where the data cursor stands."""
+    """One step's examples in compact form, and where the data cursor stands.
 
-    in_rows: torch.Tensor  # distinct centre ids, sorted
-    in_pos: torch.Tensor  # (B,) each pair's centre, as a position in in_rows
-    out_rows: torch.Tensor  # distinct context and negative ids, sorted
-    out_pos: torch.Tensor  # (B, 1 + K) each pair's context then negatives, positions in out_rows
-    pairs: int
+    sgns (see `sgns_step`): (in_rows, in_pos, out_rows, out_pos) with in_rows the distinct
+    centre ids, in_pos (B,) each pair's centre in them, out_rows the distinct context and
+    negative ids, out_pos (B, 1 + K) each pair's context then negatives in them.
+    cbow (see `cbow.cbow_step`): (in_rows, ctx_pos, ctx_offsets, out_rows, out_pos).
+    """
+
+    data: tuple[torch.Tensor, ...]
+    pairs: int  # pairs (sgns) or centre words (cbow)
     words: float  # corpus words this batch stands for
     remaining: int  # batches left in its chunk, this one included
     cursor: tuple[int, int]  # (chunk, batch) after this one
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self[:4]
+        return self.data
 
 
 def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
-    """Train skip-gram on `<workdir>/sequences` and write checkpoints and a summary to `out`."""
+    """Train on `<workdir>/sequences` (or `cooccur`) and write checkpoints and a summary to `out`."""
+    if config.model == "glove":
+        from embedpipe.train.glove_trainer import train_glove
+
+        return train_glove(config, workdir, out)
     cluster = setup_cluster()
     torch.set_num_threads(config.threads)
     wd = Workdir(workdir)
     sequences, vocab_manifest = wd.require("sequences"), wd.require("vocab")
-    run_fingerprint = training_fingerprint(config, sequences, vocab_manifest)
+    run_fingerprint = training_fingerprint(config, wd)
     # Subsampling and the noise distribution come with the vocabulary (vocab.sample,
     # vocab.noise_power), computed by the build_vocab stage.
     vocab = pq.read_table(wd.path("vocab"), columns=[S.ID, S.KEEP_PROB, S.NOISE_PROB]).sort_by(S.ID)
@@ -160,7 +181,8 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     chunks = rank_chunks(wd.path("sequences"), cluster.rank, cluster.world)
     checkpoints = out / "checkpoints"
 
-    model = SkipGram(len(keep_prob), config.dim, config.seed).to(cluster.device)
+    table = CBOW if config.model == "cbow" else SkipGram
+    model = table(len(keep_prob), config.dim, config.seed).to(cluster.device)
     state: dict[str, Any] = {"epoch": 0, "cursors": [[0, 0]] * cluster.world, "words": 0, "step": 0}
     resume_from = latest_checkpoint(checkpoints)
     if resume_from is not None:
@@ -182,8 +204,10 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     if cluster.world > 1:
         ddp = DistributedDataParallel(model)
         width = 1 + config.negatives
+        # Rows a batch can touch: centres (sgns) or contexts, up to 2 x window per centre.
+        in_bound = config.batch_size * (2 * config.window if config.model == "cbow" else 1)
         bounds = {
-            model.input.weight: config.batch_size,
+            model.input.weight: in_bound,
             model.output.weight: config.batch_size * width,
         }
         ddp.register_comm_hook(SparseRowsExchange(bounds, cluster.world), sparse_rows_hook)
@@ -321,6 +345,14 @@ def iter_batches(
     for index in range(first_chunk, len(chunks)):
         flat, offsets = read(chunks[index])
         rng = np.random.default_rng(chunk_seed(config.seed, epoch, rank, index))
+        if config.model == "cbow":
+            batches = cbow_batches(
+                config, flat, offsets, keep_prob, noise, rng, compact, index,
+                first_batch if index == first_chunk else 0,
+            )  # fmt: skip
+            if batches is not None:
+                yield batches
+            continue
         centre, context = skipgram_pairs(flat, offsets, keep_prob, config.window, rng)
         if len(centre) == 0:
             continue
@@ -338,10 +370,12 @@ def iter_batches(
             out_rows, out_pos = compact(targets[sl].reshape(-1))
             batches.append(
                 Batch(
-                    torch.from_numpy(in_rows),
-                    torch.from_numpy(in_pos),
-                    torch.from_numpy(out_rows),
-                    torch.from_numpy(out_pos.reshape(-1, width)),
+                    (
+                        torch.from_numpy(in_rows),
+                        torch.from_numpy(in_pos),
+                        torch.from_numpy(out_rows),
+                        torch.from_numpy(out_pos.reshape(-1, width)),
+                    ),
                     len(in_pos),
                     words_per_batch,
                     n_batches - b,
@@ -349,6 +383,52 @@ def iter_batches(
                 )
             )
         yield batches
+
+
+def cbow_batches(
+    config: TrainConfig,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    keep_prob: np.ndarray,
+    noise: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+    compact: RowCompactor,
+    index: int,
+    first_batch: int,
+) -> list[Batch] | None:
+    """One chunk's CBOW batches (of `batch_size` centre words) from batch `first_batch` on."""
+    centre, contexts, ctx_offsets = cbow_examples(flat, offsets, keep_prob, config.window, rng)
+    if len(centre) == 0:
+        return None
+    width = 1 + config.negatives
+    order = rng.permutation(len(centre))
+    contexts, ctx_offsets = permute_examples(order, contexts, ctx_offsets)
+    targets = np.empty((len(centre), width), dtype=np.int64)
+    targets[:, 0] = centre[order]
+    targets[:, 1:] = sample_alias(*noise, (len(centre), config.negatives), rng)
+    n_batches = max(1, math.ceil(len(centre) / config.batch_size))
+    words_per_batch = len(flat) / n_batches
+    batches = []
+    for b in range(first_batch, n_batches):
+        lo, hi = b * config.batch_size, min((b + 1) * config.batch_size, len(centre))
+        in_rows, ctx_pos = compact(contexts[ctx_offsets[lo] : ctx_offsets[hi]])
+        out_rows, out_pos = compact(targets[lo:hi].reshape(-1))
+        batches.append(
+            Batch(
+                (
+                    torch.from_numpy(in_rows),
+                    torch.from_numpy(ctx_pos),
+                    torch.from_numpy(ctx_offsets[lo : hi + 1] - ctx_offsets[lo]),
+                    torch.from_numpy(out_rows),
+                    torch.from_numpy(out_pos.reshape(-1, width)),
+                ),
+                hi - lo,
+                words_per_batch,
+                n_batches - b,
+                (index, b + 1) if b + 1 < n_batches else (index + 1, 0),
+            )
+        )
+    return batches
 
 
 def agree(batch: Batch | None, cluster: Cluster) -> tuple[int, float]:
@@ -377,7 +457,8 @@ class SparseRowsExchange:
     to a per-table bound known in advance: rows a batch can touch), each takes the sorted
     union, and one dense all-reduce sums the values over those union rows. Two collectives
     a step, volume (union rows x dim), never the vocabulary. Buckets are collected until
-    the last one; their futures complete together. Results are averages over ranks, as
+    the last one; their futures complete together. Tables may differ in width (GloVe's
+    biases): their values share one flat buffer. Results are averages over ranks, as
     DDP's default all-reduce gives.
     """
 
@@ -422,22 +503,22 @@ class SparseRowsExchange:
             where[union] = torch.arange(len(union), device=device)
             unions.append(union)
             positions.append(where[g._indices()[0]])
-        offsets = np.cumsum([0] + [len(u) for u in unions]).tolist()
-        dim = grads[0][0].shape[1]
-        values = torch.zeros(offsets[-1], dim, dtype=grads[0][0].dtype, device=device)
-        for (g, _), offset, position in zip(grads, offsets, positions, strict=False):
-            values.index_copy_(0, position + offset, g._values())
+        # Tables may differ in width (GloVe's biases): one flat buffer, a slice per table.
+        sizes = [len(u) * g[0].shape[1] for g, u in zip(grads, unions, strict=True)]
+        offsets = np.cumsum([0] + sizes).tolist()
+        values = torch.zeros(offsets[-1], dtype=grads[0][0].dtype, device=device)
+        views = []
+        for (g, _), union, offset, position in zip(grads, unions, offsets, positions, strict=False):
+            view = values[offset : offset + len(union) * g.shape[1]].view(len(union), g.shape[1])
+            view.index_copy_(0, position, g._values())
+            views.append(view)
         dist.all_reduce(values)
         values.div_(self.world)
         return [
             torch.sparse_coo_tensor(
-                union.unsqueeze(0),
-                values[offset : offset + len(union)],
-                g.shape,
-                check_invariants=False,
-                is_coalesced=True,
+                union.unsqueeze(0), view, g.shape, check_invariants=False, is_coalesced=True
             )
-            for (g, _), union, offset in zip(grads, unions, offsets, strict=False)
+            for (g, _), union, view in zip(grads, unions, views, strict=True)
         ]
 
 

@@ -1,0 +1,182 @@
+"""GloVe training on a tiny `cooccur` table: chunks per rank, loss, exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from embedpipe import schemas as S
+from embedpipe.config import ConfigError, TrainConfig
+from embedpipe.corpus.stage import MANIFEST
+from embedpipe.train.checkpoint import (
+    STATE,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from embedpipe.train.data import CooccurReader, cooccur_chunks, rank_chunks, read_chunk
+from embedpipe.train.glove import GloVe
+from embedpipe.train.glove_trainer import TABLES
+from embedpipe.train.trainer import SUMMARY, SparseRowsExchange, sparse_rows_hook, train
+
+
+def write_cooccur(workdir: Path, shards: int, window: int = 3) -> Path:
+    """`cooccur` of the fixture's sequences (weight 1/d), partitioned shard=k/."""
+    counts: dict[tuple[int, int], float] = defaultdict(float)
+    for chunk in rank_chunks(str(workdir / "sequences"), 0, 1):
+        flat, offsets = read_chunk(chunk)
+        for a, b in zip(offsets[:-1], offsets[1:], strict=True):
+            seq = flat[a:b].tolist()
+            for i, w in enumerate(seq):
+                for d in range(1, window + 1):
+                    if i + d < len(seq) and min(w, seq[i + d]) >= len(S.SPECIAL_TOKENS):
+                        counts[w, seq[i + d]] += 1.0 / d
+                        counts[seq[i + d], w] += 1.0 / d
+    root = workdir / "cooccur"
+    keys = sorted(counts)
+    for k in range(shards):
+        part = [key for key in keys if key[0] % shards == k]
+        table = pa.table(
+            {
+                S.ROW: pa.array([r for r, _ in part], pa.int32()),
+                S.COL: pa.array([c for _, c in part], pa.int32()),
+                S.WEIGHT: pa.array([counts[key] for key in part], pa.float32()),
+            }
+        )
+        (root / f"shard={k}").mkdir(parents=True)
+        pq.write_table(table, root / f"shard={k}" / "part-0.parquet", row_group_size=50)
+    (root / MANIFEST).write_text(json.dumps({"fingerprint": f"cooccur-{shards}"}))
+    return workdir
+
+
+CONFIG = TrainConfig(
+    model="glove", dim=8, epochs=2, batch_size=16, checkpoint_every=7, keep_checkpoints=100,
+    log_every=1000,
+)  # fmt: skip
+
+
+def all_entries(workdir: Path) -> tuple[torch.Tensor, ...]:
+    read = CooccurReader()
+    parts = [read(c) for c in cooccur_chunks(str(workdir / "cooccur"), 0, 1)]
+    return tuple(torch.from_numpy(np.concatenate(p)) for p in zip(*parts, strict=True))
+
+
+def test_config_accepts_the_models_and_checks_glove_fields() -> None:
+    for model in ("sgns", "cbow", "glove"):
+        assert TrainConfig(model=model).model == model
+    for bad in ({"model": "fasttext"}, {"x_max": 0.0}, {"alpha": 0.0}, {"glove_lr": -1.0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+
+
+def test_cooccur_chunks_split_shards_or_rows(workdir: Path) -> None:
+    write_cooccur(workdir, shards=3)
+    table = str(workdir / "cooccur")
+    total = sum(c.stop - c.start for c in cooccur_chunks(table, 0, 1))
+    # Two ranks, three shards: whole shards by k % 2.
+    read = CooccurReader()
+    seen = []
+    for rank in range(2):
+        rows = np.concatenate([read(c)[0] for c in cooccur_chunks(table, rank, 2, 40)])
+        assert set((rows % 3 % 2).tolist()) == {rank}
+        seen.append(len(rows))
+    assert sum(seen) == total
+    # Four ranks, three shards: rows are split evenly.
+    sizes = [sum(c.stop - c.start for c in cooccur_chunks(table, r, 4)) for r in range(4)]
+    assert sum(sizes) == total and max(sizes) - min(sizes) <= 1
+
+
+def test_training_lowers_the_loss(workdir: Path, tmp_path: Path) -> None:
+    write_cooccur(workdir, shards=2)
+    config = dataclasses.replace(CONFIG, epochs=15, checkpoint_every=0)
+    summary = train(config, str(workdir), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / SUMMARY).read_text())["model"] == "glove"
+    tensors, _ = load_checkpoint(latest_checkpoint(tmp_path / "out" / "checkpoints"))
+    entries = all_entries(workdir)
+    assert summary["corpus_words"] == len(entries[0])
+
+    model = GloVe(len(tensors["word"]), config.dim, config.seed)
+    with torch.no_grad():
+        before = model(*entries, config.x_max, config.alpha).item()
+        for name in ("word", "context", "word_bias", "context_bias"):
+            getattr(model, name).weight.copy_(tensors[name])
+        after = model(*entries, config.x_max, config.alpha).item()
+    assert after < 0.5 * before
+    torch.testing.assert_close(tensors["input"], model.vectors())
+
+
+def test_resume_after_a_kill_repeats_the_run_exactly(workdir: Path, tmp_path: Path) -> None:
+    write_cooccur(workdir, shards=2)
+    full = train(CONFIG, str(workdir), tmp_path / "full")
+    expected = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"))[0]
+    assert "adagrad.word" in expected
+    checkpoints = complete_checkpoints(tmp_path / "full" / "checkpoints")[:-1]
+    states = [json.loads((p / STATE).read_text()) for p in checkpoints]
+    mid = [p for p, s in zip(checkpoints, states, strict=True) if s["cursors"][0][1] >= 1]
+    assert mid
+    for killed_at in {mid[0], mid[-1], checkpoints[len(checkpoints) // 2]}:
+        out = tmp_path / f"resumed-{killed_at.name}"
+        shutil.copytree(killed_at, out / "checkpoints" / killed_at.name)
+        resumed = train(CONFIG, str(workdir), out)
+        assert resumed["steps"] == full["steps"]
+        got = load_checkpoint(latest_checkpoint(out / "checkpoints"))[0]
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(expected[name], got[name]), (killed_at.name, name)
+
+
+def test_sparse_rows_hook_handles_tables_of_different_widths(tmp_path: Path) -> None:
+    """GloVe's biases are 1 wide, its tables dim wide: the hook sums all in one buffer."""
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
+    try:
+        rows, cols = torch.tensor([3, 1, 3, 7]), torch.tensor([2, 2, 5, 1])
+        x = torch.tensor([1.0, 4.0, 150.0, 2.0])
+        results = []
+        for hooked in (False, True):
+            model = GloVe(9, 4, seed=0)
+            params = [getattr(model, n).weight for n in TABLES]
+            net = model
+            if hooked:
+                net = DistributedDataParallel(model)
+                bounds = {p: len(rows) for p in params}
+                net.register_comm_hook(SparseRowsExchange(bounds, 1), sparse_rows_hook)
+            net(rows, cols, x, 100.0, 0.75).backward()
+            results.append([p.grad.to_dense() for p in params])
+        for got, want in zip(results[1], results[0], strict=True):
+            torch.testing.assert_close(got, want)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
+    write_cooccur(workdir, shards=3)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "embedpipe.train", "--set", f"workdir={workdir}", "--set", "train.model=glove",
+        "--set", "train.epochs=2", "--set", "train.dim=8", "--set", "train.batch_size=16",
+        "--set", "train.checkpoint_every=4", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["world_size"] == 2 and summary["steps"] > 0
+    tensors, state = load_checkpoint(out / "checkpoints" / summary["checkpoint"])
+    assert state["world"] == 2 and state["epoch"] == 2
+    assert torch.isfinite(tensors["input"]).all()
