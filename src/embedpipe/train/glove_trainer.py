@@ -48,6 +48,7 @@ from embedpipe.train.trainer import (
     chunk_seed,
     coalesced,
     gather_cursors,
+    log_progress,
     setup_cluster,
     sparse_rows_hook,
     training_fingerprint,
@@ -188,24 +189,12 @@ def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
                     loss_sum += loss.item()
                     count += batch.pairs
                     if cluster.is_main and step % config.log_every == 0:
-                        elapsed = time.time() - start_time
-                        rate = (done - start_done) / max(elapsed, 1e-9)
-                        record = {
-                            "step": step,
-                            "epoch": epoch,
-                            "progress": round(min(1.0, done / total), 5),
-                            "loss": loss_sum / max(count, 1),
-                            "lr": config.glove_lr,
-                            "words_per_sec": round(rate),
-                            "eta_sec": round((total - done) / max(rate, 1e-9)),
-                        }
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                        print(
-                            f"step {step} epoch {epoch} loss {record['loss']:.4f} "
-                            f"{rate:,.0f} entries/s eta {record['eta_sec']}s",
-                            flush=True,
-                        )
+                        log_progress(
+                            metrics, step, epoch, min(1.0, done / total), loss_sum / max(count, 1),
+                            config.glove_lr,
+                            rate=(done - start_done) / max(time.time() - start_time, 1e-9),
+                            remaining=total - done, unit="entries",
+                        )  # fmt: skip
                         loss_sum, count = 0.0, 0
                     if config.checkpoint_every and step % config.checkpoint_every == 0:
                         snapshot(epoch, batch.cursor)

@@ -59,7 +59,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -273,25 +273,11 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
                     loss_sum += loss.item()
                     pairs_sum += batch.pairs
                     if cluster.is_main and step % config.log_every == 0:
-                        elapsed = time.time() - start_time
-                        rate = (words - start_words) / max(elapsed, 1e-9)
-                        record = {
-                            "step": step,
-                            "epoch": epoch,
-                            "progress": round(progress, 5),
-                            "loss": loss_sum / max(pairs_sum, 1),
-                            "lr": lr,
-                            "words_per_sec": round(rate),
-                            "eta_sec": round((total_words - words) / max(rate, 1e-9)),
-                        }
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                        print(
-                            f"step {step} epoch {epoch} {100 * progress:5.1f}% "
-                            f"loss {record['loss']:.4f} lr {lr:.5f} {rate:,.0f} words/s "
-                            f"eta {record['eta_sec']}s",
-                            flush=True,
-                        )
+                        log_progress(
+                            metrics, step, epoch, progress, loss_sum / max(pairs_sum, 1), lr,
+                            rate=(words - start_words) / max(time.time() - start_time, 1e-9),
+                            remaining=total_words - words, unit="words",
+                        )  # fmt: skip
                         loss_sum, pairs_sum = 0.0, 0
                     if config.checkpoint_every and step % config.checkpoint_every == 0:
                         snapshot(epoch, batch.cursor)
@@ -322,6 +308,36 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def log_progress(
+    metrics: TextIO,
+    step: int,
+    epoch: int,
+    progress: float,
+    loss: float,
+    lr: float,
+    rate: float,
+    remaining: float,
+    unit: str,
+) -> None:
+    """Rank 0's progress line: one JSON record in metrics.jsonl and one line on stdout."""
+    record = {
+        "step": step,
+        "epoch": epoch,
+        "progress": round(progress, 5),
+        "loss": loss,
+        "lr": lr,
+        "words_per_sec": round(rate),
+        "eta_sec": round(remaining / max(rate, 1e-9)),
+    }
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()
+    print(
+        f"step {step} epoch {epoch} {100 * progress:5.1f}% loss {loss:.4f} lr {lr:.5f} "
+        f"{rate:,.0f} {unit}/s eta {record['eta_sec']}s",
+        flush=True,
+    )
 
 
 def iter_batches(
