@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from embedpipe import schemas as S
 from embedpipe.corpus.stage import MANIFEST
-from embedpipe.train.sgns import keep_probabilities, noise_distribution
+from embedpipe.train.windows import (
+    RowCompactor,
+    WindowBatch,
+    alias_table,
+    chunk_windows,
+    keep_probabilities,
+    noise_distribution,
+    window_batches,
+)
 
 WORDS = 40
 
@@ -66,3 +76,49 @@ def write_workdir(
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return write_workdir(tmp_path / "work")
+
+
+# Window batches and tables for the step tests of skip-gram and CBOW.
+SPECIALS = len(S.SPECIAL_TOKENS)
+
+
+def random_chunk(seed: int, vocab: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat ids, offsets, keep probabilities) of 40 random sequences, some of length 1."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 12, size=40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = rng.integers(0, vocab, size=offsets[-1]).astype(np.int32)
+    keep = np.where(np.arange(vocab) < SPECIALS, 0.0, rng.uniform(0.3, 1.0, vocab))
+    return flat, offsets, keep
+
+
+def tables(vocab: int = 30, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(vocab, dim, generator=g, dtype=torch.float64) * 0.5,
+        torch.randn(vocab, dim, generator=g, dtype=torch.float64) * 0.5,
+    )
+
+
+def scatter(rows: torch.Tensor, values: torch.Tensor, vocab: int) -> torch.Tensor:
+    dense = torch.zeros(vocab, values.shape[1], dtype=values.dtype)
+    dense[rows] = values
+    return dense
+
+
+def window_fixture(seed: int = 0, negatives: int = 4) -> WindowBatch:
+    """One window batch of a random chunk (vocab 30), some negatives equal to their centre."""
+    flat, offsets, keep = random_chunk(seed)
+    noise = alias_table(noise_distribution(np.arange(30) + 1.0))
+    windows = chunk_windows(flat, offsets, keep, 3, negatives, noise, np.random.default_rng(1))
+    windows.negatives[::4, 1] = windows.ids[::4]  # skipped, as word2vec.c does
+    batch, _ = next(window_batches(windows, 10_000, 0, RowCompactor(30)))
+    return batch
+
+
+@pytest.fixture
+def kit() -> SimpleNamespace:
+    """The helpers above, for the step tests."""
+    return SimpleNamespace(
+        random_chunk=random_chunk, tables=tables, scatter=scatter, window_fixture=window_fixture
+    )

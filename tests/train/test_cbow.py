@@ -1,4 +1,4 @@
-"""CBOW: example generation, the hand-written step against autograd, and training."""
+"""CBOW: the CPU kernel and the tensor step against autograd, and training."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from embedpipe.config import TrainConfig
-from embedpipe.train.cbow import (
-    CBOW,
-    cbow_examples,
-    cbow_step,
-    permute_examples,
-    reference_loss,
-)
+from embedpipe.train.cbow import CBOW, cbow_step, reference_loss
 from embedpipe.train.checkpoint import (
     STATE,
     complete_checkpoints,
@@ -25,31 +21,79 @@ from embedpipe.train.checkpoint import (
     load_checkpoint,
 )
 from embedpipe.train.data import rank_chunks, read_chunk
-from embedpipe.train.sgns import compact_rows, skipgram_pairs
+from embedpipe.train.kernels import cbow_window_sgd
+from embedpipe.train.sgns import kernel_step
 from embedpipe.train.trainer import METRICS, train
+from embedpipe.train.windows import (
+    RowCompactor,
+    WindowBatch,
+    alias_table,
+    chunk_windows,
+    compact_rows,
+    window_batches,
+    window_contexts,
+)
 
 
-def test_examples_group_the_skipgram_pairs() -> None:
-    rng = np.random.default_rng(0)
-    flat = rng.integers(5, 30, 200).astype(np.int32)
-    offsets = np.array([0, 3, 50, 51, 120, 200])
-    keep = np.full(30, 0.8)
-    centre, contexts, ctx_offsets = cbow_examples(flat, offsets, keep, 4, np.random.default_rng(3))
-    pc, po = skipgram_pairs(flat, offsets, keep, 4, np.random.default_rng(3))
-    assert len(contexts) == len(pc) and np.all(np.diff(ctx_offsets) >= 1)
-    # Same multiset of (centre, context) as the skip-gram pairs of the same draws.
-    mine = sorted(
-        zip(np.repeat(centre, np.diff(ctx_offsets)).tolist(), contexts.tolist(), strict=True)
-    )
-    assert mine == sorted(zip(pc.tolist(), po.tolist(), strict=True))
+def window_examples(batch: WindowBatch) -> tuple[list[list[int]], torch.Tensor]:
+    """(context ids per centre word with contexts, their targets): `reference_loss`'s input."""
+    owner, context = window_contexts(batch)
+    contexts: list[list[int]] = [[] for _ in range(len(batch.left))]
+    for o, c in zip(owner.tolist(), batch.in_rows[context].tolist(), strict=True):
+        contexts[o].append(c)
+    has = [i for i, c in enumerate(contexts) if c]
+    targets = torch.cat([batch.centre_out.unsqueeze(1), batch.neg_out], 1)[has]
+    return [contexts[i] for i in has], batch.out_rows[targets]
 
-    order = np.random.default_rng(1).permutation(len(centre))
-    permuted, new_offsets = permute_examples(order, contexts, ctx_offsets)
-    for new, old in enumerate(order[:20]):
-        np.testing.assert_array_equal(
-            permuted[new_offsets[new] : new_offsets[new + 1]],
-            contexts[ctx_offsets[old] : ctx_offsets[old + 1]],
-        )
+
+def test_kernel_gradient_equals_autograd_and_the_tensor_path(kit: SimpleNamespace) -> None:
+    batch = kit.window_fixture()
+    assert torch.any(batch.left == batch.right)  # some centre words have no context
+    model = CBOW(30, 6, seed=0)
+    w_in, w_out = (t.float() for t in kit.tables())
+    loss, g_in, g_out = kernel_step(cbow_window_sgd, w_in, w_out, batch, lr=0.0)
+    a, b = w_in.clone().requires_grad_(), w_out.clone().requires_grad_()
+    want = reference_loss(a, b, *window_examples(batch))
+    want.backward()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(kit.scatter(batch.in_rows, g_in, 30), a.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kit.scatter(batch.out_rows, g_out, 30), b.grad, rtol=1e-4, atol=1e-5)
+    for x, y in zip((loss, g_in, g_out), model.tensor_step(w_in, w_out, batch, 0.0), strict=True):
+        torch.testing.assert_close(x.double(), y.double(), rtol=1e-4, atol=1e-5)
+
+    # Through the module: sparse, coalesced gradients with the same values.
+    with torch.no_grad():
+        model.input.weight.copy_(w_in)
+        model.output.weight.copy_(w_out)
+    model(batch).backward()
+    assert model.input.weight.grad.is_sparse
+    torch.testing.assert_close(model.input.weight.grad.to_dense(), a.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.output.weight.grad.to_dense(), b.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_sgd_is_gensims_loop(kit: SimpleNamespace) -> None:
+    """With lr > 0: centre word by centre word, the full error to every context row."""
+    batch = kit.window_fixture(seed=5)
+    w_in, w_out = (t.float() for t in kit.tables())
+    lr = 0.1
+    _, g_in, g_out = kernel_step(cbow_window_sgd, w_in, w_out, batch, lr=lr)
+    a, b = w_in.double().clone(), w_out.double().clone()
+    for ctx, targets in zip(*window_examples(batch), strict=True):
+        h = a[ctx].mean(0)
+        err = torch.zeros_like(h)
+        target = int(targets[0])
+        for q, o in enumerate(targets.tolist()):
+            if q > 0 and o == target:
+                continue
+            g = lr * (float(q == 0) - torch.sigmoid(h @ b[o]))
+            err += g * b[o]
+            b[o] += g * h
+        for c in ctx:
+            a[c] += err
+    got_in = w_in.double() - lr * kit.scatter(batch.in_rows, g_in.double(), 30)
+    got_out = w_out.double() - lr * kit.scatter(batch.out_rows, g_out.double(), 30)
+    torch.testing.assert_close(got_in, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_out, b, rtol=1e-4, atol=1e-5)
 
 
 def random_batch(vocab: int, batch: int, k: int, seed: int):  # noqa: ANN201
@@ -87,16 +131,6 @@ def test_step_matches_the_autograd_reference() -> None:
         torch.testing.assert_close(dense_in, ref_in.grad)
         torch.testing.assert_close(dense_out, ref_out.grad)
 
-    # Through the module: sparse, coalesced gradients with the same values.
-    model = CBOW(vocab, dim, seed=0).double()
-    with torch.no_grad():
-        model.input.weight.copy_(w_in)
-        model.output.weight.copy_(w_out)
-    model(*compact).backward()
-    assert model.input.weight.grad.is_sparse
-    torch.testing.assert_close(model.input.weight.grad.to_dense(), ref_in.grad)
-    torch.testing.assert_close(model.output.weight.grad.to_dense(), ref_out.grad)
-
 
 def test_blocked_step_applies_sequential_updates() -> None:
     """With lr > 0 the blocks see earlier updates: -lr x gradient equals block-wise SGD."""
@@ -132,17 +166,15 @@ def test_training_lowers_the_loss(workdir: Path, tmp_path: Path) -> None:
     assert torch.isfinite(expected["input"]).all()
     # The loss of a fixed set of the corpus's examples went down.
     flat, offsets = read_chunk(rank_chunks(str(workdir / "sequences"), 0, 1, 10**6)[0])
-    keep = np.ones(int(flat.max()) + 1)
-    centre, contexts, ctx_offsets = cbow_examples(flat, offsets, keep, 3, np.random.default_rng(0))
-    noise = np.random.default_rng(1).integers(5, len(keep), (len(centre), 3))
-    targets = np.concatenate([centre[:, None], noise], axis=1)
-    in_rows, ctx_pos = compact_rows(contexts, len(keep))
-    out_rows, out_pos = compact_rows(targets.reshape(-1), len(keep))
-    batch = [torch.from_numpy(t) for t in (in_rows, ctx_pos, ctx_offsets, out_rows)]
-    batch.append(torch.from_numpy(out_pos.reshape(len(centre), 4)))
-    initial = CBOW(len(expected["input"]), config.dim, config.seed)
-    before = cbow_step(initial.input.weight.detach(), initial.output.weight.detach(), *batch)[0]
-    after = cbow_step(expected["input"], expected["output"], *batch)[0]
+    vocab = len(expected["input"])
+    keep = np.ones(vocab)
+    noise = alias_table(np.ones(vocab))
+    windows = chunk_windows(flat, offsets, keep, 3, 3, noise, np.random.default_rng(0))
+    batch, _ = next(window_batches(windows, len(flat), 0, RowCompactor(vocab)))
+    initial = CBOW(vocab, config.dim, config.seed)
+    before = initial.step(initial.input.weight.detach(), initial.output.weight.detach(), batch, 0.0)
+    after = initial.step(expected["input"], expected["output"], batch, 0.0)
+    before, after = before[0], after[0]
     assert after < 0.97 * before  # ~0.93: the toy corpus has only unigram structure
 
 

@@ -1,24 +1,28 @@
-"""The word2vec formulas, the pair generator, the negative sampler and the hand-written step."""
+"""The word2vec formulas, window batches, the negative sampler, the CPU kernel and the tensor step."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from embedpipe import schemas as S
-from embedpipe.train.sgns import (
+from embedpipe.train.kernels import sgns_window_sgd
+from embedpipe.train.sgns import SkipGram, kernel_step, reference_loss, sgns_step
+from embedpipe.train.windows import (
     RowCompactor,
-    SkipGram,
+    WindowBatch,
     alias_probabilities,
     alias_table,
+    chunk_windows,
     compact_rows,
     keep_probabilities,
     noise_distribution,
-    reference_loss,
     sample_alias,
-    sgns_step,
-    skipgram_pairs,
+    window_batches,
+    window_contexts,
 )
 
 SPECIALS = len(S.SPECIAL_TOKENS)
@@ -77,7 +81,7 @@ def test_alias_table_is_exact_and_samples_the_noise() -> None:
 def reference_pairs(
     flat: np.ndarray, offsets: np.ndarray, keep: np.ndarray, window: int, seed: int
 ) -> list[tuple[int, int]]:
-    """word2vec's loops, with the same random draws as `skipgram_pairs`."""
+    """word2vec's loops, with the same random draws as `chunk_windows`."""
     rng = np.random.default_rng(seed)
     kept = rng.random(len(flat)) < keep[flat]
     sequences = [
@@ -96,25 +100,46 @@ def reference_pairs(
     return sorted(pairs)
 
 
-@pytest.mark.parametrize("window", [1, 3, 5])
-def test_skipgram_pairs_match_a_plain_loop(window: int) -> None:
-    rng = np.random.default_rng(window)
-    lengths = rng.integers(1, 12, size=40)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = rng.integers(0, 30, size=offsets[-1]).astype(np.int32)
-    keep = np.where(np.arange(30) < SPECIALS, 0.0, rng.uniform(0.3, 1.0, 30))
-    centre, context = skipgram_pairs(flat, offsets, keep, window, np.random.default_rng(11))
-    got = sorted(zip(centre.tolist(), context.tolist(), strict=True))
-    assert got == reference_pairs(flat, offsets, keep, window, 11)
-    assert len(got) > 0
+def batch_pairs(batch: WindowBatch) -> list[tuple[int, int]]:
+    """(centre id, context id) of every pair of a window batch."""
+    owner, context = window_contexts(batch)
+    centre = batch.out_rows[batch.centre_out[owner]]
+    return list(zip(centre.tolist(), batch.in_rows[context].tolist(), strict=True))
 
 
-def test_skipgram_pairs_of_nothing() -> None:
-    keep = np.ones(10)
-    centre, context = skipgram_pairs(
-        np.array([7], np.int32), np.array([0, 1]), keep, 5, np.random.default_rng(0)
-    )
-    assert len(centre) == len(context) == 0
+@pytest.mark.parametrize(("window", "batch_size"), [(1, 5), (3, 7), (5, 1000)])
+def test_window_batches_hold_word2vecs_pairs(
+    window: int, batch_size: int, kit: SimpleNamespace
+) -> None:
+    """However the batches cut the chunk, their windows give exactly word2vec's pairs."""
+    flat, offsets, keep = kit.random_chunk(window)
+    noise = alias_table(noise_distribution(np.arange(30) + 1.0))
+    windows = chunk_windows(flat, offsets, keep, window, 3, noise, np.random.default_rng(11))
+    compact = RowCompactor(30)
+    got, examples, centres = [], 0, 0
+    for batch, count in window_batches(windows, batch_size, 0, compact):
+        pairs = batch_pairs(batch)
+        assert count == len(pairs)
+        got += pairs
+        examples += count
+        centres += len(batch.left)
+        assert batch.neg_out.shape == (len(batch.left), 3)
+        negatives = batch.out_rows[batch.neg_out]
+        assert torch.all(negatives >= SPECIALS)  # the noise never draws a special token
+    assert centres == len(windows.ids)
+    assert sorted(got) == reference_pairs(flat, offsets, keep, window, 11)
+    assert examples == int(windows.examples.sum()) > 0
+
+
+def test_window_batches_resume_mid_chunk(kit: SimpleNamespace) -> None:
+    flat, offsets, keep = kit.random_chunk(4)
+    noise = alias_table(noise_distribution(np.arange(30) + 1.0))
+    windows = chunk_windows(flat, offsets, keep, 3, 2, noise, np.random.default_rng(0))
+    every = list(window_batches(windows, 9, 0, RowCompactor(30)))
+    later = list(window_batches(windows, 9, 2, RowCompactor(30)))
+    assert len(later) == len(every) - 2
+    for (a, _), (b, _) in zip(every[2:], later, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_compact_rows_is_unique_with_inverse() -> None:
@@ -146,41 +171,27 @@ def batch_fixture(vocab: int = 30, batch: int = 50, negatives: int = 4, seed: in
     return ids, compact
 
 
-def tables(vocab: int = 30, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(vocab, dim, generator=g, dtype=torch.float64) * 0.5,
-        torch.randn(vocab, dim, generator=g, dtype=torch.float64) * 0.5,
-    )
-
-
-def scatter(rows: torch.Tensor, values: torch.Tensor, vocab: int) -> torch.Tensor:
-    dense = torch.zeros(vocab, values.shape[1], dtype=values.dtype)
-    dense[rows] = values
-    return dense
-
-
 @pytest.mark.parametrize(("block", "lr"), [(1024, 0.0), (7, 0.0), (1024, 0.5)])
-def test_sgns_step_gradient_equals_autograd(block: int, lr: float) -> None:
+def test_sgns_step_gradient_equals_autograd(block: int, lr: float, kit: SimpleNamespace) -> None:
     """Without sequential blocks (lr = 0, or one block) the step is the loss's gradient."""
     (centre, targets), compact = batch_fixture()
     in_rows, _, out_rows, _ = compact
-    w_in, w_out = tables()
+    w_in, w_out = kit.tables()
     loss, grad_in, grad_out = sgns_step(w_in, w_out, *compact, lr=lr, block=block)
 
     a, b = w_in.clone().requires_grad_(), w_out.clone().requires_grad_()
     expected = reference_loss(a, b, centre, targets)
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
-    torch.testing.assert_close(scatter(in_rows, grad_in, 30), a.grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(scatter(out_rows, grad_out, 30), b.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kit.scatter(in_rows, grad_in, 30), a.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kit.scatter(out_rows, grad_out, 30), b.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_sgns_step_blocks_see_earlier_updates() -> None:
+def test_sgns_step_blocks_see_earlier_updates(kit: SimpleNamespace) -> None:
     """With lr > 0, -lr * gradient is where block-by-block SGD lands (a word2vec thread)."""
     (centre, targets), compact = batch_fixture(batch=40)
     in_rows, _, out_rows, _ = compact
-    w_in, w_out = tables()
+    w_in, w_out = kit.tables()
     lr, block = 0.3, 8
     loss, grad_in, grad_out = sgns_step(w_in, w_out, *compact, lr=lr, block=block)
 
@@ -194,22 +205,90 @@ def test_sgns_step_blocks_see_earlier_updates() -> None:
         with torch.no_grad():
             a, b = a - lr * a.grad, b - lr * b.grad
     assert loss.item() == pytest.approx(total, rel=1e-10)
-    torch.testing.assert_close(w_in - lr * scatter(in_rows, grad_in, 30), a, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(
-        w_out - lr * scatter(out_rows, grad_out, 30), b, rtol=1e-9, atol=1e-12
+        w_in - lr * kit.scatter(in_rows, grad_in, 30), a, rtol=1e-9, atol=1e-12
+    )
+    torch.testing.assert_close(
+        w_out - lr * kit.scatter(out_rows, grad_out, 30), b, rtol=1e-9, atol=1e-12
     )
 
 
-def test_skipgram_module_returns_coalesced_sparse_gradients() -> None:
-    (centre, targets), compact = batch_fixture()
+def batch_targets(batch: WindowBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context ids, targets (centre then negatives)) per pair: `reference_loss`'s input."""
+    owner, context = window_contexts(batch)
+    targets = torch.cat([batch.centre_out.unsqueeze(1), batch.neg_out], 1)[owner]
+    return batch.in_rows[context], batch.out_rows[targets]
+
+
+def test_kernel_gradient_equals_autograd(kit: SimpleNamespace) -> None:
+    batch = kit.window_fixture()
+    w_in, w_out = (t.float() for t in kit.tables())
+    loss, grad_in, grad_out = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=0.0)
+    a, b = w_in.clone().requires_grad_(), w_out.clone().requires_grad_()
+    expected = reference_loss(a, b, *batch_targets(batch))
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(
+        kit.scatter(batch.in_rows, grad_in, 30), a.grad, rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        kit.scatter(batch.out_rows, grad_out, 30), b.grad, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_kernel_sgd_is_word2vecs_loop(kit: SimpleNamespace) -> None:
+    """With lr > 0 the kernel is word2vec.c's loop, centre word by centre word."""
+    batch = kit.window_fixture(seed=2)
+    w_in, w_out = (t.float() for t in kit.tables())
+    lr = 0.2
+    _, grad_in, grad_out = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=lr)
+
+    a, b = w_in.double().clone(), w_out.double().clone()
+    ids_in, ids_out = batch.in_rows, batch.out_rows
+    for c in range(len(batch.left)):
+        target = int(ids_out[batch.centre_out[c]])
+        outputs = [(target, 1.0)] + [
+            (int(ids_out[n]), 0.0) for n in batch.neg_out[c] if int(ids_out[n]) != target
+        ]
+        for j in range(int(batch.left[c]), int(batch.right[c]) + 1):
+            if j == int(batch.centre_span[c]):
+                continue
+            row = int(ids_in[batch.span[j]])
+            err = torch.zeros(a.shape[1], dtype=torch.float64)
+            for o, label in outputs:
+                g = lr * (label - torch.sigmoid(a[row] @ b[o]))
+                err += g * b[o]
+                b[o] += g * a[row]
+            a[row] += err
+    torch.testing.assert_close(
+        w_in.double() - lr * kit.scatter(ids_in, grad_in.double(), 30), a, rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        w_out.double() - lr * kit.scatter(ids_out, grad_out.double(), 30), b, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_tensor_path_equals_the_kernel(kit: SimpleNamespace) -> None:
+    """The GPU path (pairs through `sgns_step`) and the CPU kernel agree (lr = 0)."""
+    batch = kit.window_fixture(seed=3)
+    model = SkipGram(30, 6, seed=1)
+    w_in, w_out = (t.float() for t in kit.tables())
+    cpu = model.step(w_in, w_out, batch, 0.0)
+    tensor = model.tensor_step(w_in, w_out, batch, 0.0)
+    for x, y in zip(cpu, tensor, strict=True):
+        torch.testing.assert_close(x.double(), y.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_skipgram_module_returns_coalesced_sparse_gradients(kit: SimpleNamespace) -> None:
+    batch = kit.window_fixture()
     model = SkipGram(30, 6, seed=1)
     with torch.no_grad():
         model.output.weight.normal_(generator=torch.Generator().manual_seed(2))
-    loss = model(*compact)
+    loss = model(batch)
     (loss * 2).backward()  # the world-size multiplier reaches the gradients
     a = model.input.weight.detach().clone().requires_grad_()
     b = model.output.weight.detach().clone().requires_grad_()
-    expected = reference_loss(a, b, centre, targets)
+    expected = reference_loss(a, b, *batch_targets(batch))
     (expected * 2).backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     for param, ref in ((model.input.weight, a), (model.output.weight, b)):

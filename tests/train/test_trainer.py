@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from embedpipe.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from embedpipe.train.sgns import SkipGram, compact_rows
+from embedpipe.train.sgns import SkipGram
 from embedpipe.train.trainer import (
     SUMMARY,
     SparseRowsExchange,
@@ -32,6 +33,7 @@ from embedpipe.train.trainer import (
     train,
     training_fingerprint,
 )
+from embedpipe.train.windows import RowCompactor, alias_table, chunk_windows, window_batches
 
 CONFIG = TrainConfig(
     dim=8, window=3, negatives=3, epochs=2, batch_size=48, checkpoint_every=3,
@@ -97,7 +99,9 @@ def test_sparse_rows_hook_gives_what_ddp_gives(tmp_path: Path) -> None:
         "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
     )
     try:
-        vocab, batch, width = 40, 64, 4
+        vocab, batch, negatives = 40, 64, 4
+        keep = np.where(np.arange(vocab) < 5, 0.0, 1.0)
+        noise = alias_table(keep)
         results = []
         for hooked in (False, True):
             model = SkipGram(vocab, 8, seed=0)
@@ -105,14 +109,19 @@ def test_sparse_rows_hook_gives_what_ddp_gives(tmp_path: Path) -> None:
                 model.output.weight.normal_(generator=torch.Generator().manual_seed(1))
             ddp = DistributedDataParallel(model)
             if hooked:
-                bounds = {model.input.weight: batch, model.output.weight: batch * width}
+                bounds = {
+                    model.input.weight: batch + 2 * 3,
+                    model.output.weight: batch * (1 + negatives),
+                }
                 ddp.register_comm_hook(SparseRowsExchange(bounds, 1), sparse_rows_hook)
             rng = np.random.default_rng(0)
-            for _ in range(3):
-                in_rows, in_pos = compact_rows(rng.integers(5, vocab, batch), vocab)
-                out_rows, out_pos = compact_rows(rng.integers(5, vocab, (batch, width)), vocab)
-                tensors = (in_rows, in_pos, out_rows, out_pos.reshape(batch, width))
-                ddp(*(torch.from_numpy(t) for t in tensors), 0.1).backward()
+            flat = rng.integers(5, vocab, 600)
+            offsets = np.arange(0, 601, 12)
+            windows = chunk_windows(flat, offsets, keep, 3, negatives, noise, rng)
+            for data, _ in itertools.islice(
+                window_batches(windows, batch, 0, RowCompactor(vocab)), 3
+            ):
+                ddp(data, 0.1).backward()
                 with torch.no_grad():
                     for p in (model.input.weight, model.output.weight):
                         p.add_(p.grad.to_dense(), alpha=-0.1)

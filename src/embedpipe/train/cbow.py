@@ -1,8 +1,8 @@
 """CBOW with negative sampling, batched like `sgns` (gensim's cbow_mean=1).
 
 For each kept centre word (after subsampling), its contexts are the kept words within a
-dynamic window b ~ U{1..window} on both sides in the same sequence (word2vec.c's rule, as
-`skipgram_pairs`); the hidden vector h is the mean of the contexts' input vectors, and it
+dynamic window b ~ U{1..window} on both sides in the same sequence (word2vec.c's rule,
+`windows.chunk_windows`); the hidden vector h is the mean of the contexts' input vectors, and it
 predicts the centre word (output table) against K negatives drawn from the noise table:
 
     loss = sum over examples of -log s(u_c . h) - sum_k [n_k != c] log s(-u_k . h).
@@ -13,72 +13,22 @@ neu1e / count, which the exact gradient of the mean would give; word2vec.c's -cb
 the same). `reference_loss` states that with autograd. word2vec's customary learning rate
 for CBOW is 0.05 (TrainConfig.lr stays 0.025 by default: set it).
 
-A batch arrives compactly: `in_rows` the distinct context ids, `ctx_pos` (M,) every
-context as a position in `in_rows`, grouped by example, `ctx_offsets` (B + 1,) each
-example's slice of `ctx_pos`; `out_rows` the distinct centre and negative ids, `out_pos`
-(B, 1 + K) positions in `out_rows`. The step is blocked like `sgns_step`, later blocks
-seeing earlier blocks' updates when lr > 0; gradients come back as coalesced sparse
-tensors over the touched rows, so DDP and `SparseRowsExchange` work unchanged.
+Batches are the window batches of skip-gram (`windows`): on CPU the compiled kernel
+(`kernels.cbow_window_sgd`) trains centre word by centre word; on GPUs `cbow_step` takes
+the batch expanded into examples (`ctx_pos` (M,) every context as a position in
+`in_rows`, grouped by example, `ctx_offsets` (B + 1,) each example's slice, `out_pos`
+(B, 1 + K) the centre and its negatives in `out_rows`) in blocks of tensor operations.
+Gradients come back as coalesced sparse tensors over the touched rows, as `SkipGram`'s.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
+from embedpipe.train.kernels import cbow_window_sgd
 from embedpipe.train.sgns import BLOCK, SkipGram
-
-
-def cbow_examples(
-    flat: np.ndarray,
-    offsets: np.ndarray,
-    keep_prob: np.ndarray,
-    window: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centre (N,), contexts (M,), context offsets (N + 1,)) of a chunk.
-
-    Same draws as `skipgram_pairs` (keep coins, then one window per kept word); centres
-    without any context are dropped.
-    """
-    seq = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    kept = rng.random(len(flat)) < keep_prob[flat]
-    ids, seq = flat[kept], seq[kept]
-    reach = rng.integers(1, window + 1, size=len(ids))
-    where, contexts = [], []
-    positions = np.arange(len(ids))
-    for d in range(1, min(window, len(ids) - 1) + 1):
-        same = seq[:-d] == seq[d:]
-        forward = same & (reach[:-d] >= d)  # centre left, context d to its right
-        backward = same & (reach[d:] >= d)  # centre right, context d to its left
-        where += [positions[:-d][forward], positions[d:][backward]]
-        contexts += [ids[d:][forward], ids[:-d][backward]]
-    if not where:
-        empty = np.empty(0, np.int64)
-        return empty, empty, np.zeros(1, np.int64)
-    owner = np.concatenate(where)
-    context = np.concatenate(contexts).astype(np.int64)
-    order = np.argsort(owner, kind="stable")
-    owner, context = owner[order], context[order]
-    counts = np.bincount(owner, minlength=len(ids))
-    has = counts > 0
-    ctx_offsets = np.zeros(int(has.sum()) + 1, np.int64)
-    np.cumsum(counts[has], out=ctx_offsets[1:])
-    return ids[has].astype(np.int64), context, ctx_offsets
-
-
-def permute_examples(
-    order: np.ndarray, contexts: np.ndarray, ctx_offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Contexts and offsets of the examples taken in `order`."""
-    counts = np.diff(ctx_offsets)[order]
-    new_offsets = np.zeros(len(order) + 1, np.int64)
-    np.cumsum(counts, out=new_offsets[1:])
-    take = np.repeat(ctx_offsets[:-1][order] - new_offsets[:-1], counts) + np.arange(
-        new_offsets[-1]
-    )
-    return contexts[take], new_offsets
+from embedpipe.train.windows import WindowBatch, window_contexts
 
 
 def cbow_step(
@@ -144,49 +94,23 @@ def cbow_step(
     return loss, grad_in, grad_out
 
 
-class _CBOWLoss(torch.autograd.Function):
-    """The batch loss with hand-computed gradients, returned as coalesced sparse tensors."""
-
-    @staticmethod
-    def forward(ctx, w_in, w_out, in_rows, ctx_pos, ctx_offsets, out_rows, out_pos, lr):  # noqa: ANN001, ANN205
-        loss, grad_in, grad_out = cbow_step(
-            w_in, w_out, in_rows, ctx_pos, ctx_offsets, out_rows, out_pos, lr
-        )
-        ctx.save_for_backward(in_rows, out_rows, grad_in, grad_out)
-        ctx.shapes = (w_in.shape, w_out.shape)
-        return loss.to(w_in.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_loss):  # noqa: ANN001, ANN205
-        in_rows, out_rows, grad_in, grad_out = ctx.saved_tensors
-        grads = [
-            torch.sparse_coo_tensor(
-                rows.unsqueeze(0), values.mul_(grad_loss), shape,
-                is_coalesced=True, check_invariants=False,
-            )
-            for rows, values, shape in zip(
-                (in_rows, out_rows), (grad_in, grad_out), ctx.shapes, strict=True
-            )
-        ]  # fmt: skip
-        return grads[0], grads[1], None, None, None, None, None, None
-
-
 class CBOW(SkipGram):
-    """The same two tables as `SkipGram`; the forward pass is CBOW's."""
+    """The same two tables as `SkipGram`; the step is CBOW's."""
 
-    def forward(  # type: ignore[override]
-        self,
-        in_rows: torch.Tensor,
-        ctx_pos: torch.Tensor,
-        ctx_offsets: torch.Tensor,
-        out_rows: torch.Tensor,
-        out_pos: torch.Tensor,
-        lr: float = 0.0,
-    ) -> torch.Tensor:
-        return _CBOWLoss.apply(
-            self.input.weight, self.output.weight, in_rows, ctx_pos, ctx_offsets,
-            out_rows, out_pos, lr,
-        )  # fmt: skip
+    kernel = staticmethod(cbow_window_sgd)
+
+    def tensor_step(
+        self, w_in: torch.Tensor, w_out: torch.Tensor, batch: WindowBatch, lr: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        owner, context = window_contexts(batch)
+        counts = torch.bincount(owner, minlength=len(batch.left))
+        has = counts > 0
+        ctx_offsets = torch.zeros(int(has.sum()) + 1, dtype=torch.int64, device=owner.device)
+        torch.cumsum(counts[has], 0, out=ctx_offsets[1:])
+        targets = torch.cat([batch.centre_out.unsqueeze(1), batch.neg_out], 1)[has]
+        return cbow_step(
+            w_in, w_out, batch.in_rows, context, ctx_offsets, batch.out_rows, targets, lr
+        )
 
 
 def reference_loss(

@@ -133,11 +133,12 @@ def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
             for name, p, s in zip(TABLES, params, sums, strict=True):
                 p.copy_(tensors[name])
                 s.copy_(tensors[f"adagrad.{name}"])
-    ddp = model
+    ddp, exchange = model, None
     if cluster.world > 1:
         ddp = DistributedDataParallel(model)
         bounds = {p: config.batch_size for p in params}
-        ddp.register_comm_hook(SparseRowsExchange(bounds, cluster.world), sparse_rows_hook)
+        exchange = SparseRowsExchange(bounds, cluster.world)
+        ddp.register_comm_hook(exchange, sparse_rows_hook)
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / METRICS).open("a") if cluster.is_main else None
@@ -212,6 +213,7 @@ def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "corpus_words": entries,  # co-occurrence entries per epoch
         "words_per_sec": round((done - start_done) / max(elapsed, 1e-9)),
+        "bytes_per_step": exchange.bytes_per_step if exchange else 0,
         "checkpoint": latest_checkpoint(checkpoints).name if cluster.is_main else None,
         "inputs": {"cooccur": cooccur["fingerprint"], "vocab": vocab_manifest["fingerprint"]},
     }

@@ -1,144 +1,33 @@
-"""Skip-gram with negative sampling: the word2vec formulas, batched for tensor hardware.
+"""Skip-gram with negative sampling over window batches (`windows`), on CPU or GPU.
 
-- keep probability of a word with count f among T tokens, threshold s (word2vec.c):
-  p = (sqrt(f / (s T)) + 1) * (s T) / f, capped at 1; special tokens get 0 (never trained);
-- noise distribution: count ** 0.75, normalised; special tokens never drawn. Negatives are
-  drawn per pair with Walker's alias method (exact, O(1) a draw, O(V) memory), from the
-  chunk's own random generator; a negative equal to the pair's context word is skipped, as
-  in word2vec.c and gensim;
-- pairs: for each kept centre word a window b ~ U{1..window}, contexts within b on both sides
-  of the same sequence (after subsampling, as word2vec.c does).
+Every (context, centre) pair of a window trains the context's input row to predict the
+centre word's output row against the centre word's K negatives:
 
-The step (`sgns_step`) computes the loss and its gradients by hand instead of through
-autograd: a batch arrives in compact form (the distinct rows it
-touches and each pair's positions in them, built by `RowCompactor` on the data thread),
-pairs are processed in blocks that stay in cache, and later blocks see the SGD updates of
-earlier ones. `SkipGram` keeps `nn.Embedding(sparse=True)` tables and returns the
-gradients as coalesced sparse tensors, so DistributedDataParallel reduces them as sparse
-gradients: communication grows with the batch, never with the vocabulary. The gradient
-equals autograd's on the plain loss (`reference_loss`; tested).
+    loss = sum over pairs of -log s(u_o . v_c) - sum_k [n_k != o] log s(-u_k . v_c).
+
+On CPU the step is a compiled kernel (`kernels.sgns_window_sgd`): plain SGD centre word
+by centre word on working copies of the rows the batch touches, as a word2vec.c thread
+does. On GPUs the same batch is expanded into pairs and `sgns_step` processes them in
+blocks of tensor operations, each block seeing the updates of the blocks before it. Both
+return (rows before - rows after) / lr as the "gradient" (the exact gradient when lr = 0),
+as coalesced sparse tensors over the touched rows, so DistributedDataParallel reduces
+them as sparse gradients: communication grows with the batch, never with the vocabulary.
+Both equal autograd on `reference_loss` at lr = 0 (tested).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from embedpipe import schemas as S
+from embedpipe.train.kernels import sgns_window_sgd
+from embedpipe.train.windows import WindowBatch, window_contexts
 
 BLOCK = 1024  # pairs per block of the step: (1 + K) x BLOCK x dim floats stay in L2/L3
-
-
-def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
-    """Subsampling keep probability per id; special tokens (and count-0 ids) get 0."""
-    counts = np.asarray(counts, dtype=np.float64)
-    keep = np.zeros_like(counts)
-    words = counts > 0
-    if sample <= 0:
-        keep[words] = 1.0
-    else:
-        threshold = sample * counts.sum()
-        f = counts[words]
-        keep[words] = np.minimum((np.sqrt(f / threshold) + 1.0) * threshold / f, 1.0)
-    keep[: len(S.SPECIAL_TOKENS)] = 0.0
-    return keep
-
-
-def noise_distribution(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
-    """Unigram ** power, normalised; ids with count 0 (the specials) get probability 0."""
-    weights = np.asarray(counts, dtype=np.float64) ** power
-    weights[: len(S.SPECIAL_TOKENS)] = 0.0
-    return weights / weights.sum()
-
-
-def alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Walker/Vose alias table of a distribution: (threshold per slot, alias per slot).
-
-    Slot i (drawn uniformly) yields i with probability threshold[i], else alias[i].
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    n = len(p)
-    scaled = p * (n / p.sum())
-    threshold = np.ones(n)
-    alias = np.arange(n, dtype=np.int64)
-    small = [int(i) for i in np.flatnonzero(scaled < 1.0)]
-    large = [int(i) for i in np.flatnonzero(scaled >= 1.0)]
-    while small and large:
-        s, g = small.pop(), large.pop()
-        threshold[s], alias[s] = scaled[s], g
-        scaled[g] -= 1.0 - scaled[s]
-        (small if scaled[g] < 1.0 else large).append(g)
-    # Leftovers are 1 up to rounding: they keep their own slot (threshold 1).
-    return threshold, alias
-
-
-def alias_probabilities(threshold: np.ndarray, alias: np.ndarray) -> np.ndarray:
-    """The exact distribution an alias table samples (for checks)."""
-    n = len(threshold)
-    p = threshold.copy()
-    np.add.at(p, alias, 1.0 - threshold)
-    return p / n
-
-
-def sample_alias(
-    threshold: np.ndarray, alias: np.ndarray, size: int | tuple[int, ...], rng: np.random.Generator
-) -> np.ndarray:
-    """Draws from an alias table, one uniform double each (slot and coin from its bits)."""
-    x = rng.random(size) * len(threshold)
-    slot = x.astype(np.int64)
-    np.minimum(slot, len(threshold) - 1, out=slot)
-    return np.where(x - slot < threshold[slot], slot, alias[slot])
-
-
-def skipgram_pairs(
-    flat: np.ndarray,
-    offsets: np.ndarray,
-    keep_prob: np.ndarray,
-    window: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(centre, context) id pairs of a chunk, after subsampling, with dynamic windows."""
-    seq = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    kept = rng.random(len(flat)) < keep_prob[flat]
-    ids, seq = flat[kept], seq[kept]
-    reach = rng.integers(1, window + 1, size=len(ids))
-    centres, contexts = [], []
-    for d in range(1, min(window, len(ids) - 1) + 1):
-        same = seq[:-d] == seq[d:]
-        forward = same & (reach[:-d] >= d)  # centre left, context d to its right
-        backward = same & (reach[d:] >= d)  # centre right, context d to its left
-        centres += [ids[:-d][forward], ids[d:][backward]]
-        contexts += [ids[d:][forward], ids[:-d][backward]]
-    if not centres:
-        empty = np.empty(0, np.int64)
-        return empty, empty
-    return np.concatenate(centres).astype(np.int64), np.concatenate(contexts).astype(np.int64)
-
-
-class RowCompactor:
-    """Sorted distinct ids of an index array and each entry's position among them.
-
-    `np.unique(ids, return_inverse=True)` in O(n + V) with two reusable V-sized buffers
-    instead of a sort: ~10x faster on batches of Zipf-distributed ids.
-    """
-
-    def __init__(self, vocab_size: int) -> None:
-        self.seen = np.zeros(vocab_size, dtype=bool)
-        self.position = np.zeros(vocab_size, dtype=np.int64)
-
-    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.seen[ids] = True
-        rows = np.flatnonzero(self.seen)
-        self.seen[rows] = False
-        self.position[rows] = np.arange(len(rows))
-        return rows, self.position[ids]
-
-
-def compact_rows(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct ids, inverse) of `ids`, as `np.unique(..., return_inverse=True)`."""
-    return RowCompactor(vocab_size)(np.asarray(ids).ravel())
 
 
 def sgns_step(
@@ -217,13 +106,14 @@ def sgns_step(
     return torch.stack(losses).sum(dtype=torch.float64), grad_in, grad_out
 
 
-class _SGNSLoss(torch.autograd.Function):
-    """The batch loss with hand-computed gradients, returned as coalesced sparse tensors."""
+class _WindowLoss(torch.autograd.Function):
+    """A batch's loss with hand-computed gradients, returned as coalesced sparse tensors."""
 
     @staticmethod
-    def forward(ctx, w_in, w_out, in_rows, in_pos, out_rows, out_pos, lr):  # noqa: ANN001, ANN205
-        loss, grad_in, grad_out = sgns_step(w_in, w_out, in_rows, in_pos, out_rows, out_pos, lr)
-        ctx.save_for_backward(in_rows, out_rows, grad_in, grad_out)
+    def forward(ctx, w_in, w_out, model, lr, *batch):  # noqa: ANN001, ANN205
+        batch = WindowBatch(*batch)
+        loss, grad_in, grad_out = model.step(w_in, w_out, batch, lr)
+        ctx.save_for_backward(batch.in_rows, batch.out_rows, grad_in, grad_out)
         ctx.shapes = (w_in.shape, w_out.shape)
         return loss.to(w_in.dtype)
 
@@ -239,11 +129,40 @@ class _SGNSLoss(torch.autograd.Function):
                 (in_rows, out_rows), (grad_in, grad_out), ctx.shapes, strict=True
             )
         ]  # fmt: skip
-        return grads[0], grads[1], None, None, None, None, None
+        return grads[0], grads[1], None, None, *([None] * len(WindowBatch._fields))
+
+
+def kernel_step(
+    kernel: Callable[..., tuple[float, int]],
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    batch: WindowBatch,
+    lr: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad_in, grad_out) of a window batch by a compiled CPU kernel (`kernels`).
+
+    lr > 0: SGD on working copies of the touched rows, returned as (before - after) / lr;
+    lr = 0: the gradient at the current rows.
+    """
+    rows_in, rows_out = w_in.index_select(0, batch.in_rows), w_out.index_select(0, batch.out_rows)
+    index = [t.numpy() for t in batch[1:5]] + [t.numpy() for t in batch[6:]]
+    if lr > 0:
+        before_in, before_out = rows_in.clone(), rows_out.clone()
+        no_grad = np.empty((0, rows_in.shape[1]), dtype=rows_in.numpy().dtype)
+        loss, _ = kernel(rows_in.numpy(), rows_out.numpy(), *index, lr, no_grad, no_grad)
+        grad_in, grad_out = before_in.sub_(rows_in).div_(lr), before_out.sub_(rows_out).div_(lr)
+    else:
+        grad_in, grad_out = torch.zeros_like(rows_in), torch.zeros_like(rows_out)
+        loss, _ = kernel(
+            rows_in.numpy(), rows_out.numpy(), *index, 0.0, grad_in.numpy(), grad_out.numpy()
+        )
+    return torch.tensor(loss, dtype=torch.float64), grad_in, grad_out
 
 
 class SkipGram(nn.Module):
     """Input and output embedding tables, sparse so a step touches only the rows it uses."""
+
+    kernel = staticmethod(sgns_window_sgd)
 
     def __init__(self, vocab_size: int, dim: int, seed: int) -> None:
         super().__init__()
@@ -254,23 +173,28 @@ class SkipGram(nn.Module):
             self.input.weight.uniform_(-0.5 / dim, 0.5 / dim, generator=generator)
             self.output.weight.zero_()
 
-    def forward(
-        self,
-        in_rows: torch.Tensor,
-        in_pos: torch.Tensor,
-        out_rows: torch.Tensor,
-        out_pos: torch.Tensor,
-        lr: float = 0.0,
-    ) -> torch.Tensor:
-        """Summed negative log-likelihood of a compact batch (see `sgns_step`).
+    def forward(self, batch: WindowBatch, lr: float = 0.0) -> torch.Tensor:
+        """Summed loss of a window batch; gradients as sparse tensors over its rows.
 
-        Gradients come out as sparse tensors over `in_rows` / `out_rows` (sorted, distinct:
-        coalesced). `lr`: the step's learning rate, so that the blocks of the batch see
-        the updates of the blocks before them.
+        `lr`: the step's learning rate, so that the examples of the batch see the updates
+        of the ones before them (0: the plain gradient).
         """
-        return _SGNSLoss.apply(
-            self.input.weight, self.output.weight, in_rows, in_pos, out_rows, out_pos, lr
-        )
+        return _WindowLoss.apply(self.input.weight, self.output.weight, self, lr, *batch)
+
+    def step(
+        self, w_in: torch.Tensor, w_out: torch.Tensor, batch: WindowBatch, lr: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The compiled kernel on CPU, blocked tensor operations elsewhere."""
+        if w_in.device.type == "cpu":
+            return kernel_step(self.kernel, w_in, w_out, batch, lr)
+        return self.tensor_step(w_in, w_out, batch, lr)
+
+    def tensor_step(
+        self, w_in: torch.Tensor, w_out: torch.Tensor, batch: WindowBatch, lr: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        owner, context = window_contexts(batch)
+        targets = torch.cat([batch.centre_out.unsqueeze(1), batch.neg_out], 1)[owner]
+        return sgns_step(w_in, w_out, batch.in_rows, context, batch.out_rows, targets, lr)
 
 
 def reference_loss(

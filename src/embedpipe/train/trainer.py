@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -70,15 +69,17 @@ from torch.nn.parallel import DistributedDataParallel
 from embedpipe import schemas as S
 from embedpipe.config import TrainConfig, fingerprint, to_dict
 from embedpipe.corpus.stage import Workdir
-from embedpipe.train.cbow import CBOW, cbow_examples, permute_examples
+from embedpipe.train.cbow import CBOW
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, ChunkReader, Prefetcher, rank_chunks
-from embedpipe.train.sgns import (
+from embedpipe.train.sgns import SkipGram
+from embedpipe.train.windows import (
     RowCompactor,
-    SkipGram,
+    WindowBatch,
     alias_table,
-    sample_alias,
-    skipgram_pairs,
+    batch_count,
+    chunk_windows,
+    window_batches,
 )
 
 SUMMARY = "_TRAINED.json"
@@ -142,16 +143,13 @@ def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
 
 
 class Batch(NamedTuple):
-    """One step's examples in compact form, and where the data cursor stands.
+    """One step's examples, and where the data cursor stands.
 
-    sgns (see `sgns_step`): (in_rows, in_pos, out_rows, out_pos) with in_rows the distinct
-    centre ids, in_pos (B,) each pair's centre in them, out_rows the distinct context and
-    negative ids, out_pos (B, 1 + K) each pair's context then negatives in them.
-    cbow (see `cbow.cbow_step`): (in_rows, ctx_pos, ctx_offsets, out_rows, out_pos).
+    `data`: a `windows.WindowBatch` (sgns, cbow) or (rows, cols, x) of `cooccur` (glove).
     """
 
     data: tuple[torch.Tensor, ...]
-    pairs: int  # pairs (sgns) or centre words (cbow)
+    pairs: int  # examples: (context, centre) pairs (sgns) or centre words with contexts (cbow)
     words: float  # corpus words this batch stands for
     remaining: int  # batches left in its chunk, this one included
     cursor: tuple[int, int]  # (chunk, batch) after this one
@@ -200,17 +198,16 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
         with torch.no_grad():
             model.input.weight.copy_(tensors["input"])
             model.output.weight.copy_(tensors["output"])
-    ddp = model
+    ddp, exchange = model, None
     if cluster.world > 1:
         ddp = DistributedDataParallel(model)
-        width = 1 + config.negatives
-        # Rows a batch can touch: centres (sgns) or contexts, up to 2 x window per centre.
-        in_bound = config.batch_size * (2 * config.window if config.model == "cbow" else 1)
+        # Rows a batch can touch: its span of tokens (input), centres and negatives (output).
         bounds = {
-            model.input.weight: in_bound,
-            model.output.weight: config.batch_size * width,
+            model.input.weight: config.batch_size + 2 * config.window,
+            model.output.weight: config.batch_size * (1 + config.negatives),
         }
-        ddp.register_comm_hook(SparseRowsExchange(bounds, cluster.world), sparse_rows_hook)
+        exchange = SparseRowsExchange(bounds, cluster.world)
+        ddp.register_comm_hook(exchange, sparse_rows_hook)
     params = [model.input.weight, model.output.weight]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +255,8 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
                     batch = next(stream)
                     progress = min(1.0, words / total_words)
                     lr = learning_rate(config, progress)
-                    loss = ddp(*(t.to(cluster.device) for t in batch.tensors()), lr)
+                    data = WindowBatch(*(t.to(cluster.device) for t in batch.tensors()))
+                    loss = ddp(data, lr)
                     # DDP averages gradients over ranks; scale so each rank's pairs count
                     # fully, as word2vec's threads each apply their own updates.
                     (loss * cluster.world).backward()
@@ -295,6 +293,7 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "corpus_words": corpus_words,
         "words_per_sec": round((words - start_words) / max(elapsed, 1e-9)),
+        "bytes_per_step": exchange.bytes_per_step if exchange else 0,
         "checkpoint": latest_checkpoint(checkpoints).name if cluster.is_main else None,
         "inputs": {"sequences": sequences["fingerprint"], "vocab": vocab_manifest["fingerprint"]},
     }
@@ -352,99 +351,34 @@ def iter_batches(
 ) -> Iterator[list[Batch]]:
     """The batches of one rank and epoch from cursor (first_chunk, first_batch) on, by chunk.
 
-    Everything random about a chunk (subsampling, windows, shuffling, negatives) comes from
-    its own generator seeded by (seed, epoch, rank, chunk), so any batch can be rebuilt.
+    Everything random about a chunk (subsampling, windows, negatives) comes from its own
+    generator seeded by (seed, epoch, rank, chunk), so any batch can be rebuilt.
     """
     read = ChunkReader()
     compact = RowCompactor(len(keep_prob))
-    width = 1 + config.negatives
     for index in range(first_chunk, len(chunks)):
         flat, offsets = read(chunks[index])
         rng = np.random.default_rng(chunk_seed(config.seed, epoch, rank, index))
-        if config.model == "cbow":
-            batches = cbow_batches(
-                config, flat, offsets, keep_prob, noise, rng, compact, index,
-                first_batch if index == first_chunk else 0,
-            )  # fmt: skip
-            if batches is not None:
-                yield batches
-            continue
-        centre, context = skipgram_pairs(flat, offsets, keep_prob, config.window, rng)
-        if len(centre) == 0:
-            continue
-        order = rng.permutation(len(centre))
-        centre = centre[order]
-        targets = np.empty((len(centre), width), dtype=np.int64)
-        targets[:, 0] = context[order]
-        targets[:, 1:] = sample_alias(*noise, (len(centre), config.negatives), rng)
-        n_batches = max(1, math.ceil(len(centre) / config.batch_size))
+        windows = chunk_windows(
+            flat, offsets, keep_prob, config.window, config.negatives, noise, rng
+        )
+        n_batches = batch_count(windows, config.batch_size)
         words_per_batch = len(flat) / n_batches
-        batches = []
-        for b in range(first_batch if index == first_chunk else 0, n_batches):
-            sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
-            in_rows, in_pos = compact(centre[sl])
-            out_rows, out_pos = compact(targets[sl].reshape(-1))
-            batches.append(
-                Batch(
-                    (
-                        torch.from_numpy(in_rows),
-                        torch.from_numpy(in_pos),
-                        torch.from_numpy(out_rows),
-                        torch.from_numpy(out_pos.reshape(-1, width)),
-                    ),
-                    len(in_pos),
-                    words_per_batch,
-                    n_batches - b,
-                    (index, b + 1) if b + 1 < n_batches else (index + 1, 0),
-                )
-            )
-        yield batches
-
-
-def cbow_batches(
-    config: TrainConfig,
-    flat: np.ndarray,
-    offsets: np.ndarray,
-    keep_prob: np.ndarray,
-    noise: tuple[np.ndarray, np.ndarray],
-    rng: np.random.Generator,
-    compact: RowCompactor,
-    index: int,
-    first_batch: int,
-) -> list[Batch] | None:
-    """One chunk's CBOW batches (of `batch_size` centre words) from batch `first_batch` on."""
-    centre, contexts, ctx_offsets = cbow_examples(flat, offsets, keep_prob, config.window, rng)
-    if len(centre) == 0:
-        return None
-    width = 1 + config.negatives
-    order = rng.permutation(len(centre))
-    contexts, ctx_offsets = permute_examples(order, contexts, ctx_offsets)
-    targets = np.empty((len(centre), width), dtype=np.int64)
-    targets[:, 0] = centre[order]
-    targets[:, 1:] = sample_alias(*noise, (len(centre), config.negatives), rng)
-    n_batches = max(1, math.ceil(len(centre) / config.batch_size))
-    words_per_batch = len(flat) / n_batches
-    batches = []
-    for b in range(first_batch, n_batches):
-        lo, hi = b * config.batch_size, min((b + 1) * config.batch_size, len(centre))
-        in_rows, ctx_pos = compact(contexts[ctx_offsets[lo] : ctx_offsets[hi]])
-        out_rows, out_pos = compact(targets[lo:hi].reshape(-1))
-        batches.append(
+        first = first_batch if index == first_chunk else 0
+        batches = [
             Batch(
-                (
-                    torch.from_numpy(in_rows),
-                    torch.from_numpy(ctx_pos),
-                    torch.from_numpy(ctx_offsets[lo : hi + 1] - ctx_offsets[lo]),
-                    torch.from_numpy(out_rows),
-                    torch.from_numpy(out_pos.reshape(-1, width)),
-                ),
-                hi - lo,
+                data,
+                examples,
                 words_per_batch,
                 n_batches - b,
                 (index, b + 1) if b + 1 < n_batches else (index + 1, 0),
             )
-        )
-    return batches
+            for b, (data, examples) in enumerate(
+                window_batches(windows, config.batch_size, first, compact), start=first
+            )
+        ]
+        if batches:
+            yield batches
 
 
 def agree(batch: Batch | None, cluster: Cluster) -> tuple[int, float]:
@@ -482,6 +416,12 @@ class SparseRowsExchange:
         self.bounds = {id(p): min(bound, p.shape[0]) for p, bound in bounds.items()}
         self.world = world
         self.pending: list[tuple[torch.Tensor, int, torch.futures.Future]] = []
+        self.steps = 0
+        self.bytes = 0  # payload this rank contributed: row ids gathered + values reduced
+
+    @property
+    def bytes_per_step(self) -> int:
+        return round(self.bytes / max(self.steps, 1))
 
     def add(self, bucket: dist.GradBucket) -> torch.futures.Future:
         (param,) = bucket.parameters()
@@ -530,6 +470,8 @@ class SparseRowsExchange:
             views.append(view)
         dist.all_reduce(values)
         values.div_(self.world)
+        self.steps += 1
+        self.bytes += mine.numel() * mine.element_size() + values.numel() * values.element_size()
         return [
             torch.sparse_coo_tensor(
                 union.unsqueeze(0), view, g.shape, check_invariants=False, is_coalesced=True
