@@ -37,7 +37,9 @@ SETTINGS = {
 }  # sample: vocab.sample
 
 
-def prepare(corpus: Path, workdir: Path) -> dict[str, Any]:
+def prepare(
+    corpus: Path, workdir: Path, stages: tuple[str, ...] = ("tokenize", "build_vocab", "encode")
+) -> dict[str, Any]:
     """Run (or reuse) embedpipe's corpus stages; returns the stage manifests."""
     from embedpipe.config import load_config
     from embedpipe.corpus.session import get_spark
@@ -49,9 +51,7 @@ def prepare(corpus: Path, workdir: Path) -> dict[str, Any]:
          f"vocab.sample={SETTINGS['sample']}", "spark.driver_memory=4g"],
     )  # fmt: skip
     spark = get_spark(config.spark)
-    manifests = {
-        s: STAGE_FUNCTIONS[s](spark, config) for s in ("tokenize", "build_vocab", "encode")
-    }
+    manifests = {s: STAGE_FUNCTIONS[s](spark, config) for s in stages}
     spark.stop()
     return manifests
 
@@ -107,7 +107,9 @@ def run_gensim(
     }
 
 
-def run_embedpipe(workdir: Path, model: str, epochs: int, nproc: int) -> dict[str, Any]:
+def run_embedpipe(
+    workdir: Path, model: str, epochs: int, nproc: int, extra: list[str] = ()
+) -> dict[str, Any]:
     from safetensors.numpy import load_file
 
     out = workdir / f"train-{model}-{nproc}"
@@ -117,6 +119,7 @@ def run_embedpipe(workdir: Path, model: str, epochs: int, nproc: int) -> dict[st
         "--set", f"train.model={model}", "--set", f"train.epochs={epochs}",
         "--set", f"train.dim={SETTINGS['dim']}", "--set", f"train.window={SETTINGS['window']}",
         "--set", f"train.negatives={SETTINGS['negatives']}", "--set", "train.log_every=1000000",
+        *(arg for item in extra for arg in ("--set", item)),
     ]  # fmt: skip
     subprocess.run(["rm", "-rf", str(out)], check=True)
     done = subprocess.run(command, capture_output=True, text=True)
@@ -141,6 +144,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="also time 1 process")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra embedpipe settings"
+    )
     args = parser.parse_args()
 
     manifests = prepare(args.corpus, args.workdir)
@@ -151,11 +157,11 @@ def main() -> None:
                                "cpus": os.cpu_count(), "models": {}}  # fmt: skip
     for model in args.models:
         gensim = run_gensim(tokens_file, words, model, args.epochs, workers=args.nproc)
-        ours = run_embedpipe(args.workdir, model, args.epochs, args.nproc)
+        ours = run_embedpipe(args.workdir, model, args.epochs, args.nproc, args.set)
         row = {"gensim": gensim, "embedpipe": ours,
                "speed_ratio": round(ours["words_per_sec"] / gensim["words_per_sec"], 3)}  # fmt: skip
         if args.scaling:
-            row["embedpipe_1proc"] = run_embedpipe(args.workdir, model, args.epochs, 1)
+            row["embedpipe_1proc"] = run_embedpipe(args.workdir, model, args.epochs, 1, args.set)
         results["models"][model] = row
         print(f"\n{model}: {'':10s}{'words/s':>10s} {'WS353':>7s} {'SimLex':>7s} {'analogy':>8s}")
         for name, r in (

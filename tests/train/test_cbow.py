@@ -161,7 +161,9 @@ CONFIG = TrainConfig(
 def test_training_lowers_the_loss(workdir: Path, tmp_path: Path) -> None:
     config = dataclasses.replace(CONFIG, epochs=10, lr=0.2, checkpoint_every=0)
     train(config, str(workdir), tmp_path / "full")
-    assert (tmp_path / "full" / METRICS).is_file()
+    records = [json.loads(line) for line in (tmp_path / "full" / METRICS).open()]
+    assert records and {"step", "loss", "lr", "words_per_sec", "eta_sec"} <= set(records[0])
+    assert (tmp_path / "full" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     expected = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"))[0]
     assert torch.isfinite(expected["input"]).all()
     # The loss of a fixed set of the corpus's examples went down.

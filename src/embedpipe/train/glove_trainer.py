@@ -52,6 +52,7 @@ from embedpipe.train.trainer import (
     setup_cluster,
     sparse_rows_hook,
     training_fingerprint,
+    write_loss_curve,
 )
 
 TABLES = ("word", "context", "word_bias", "context_bias")
@@ -219,6 +220,7 @@ def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     }
     if cluster.is_main:
         metrics.close()
+        write_loss_curve(out)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
         print(
             json.dumps({k: summary[k] for k in ("steps", "seconds", "words_per_sec")}), flush=True

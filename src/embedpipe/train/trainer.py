@@ -1,26 +1,30 @@
 """The distributed trainer: one script that runs alone or under torchrun (gloo or NCCL).
 
 Each rank streams its own row range of `sequences`; a background thread turns the next
-chunk into batches (pairs, negatives, the rows each batch touches) while the current one
-trains. The step (`sgns.sgns_step`) is hand-written: no autograd graph, blocks of pairs
-that stay in cache, each block seeing the updates of the blocks before it (as a word2vec
-thread sees its own), and gradients returned as coalesced sparse tensors over the touched
-rows. DistributedDataParallel reduces them through `SparseRowsExchange`, a communication
-hook that sums every table over the union of the rows the ranks touched in one all-reduce
-(plus one small all-gather of row ids): per-step traffic grows with the batch, never with
-the vocabulary. The loss is multiplied by the world size so each rank's pairs count fully
-(DDP averages), and every rank applies the same plain SGD update to the same rows.
+chunk into window batches (`windows`: subsampling, dynamic windows, negatives, the rows
+each batch touches) while the current one trains. On CPU the step is a compiled kernel
+(`kernels`): word2vec.c's loop, centre word by centre word, on working copies of the
+touched rows, with the K negatives of a centre word shared by its contexts; on GPUs the
+same batch goes through blocked tensor operations. Either way the step returns
+(rows before - rows after) / lr as coalesced sparse gradients over the touched rows.
+DistributedDataParallel reduces them through `SparseRowsExchange`, a communication hook
+that sums every table over the union of the rows the ranks touched in one all-reduce
+(plus one small all-gather of row ids): per-step traffic grows with the batch, never
+with the vocabulary. The loss is multiplied by the world size so each rank's updates
+count fully (DDP averages), and every rank applies the same plain SGD update to the same
+rows: the sum of all ranks' updates of the step, as word2vec's threads each apply their
+own.
 
-`train.model` picks the objective: "sgns" (above), "cbow" (`cbow.cbow_step`: the mean of
-a centre word's context vectors predicts it against K negatives, gensim's cbow_mean=1; the
-same chunks, seeding, compact rows, hook and checkpoints; `batch_size` counts centre
-words), or "glove" (`glove_trainer.train_glove`: AdaGrad on the `cooccur` table, same
-cursor, agreement, hook and checkpoint layout).
+`train.model` picks the objective: "sgns" (skip-gram: each context predicts the centre
+word), "cbow" (the mean of the contexts predicts it, gensim's cbow_mean=1), both over the
+same window batches (`batch_size` counts centre words), or "glove"
+(`glove_trainer.train_glove`: AdaGrad on the `cooccur` table, same cursor, agreement,
+hook and checkpoint layout).
 
 Ranks agree once per chunk, not per step, on how many steps all of them can take (the
 fewest batches left in any rank's current chunk; 0 ends the epoch for everyone) and on the
 corpus words those steps cover, so they share one learning-rate schedule exactly and their
-replicas stay bit-identical. Only rank 0 logs and writes.
+replicas stay bit-identical. Only rank 0 logs and writes (metrics.jsonl, loss.png).
 
 All randomness is derived from (seed, epoch, rank, chunk): the cursor (epoch, chunk, batch)
 with the weights and the step is the whole state, so a resumed run repeats exactly (tested,
@@ -28,25 +32,11 @@ bit for bit). Checkpoints and the `_TRAINED.json` summary carry the run's finger
 TrainConfig and the upstream manifests' fingerprints); a checkpoint of another run is
 refused on resume.
 
-Measured on an 887k-token English corpus (vocab 16,764; dim 100, window 5, 5 negatives,
-vocab.sample 1e-3) on a 2-core VM shared with other jobs (load 2-5, so figures vary ~2x between
-runs): one epoch, best / median of 3 interleaved runs; WordSim-353 Spearman after 5 epochs.
-
-    implementation            procs  batch    words/s        WordSim-353 (5 epochs)
-    autograd + torch.optim    1       4096     71k /  63k
-    autograd + torch.optim    2       4096     52k /  50k    0.313
-    this module               1       8192    173k / 154k    0.304
-    this module               2       4096    105k /  52k    0.304
-    this module               2       8192    159k /  99k    0.306
-    this module               2      16384    187k / 119k    0.307  (10 epochs: 0.447)
-    this module               2      32768    263k / 140k    0.304
-    gensim 4.4, sg, 2 workers               485k-670k quiet  0.274  (10 epochs: 0.432)
-
-Two ranks need batches of 8-32k pairs: below that the per-step exchange (the union of the
-rows two ranks touch nearly covers a small vocabulary) dominates. A rank misses the other
-ranks' updates of the current step, so (world - 1) x batch pairs are stale when it
-computes; the in-step block updates keep that stable here up to 32k (without them 16k
-pairs per rank diverged), but keep it to tens of thousands of pairs.
+Communication: a rank misses the other ranks' updates of the current step, so
+(world - 1) x batch_size centre words are stale when it computes. Bigger batches mean
+fewer exchanges (each nearly covers the frequent part of the vocabulary: ~20 MB a step at
+16,384 centre words, ~33 MB at 65,536, dim 100, vocabulary 68k) but more staleness.
+Figures: bench/train_vs_gensim.py and the README.
 """
 
 from __future__ import annotations
@@ -83,7 +73,7 @@ from embedpipe.train.windows import (
 )
 
 SUMMARY = "_TRAINED.json"
-METRICS = "metrics.jsonl"
+METRICS = "metrics.jsonl"  # one JSON record per logged step (rank 0); loss.png plots it
 PREFETCH = 1  # chunks the data thread may prepare ahead
 
 
@@ -299,6 +289,7 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     }
     if cluster.is_main:
         metrics.close()
+        write_loss_curve(out)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
         print(
             json.dumps({k: summary[k] for k in ("steps", "seconds", "words_per_sec")}), flush=True
@@ -307,6 +298,15 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def write_loss_curve(out: Path) -> Path:
+    """`loss.png` beside metrics.jsonl: loss, learning rate and words/s by step."""
+    from embedpipe.evaluate.report import LOSS_PLOT, plot_training, read_training_metrics
+
+    path = out / LOSS_PLOT
+    plot_training(read_training_metrics(out / METRICS), path)
+    return path
 
 
 def log_progress(

@@ -1,0 +1,150 @@
+"""embedpipe's GloVe against the Stanford GloVe C tool, on the same tokens and cores.
+
+Both sides read exactly the same token sequences: embedpipe's corpus stages tokenise the
+corpus and count co-occurrences (Spark); the Stanford tools (`vocab_count`, `cooccur`,
+`shuffle`, `glove`, whose build directory you pass: neither their code nor a build script
+is part of this repository) read a space-separated copy of those tokens. Settings are
+the same on both sides: min_count 5, symmetric window 10 with 1/distance weights, dim 100,
+x_max 10, alpha 0.75, AdaGrad learning rate 0.05, 15 iterations, W + C as the vectors.
+
+It prints training time, entries/s and WordSim-353, SimLex-999 and Google-analogy
+scores for both, and writes bench/results/glove_vs_stanford.json.
+
+Usage: python bench/glove_vs_stanford.py --corpus /work/bench-data/corpus-10m.txt \
+           --glove-bin /path/to/GloVe/build [--workdir /work/bench-data/train-work] [--nproc 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_vs_gensim import prepare, scores, write_tokens_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "glove_vs_stanford.json"
+SETTINGS = {"min_count": 5, "window": 10, "dim": 100, "x_max": 10.0, "alpha": 0.75,
+            "eta": 0.05, "iterations": 15}  # fmt: skip
+
+
+def run_stanford(tools: Path, tokens: Path, out: Path, threads: int) -> dict[str, Any]:
+    """vocab_count | cooccur | shuffle | glove; returns times and the vectors' scores."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, cooc, shuf, vectors = (out / n for n in ("vocab.txt", "cooc.bin", "shuf.bin", "vectors"))
+    s = SETTINGS
+
+    def step(args: list[str], stdin: Path, stdout: Path | None) -> float:
+        start = time.perf_counter()
+        with stdin.open("rb") as fin, stdout.open("wb") if stdout else open(os.devnull, "wb") as fo:
+            subprocess.run(args, stdin=fin, stdout=fo, stderr=subprocess.DEVNULL, check=True)
+        return time.perf_counter() - start
+
+    counting = step(
+        [str(tools / "vocab_count"), "-min-count", str(s["min_count"]), "-verbose", "0"],
+        tokens,
+        vocab,
+    )
+    counting += step(
+        [
+            str(tools / "cooccur"),
+            "-memory",
+            "4.0",
+            "-vocab-file",
+            str(vocab),
+            "-verbose",
+            "0",
+            "-window-size",
+            str(s["window"]),
+        ],
+        tokens,
+        cooc,
+    )
+    counting += step([str(tools / "shuffle"), "-memory", "4.0", "-verbose", "0"], cooc, shuf)
+    training = step([str(tools / "glove"), "-save-file", str(vectors), "-threads", str(threads),
+                     "-input-file", str(shuf), "-x-max", str(s["x_max"]), "-alpha", str(s["alpha"]),
+                     "-eta", str(s["eta"]), "-iter", str(s["iterations"]), "-vector-size", str(s["dim"]),
+                     "-binary", "0", "-model", "2", "-vocab-file", str(vocab), "-verbose", "0"],
+                    tokens, None)  # fmt: skip
+    words, rows = [], []
+    with (out / "vectors.txt").open(encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(" ")
+            if parts[0] != "<unk>":
+                words.append(parts[0])
+                rows.append(np.asarray(parts[1:], dtype=np.float32))
+    entries = os.path.getsize(cooc) // 16  # (int, int, double) records
+    return {
+        "counting_seconds": round(counting, 2),
+        "training_seconds": round(training, 2),
+        "entries": entries,
+        "entries_per_sec": round(entries * s["iterations"] / training),
+        **scores(np.stack(rows), words),
+    }
+
+
+def run_embedpipe(workdir: Path, nproc: int) -> dict[str, Any]:
+    from safetensors.numpy import load_file
+
+    s = SETTINGS
+    out = workdir / f"train-glove-{nproc}"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "embedpipe.train", "--out", str(out), "--set", f"workdir={workdir}",
+        "--set", "train.model=glove", "--set", f"train.epochs={s['iterations']}",
+        "--set", f"train.dim={s['dim']}", "--set", f"train.x_max={s['x_max']}",
+        "--set", f"train.alpha={s['alpha']}", "--set", f"train.glove_lr={s['eta']}",
+        "--set", "train.log_every=1000000",
+    ]  # fmt: skip
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
+    summary = json.loads((out / "_TRAINED.json").read_text())
+    weights = load_file(str(out / "checkpoints" / summary["checkpoint"] / "model.safetensors"))
+    vocab = pq.read_table(workdir / "vocab").sort_by("id").column("token").to_pylist()
+    return {
+        "training_seconds": summary["seconds"],
+        "entries_per_sec": summary["words_per_sec"],
+        "bytes_per_step": summary.get("bytes_per_step"),
+        **scores(weights["input"], vocab),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--glove-bin", type=Path, required=True, help="Stanford GloVe build dir")
+    parser.add_argument("--workdir", type=Path, default=Path("/work/bench-data/train-work"))
+    parser.add_argument("--nproc", type=int, default=2)
+    args = parser.parse_args()
+
+    manifests = prepare(args.corpus, args.workdir, ("tokenize", "build_vocab", "encode", "cooccur"))
+    tokens = write_tokens_text(args.workdir)
+    stanford = run_stanford(args.glove_bin, tokens, args.workdir / "stanford-glove", args.nproc)
+    ours = run_embedpipe(args.workdir, args.nproc)
+    results = {"corpus_tokens": manifests["tokenize"]["counts"]["tokens"], "settings": SETTINGS,
+               "cpus": os.cpu_count(), "stanford": stanford, "embedpipe": ours,
+               "cooccur_entries": manifests["cooccur"]["counts"]}  # fmt: skip
+    print(
+        f"{'':12s}{'train s':>9s} {'entries/s':>11s} {'WS353':>7s} {'SimLex':>7s} {'analogy':>8s}"
+    )
+    for name, r in (("Stanford", stanford), ("embedpipe", ours)):
+        print(f"{name:12s}{r['training_seconds']:>9.1f} {r['entries_per_sec']:>11,} "
+              f"{r['wordsim353']:>7.3f} {r['simlex999']:>7.3f} {r['analogy']:>8.3f}")  # fmt: skip
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
