@@ -303,3 +303,15 @@ def test_skipgram_initialisation_is_word2vecs() -> None:
     assert model.input.weight.abs().max() <= 0.5 / 10
     assert torch.count_nonzero(model.output.weight) == 0
     assert torch.equal(model.input.weight, SkipGram(50, 10, seed=3).input.weight)
+
+
+def test_kernel_threads_train_the_same_examples(kit: SimpleNamespace) -> None:
+    """Hogwild threads: the same updates up to their interleaving (tiny differences)."""
+    batch = kit.window_fixture(seed=4)
+    w_in, w_out = (t.float() for t in kit.tables())
+    one = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=0.01, threads=1)
+    two = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=0.01, threads=2)
+    assert two[0].item() == pytest.approx(one[0].item(), rel=0.25)  # a sample of the loss
+    for x, y in zip(one[1:], two[1:], strict=True):
+        assert x.abs().sum() > 0
+        torch.testing.assert_close(x, y, rtol=0.05, atol=0.05)

@@ -17,7 +17,10 @@ Both equal autograd on `reference_loss` at lr = 0 (tested).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -138,34 +141,61 @@ def kernel_step(
     w_out: torch.Tensor,
     batch: WindowBatch,
     lr: float,
+    threads: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad_in, grad_out) of a window batch by a compiled CPU kernel (`kernels`).
 
     lr > 0: SGD on working copies of the touched rows, returned as (before - after) / lr;
+    with threads > 1 the centre words are split into that many runs trained at once on
+    the shared copies, lock-free as word2vec.c's threads (Hogwild): faster, but the
+    interleaving of updates, and so the last bits of the result, vary from run to run.
     lr = 0: the gradient at the current rows.
     """
     rows_in, rows_out = w_in.index_select(0, batch.in_rows), w_out.index_select(0, batch.out_rows)
-    index = [t.numpy() for t in batch[1:5]] + [t.numpy() for t in batch[6:]]
+    span = batch.span.numpy()
+    per_centre = [t.numpy() for t in (batch.left, batch.right, batch.centre_span)]
+    per_centre += [batch.centre_out.numpy(), batch.neg_out.numpy()]
     if lr > 0:
         before_in, before_out = rows_in.clone(), rows_out.clone()
         no_grad = np.empty((0, rows_in.shape[1]), dtype=rows_in.numpy().dtype)
-        loss, _ = kernel(rows_in.numpy(), rows_out.numpy(), *index, lr, no_grad, no_grad)
+        tables = (rows_in.numpy(), rows_out.numpy(), span)
+        n = len(per_centre[0])
+        cuts = np.linspace(0, n, min(threads, max(n, 1)) + 1).astype(int)
+        runs = [[a[lo:hi] for a in per_centre] for lo, hi in itertools.pairwise(cuts)]
+        if len(runs) == 1:
+            loss, _ = kernel(*tables, *runs[0], lr, no_grad, no_grad)
+        else:
+            results = kernel_pool(threads).map(
+                lambda run: kernel(*tables, *run, lr, no_grad, no_grad), runs
+            )
+            loss = sum(part for part, _ in results)
         grad_in, grad_out = before_in.sub_(rows_in).div_(lr), before_out.sub_(rows_out).div_(lr)
     else:
         grad_in, grad_out = torch.zeros_like(rows_in), torch.zeros_like(rows_out)
         loss, _ = kernel(
-            rows_in.numpy(), rows_out.numpy(), *index, 0.0, grad_in.numpy(), grad_out.numpy()
-        )
+            rows_in.numpy(), rows_out.numpy(), span, *per_centre, 0.0,
+            grad_in.numpy(), grad_out.numpy(),
+        )  # fmt: skip
     return torch.tensor(loss, dtype=torch.float64), grad_in, grad_out
 
 
+@functools.cache
+def kernel_pool(threads: int) -> ThreadPoolExecutor:
+    """The threads that run a CPU kernel's runs at once (the kernels release the GIL)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="kernel")
+
+
 class SkipGram(nn.Module):
-    """Input and output embedding tables, sparse so a step touches only the rows it uses."""
+    """Input and output embedding tables, sparse so a step touches only the rows it uses.
+
+    `threads`: CPU kernel threads per step (`kernel_step`); 1 keeps runs bit-reproducible.
+    """
 
     kernel = staticmethod(sgns_window_sgd)
 
-    def __init__(self, vocab_size: int, dim: int, seed: int) -> None:
+    def __init__(self, vocab_size: int, dim: int, seed: int, threads: int = 1) -> None:
         super().__init__()
+        self.threads = threads
         generator = torch.Generator().manual_seed(seed)
         self.input = nn.Embedding(vocab_size, dim, sparse=True)
         self.output = nn.Embedding(vocab_size, dim, sparse=True)
@@ -186,7 +216,7 @@ class SkipGram(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The compiled kernel on CPU, blocked tensor operations elsewhere."""
         if w_in.device.type == "cpu":
-            return kernel_step(self.kernel, w_in, w_out, batch, lr)
+            return kernel_step(self.kernel, w_in, w_out, batch, lr, self.threads)
         return self.tensor_step(w_in, w_out, batch, lr)
 
     def tensor_step(

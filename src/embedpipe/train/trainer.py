@@ -117,7 +117,7 @@ def learning_rate(config: TrainConfig, progress: float) -> float:
 
 
 # The table each model trains on (besides the vocabulary).
-DATA_TABLE = {"sgns": "sequences", "cbow": "sequences", "glove": "cooccur"}
+DATA_TABLE = {"sgns": "sequences", "cbow": "sequences", "glove": "cooccur", "mlm": "buckets"}
 
 
 def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
@@ -154,6 +154,10 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
         from embedpipe.train.glove_trainer import train_glove
 
         return train_glove(config, workdir, out)
+    if config.model == "mlm":
+        from embedpipe.train.mlm_trainer import train_mlm
+
+        return train_mlm(config, workdir, out)
     cluster = setup_cluster()
     torch.set_num_threads(config.threads)
     wd = Workdir(workdir)
@@ -170,7 +174,7 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     checkpoints = out / "checkpoints"
 
     table = CBOW if config.model == "cbow" else SkipGram
-    model = table(len(keep_prob), config.dim, config.seed).to(cluster.device)
+    model = table(len(keep_prob), config.dim, config.seed, config.threads).to(cluster.device)
     state: dict[str, Any] = {"epoch": 0, "cursors": [[0, 0]] * cluster.world, "words": 0, "step": 0}
     resume_from = latest_checkpoint(checkpoints)
     if resume_from is not None:
