@@ -10,7 +10,11 @@ It prints both rates, their ratio, and WordSim-353, SimLex-999 and Google-analog
 for both, and writes the figures to bench/results/train_vs_gensim.json.
 
 Usage: python bench/train_vs_gensim.py --corpus /work/bench-data/corpus-10m.txt \
-           [--workdir /work/bench-data/train-work] [--models sgns cbow] [--epochs 5] [--nproc 2]
+           [--workdir /work/bench-data/train-work] [--models sgns cbow] [--epochs 5] [--nproc 2] \
+           [--threads 2] [--scaling] [--set train.batch_size=N]
+
+`--threads 2` adds a run of one process with two Hogwild kernel threads, `--scaling` one of
+a single process and thread; bytes exchanged per step come from the trainer's summary.
 """
 
 from __future__ import annotations
@@ -132,6 +136,7 @@ def run_embedpipe(
         "seconds": summary["seconds"],
         "words_per_sec": summary["words_per_sec"],
         "bytes_per_step": summary.get("bytes_per_step"),
+        "steps": summary["steps"],
         **scores(weights["input"], vocab),
     }
 
@@ -144,6 +149,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="also time 1 process")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="also run 1 process with this many kernel threads"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra embedpipe settings"
     )
@@ -160,6 +168,12 @@ def main() -> None:
         ours = run_embedpipe(args.workdir, model, args.epochs, args.nproc, args.set)
         row = {"gensim": gensim, "embedpipe": ours,
                "speed_ratio": round(ours["words_per_sec"] / gensim["words_per_sec"], 3)}  # fmt: skip
+        if args.threads > 1:
+            threads = [*args.set, f"train.threads={args.threads}"]
+            row["embedpipe_threads"] = run_embedpipe(args.workdir, model, args.epochs, 1, threads)
+            row["threads_speed_ratio"] = round(
+                row["embedpipe_threads"]["words_per_sec"] / gensim["words_per_sec"], 3
+            )
         if args.scaling:
             row["embedpipe_1proc"] = run_embedpipe(args.workdir, model, args.epochs, 1, args.set)
         results["models"][model] = row
@@ -167,11 +181,19 @@ def main() -> None:
         for name, r in (
             ("gensim", gensim),
             ("embedpipe", ours),
+            *(
+                [(f"1 proc x {args.threads} thr", row["embedpipe_threads"])]
+                if args.threads > 1
+                else []
+            ),
             *([("1 process", row["embedpipe_1proc"])] if args.scaling else []),
         ):
             print(f"  {name:14s}{r['words_per_sec']:>10,} {r['wordsim353']:>7.3f} "
                   f"{r['simlex999']:>7.3f} {r['analogy']:>8.3f}")  # fmt: skip
-        print(f"  speed ratio embedpipe/gensim: {row['speed_ratio']:.2f}x")
+        print(f"  speed ratio embedpipe/gensim: {row['speed_ratio']:.2f}x ({args.nproc} processes)")
+        if args.threads > 1:
+            print(f"  speed ratio embedpipe/gensim: {row['threads_speed_ratio']:.2f}x "
+                  f"(1 process x {args.threads} threads)")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {RESULTS}")

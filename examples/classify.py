@@ -7,7 +7,10 @@ vectors are worth: mean-pooled word embeddings and one linear layer, trained thr
 
 * random:     embeddings drawn at random (at the pretrained vectors' scale), trained;
 * frozen:     the artefact's vectors, fixed; only the linear layer learns;
-* fine-tuned: the artefact's vectors as the start, trained with the rest.
+* fine-tuned: the artefact's vectors as the start, trained with the rest;
+* fine-tuned encoder (masked-LM artefacts only): the artefact's whole Transformer encoder
+  reads the gloss with its own tokenizer; the mean of its token vectors feeds one linear
+  layer, and everything is trained (AdamW, a smaller learning rate).
 
 The classifier's vocabulary comes from its training split; `Embeddings.align` maps it onto the
 artefact (words the artefact lacks get random rows of the same scale).
@@ -22,7 +25,7 @@ import argparse
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,15 +41,18 @@ from embedpipe.text.tokenizer import tokenize_line
 DATA = Path(__file__).resolve().parent / "data" / "supersense.tsv"
 KINDS: tuple[str, ...] = ("random", "frozen", "fine-tuned")
 Kind = Literal["random", "frozen", "fine-tuned"]
+ENCODER_KIND = "fine-tuned encoder"  # the fourth row, for masked-LM artefacts
 MAX_TOKENS = 64
 
 
 @dataclass
 class Split:
-    """Tokenised texts and integer labels of one split."""
+    """Tokenised texts and integer labels of one split (and the raw texts, for an encoder
+    that tokenises them its own way)."""
 
     tokens: list[list[str]]
     labels: list[int]
+    texts: list[str] = field(default_factory=list)
 
 
 def read_examples(path: str | Path = DATA) -> tuple[Split, Split, list[str]]:
@@ -67,6 +73,7 @@ def read_examples(path: str | Path = DATA) -> tuple[Split, Split, list[str]]:
     for split, label, gloss in rows:
         splits[split].tokens.append(tokenize_line(gloss)[:MAX_TOKENS])
         splits[split].labels.append(index[label])
+        splits[split].texts.append(gloss)
     if not splits["train"].labels or not splits["test"].labels:
         raise ValueError(f"{path} needs rows in both the train and the test split")
     return splits["train"], splits["test"], classes
@@ -170,8 +177,11 @@ def run(
     batch_size: int = 64,
     lr: float = 5e-3,
     seed: int = 0,
+    encoder_epochs: int = 5,
+    encoder_lr: float = 1e-3,
 ) -> dict[str, float]:
-    """Train the three variants on `data`, print and return their test accuracies."""
+    """Train the three variants (and, for a masked-LM artefact, the fine-tuned encoder) on
+    `data`; print and return their test accuracies."""
     train, test, classes = read_examples(data)
     vocab = build_vocab(train.tokens)
     _, found = emb.align(vocab)
@@ -191,17 +201,96 @@ def run(
         fit(model, train_ids, train_y, epochs, batch_size, lr, seed)
         results[kind] = accuracy(model, test_ids, test_y)
         print(f"  trained {kind:<10} in {time.perf_counter() - start:5.1f}s", flush=True)
+    if hasattr(emb, "encode"):  # a masked-LM artefact: fine-tune its encoder as well
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        model = EncoderClassifier(emb.to_torch_encoder(), len(classes))
+        train_x, test_x = encode_texts(emb, train.texts), encode_texts(emb, test.texts)
+        fit_encoder(model, train_x, train_y, encoder_epochs, batch_size, encoder_lr, seed)
+        results[ENCODER_KIND] = encoder_accuracy(model, test_x, test_y)
+        print(f"  trained {ENCODER_KIND} in {time.perf_counter() - start:5.1f}s", flush=True)
     chance = Counter(test.labels).most_common(1)[0][1] / len(test.labels)
     print(format_results(results, chance))
     return results
 
 
+class EncoderClassifier(nn.Module):
+    """A pretrained masked-LM encoder, the mean of a text's token vectors, one linear layer."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(encoder.config.width, n_classes)
+
+    def forward(
+        self, ids: torch.Tensor, segments: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.encoder.encode(ids, segments, mask)
+        cfg = self.encoder.config
+        text = (mask & (ids != cfg.cls_id) & (ids != cfg.sep_id)).unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * text).sum(1) / text.sum(1).clamp(min=1.0)
+        return self.linear(self.drop(pooled))
+
+
+def encode_texts(emb: Embeddings, texts: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    """(ids, segments, mask) of `[CLS] text [SEP]` rows, tokenised by the artefact itself."""
+    from embedpipe.train.mlm import pack, padding_mask
+
+    ids = [np.array(emb.token_ids(t), dtype=np.int64) for t in emb.tokenize(texts)]
+    batch, segments, lengths = pack(ids, [None] * len(ids))
+    mask = padding_mask(lengths, batch.shape[1])
+    return torch.from_numpy(batch), torch.from_numpy(segments), torch.from_numpy(mask)
+
+
+def _trimmed(inputs: tuple[torch.Tensor, ...], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rows of (ids, segments, mask), cut to their longest text."""
+    ids, segments, mask = (t[rows] for t in inputs)
+    width = max(1, int(mask.sum(1).max()))
+    return ids[:, :width], segments[:, :width], mask[:, :width]
+
+
+def fit_encoder(
+    model: EncoderClassifier,
+    inputs: tuple[torch.Tensor, ...],
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> None:
+    """AdamW on cross-entropy over shuffled mini-batches; encoder and linear layer train."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(labels), generator=generator).split(batch_size):
+            optimiser.zero_grad()
+            loss = nn.functional.cross_entropy(model(*_trimmed(inputs, batch)), labels[batch])
+            loss.backward()
+            optimiser.step()
+
+
+def encoder_accuracy(
+    model: EncoderClassifier, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor
+) -> float:
+    """Share of texts whose highest-scoring class is the label."""
+    model.eval()
+    with torch.no_grad():
+        right = sum(
+            int((model(*_trimmed(inputs, rows)).argmax(1) == labels[rows]).sum())
+            for rows in torch.arange(len(labels)).split(256)
+        )
+    return right / len(labels)
+
+
 def format_results(results: dict[str, float], chance: float | None = None) -> str:
     """The accuracies as a small text table."""
-    lines = ["embeddings   test accuracy", "----------   -------------"]
-    lines += [f"{kind:<12} {acc:>13.3f}" for kind, acc in results.items()]
+    width = max(12, *(len(kind) for kind in results))
+    lines = [f"{'embeddings':<{width}} test accuracy", f"{'-' * 10:<{width}} -------------"]
+    lines += [f"{kind:<{width}} {acc:>13.3f}" for kind, acc in results.items()]
     if chance is not None:
-        lines.append(f"{'(chance)':<12} {chance:>13.3f}")
+        lines.append(f"{'(chance)':<{width}} {chance:>13.3f}")
     return "\n".join(lines)
 
 
@@ -217,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoder-epochs", type=int, default=5, help="masked-LM artefacts")
+    parser.add_argument("--encoder-lr", type=float, default=1e-3, help="masked-LM artefacts")
     args = parser.parse_args(argv)
 
     emb = embedpipe.load(args.artefact, version=args.version, store=args.store)
@@ -225,7 +316,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return run(emb, args.data, args.epochs, args.batch_size, args.lr, args.seed)
+        return run(
+            emb, args.data, args.epochs, args.batch_size, args.lr, args.seed,
+            args.encoder_epochs, args.encoder_lr,
+        )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
 

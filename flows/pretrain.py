@@ -1,8 +1,15 @@
 """The pretraining flow: corpus stages on Spark, DDP training under torchrun, publish, evaluate.
 
-Run it with `embedpipe run` (or `python flows/pretrain.py`). With no PREFECT_API_URL set,
-Prefect starts a temporary API in-process; with one, runs show in that server's UI.
-The flow composes; the stages, the trainer and the store hold the logic.
+Run it with `embedpipe run` (or `python flows/pretrain.py CONFIG [k=v ...]`), deploy it with
+`prefect deploy` (prefect.yaml: a cron schedule, a process work pool) or serve it with
+`python flows/pretrain.py --serve CONFIG`. With no PREFECT_API_URL set, Prefect starts a
+temporary API in-process; with one, runs show in that server's UI.
+
+Each corpus stage and the training are tasks with retries, a timeout and a cache key made
+of their input fingerprints and config (`embedpipe.orchestration`): a rerun skips what is
+done, a changed setting reruns only what depends on it, and a cache hit whose output has
+since been deleted or replaced runs again. spark-submit's and torchrun's output go to the
+run log line by line. The flow composes; the stages, the trainer and the store hold the logic.
 """
 
 from __future__ import annotations
@@ -19,58 +26,122 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import State
 
 from embedpipe.artefacts import ArtefactStore, read_manifest
 from embedpipe.artefacts.publish import publish_training
-from embedpipe.config import RunConfig, load_config
-from embedpipe.corpus.session import get_spark
+from embedpipe.config import RunConfig
 from embedpipe.corpus.stage import Workdir
-from embedpipe.corpus.stages import STAGE_FUNCTIONS
-from embedpipe.corpus.submit import submit_stage
-from embedpipe.evaluate.report import write_report
+from embedpipe.orchestration import (
+    STAGES,
+    PretrainParameters,
+    resolve_config,
+    stage_cache_key,
+    stage_output_matches,
+    training_cache_key,
+    training_output_matches,
+    upstream_fingerprints,
+)
 from embedpipe.train.launch import run_training
 from embedpipe.train.trainer import training_fingerprint
 
+HOUR = 3600
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="{stage}")
-def run_corpus_stage(stage: str, config: RunConfig) -> dict[str, Any]:
-    """One corpus stage, in this process's Spark session or through spark-submit."""
+
+def _stage_key(context: Any, inputs: dict[str, Any]) -> str:
+    return stage_cache_key(inputs["stage"], inputs["config"], inputs["upstream"])
+
+
+def _training_key(context: Any, inputs: dict[str, Any]) -> str:
+    return training_cache_key(inputs["config"])
+
+
+@task(
+    retries=2, retry_delay_seconds=10, timeout_seconds=6 * HOUR, cache_key_fn=_stage_key,
+    result_serializer="json", task_run_name="{stage}",
+)  # fmt: skip
+def run_corpus_stage(stage: str, config: RunConfig, upstream: dict[str, str]) -> dict[str, Any]:
+    """One corpus stage, in this process's Spark session or through spark-submit.
+
+    `upstream`: the fingerprints of the tables it reads (part of the cache key).
+    """
+    logger = get_run_logger()
     if config.spark.submit:
-        manifest = submit_stage(stage, config)
+        from embedpipe.corpus.submit import submit_stage
+
+        manifest = submit_stage(stage, config, log=logger.info)
     else:
+        from embedpipe.corpus.session import get_spark
+        from embedpipe.corpus.stages import STAGE_FUNCTIONS
+
         manifest = STAGE_FUNCTIONS[stage](get_spark(config.spark), config)
     state = "reused" if manifest["skipped"] else f"ran in {manifest['seconds']}s"
-    get_run_logger().info("%s %s: %s", stage, state, json.dumps(manifest["counts"])[:500])
+    logger.info("%s %s: %s", stage, state, json.dumps(manifest["counts"])[:500])
     return manifest
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    retries=1, retry_delay_seconds=10, timeout_seconds=48 * HOUR, cache_key_fn=_training_key,
+    result_serializer="json",
+)  # fmt: skip
 def train_embeddings(config: RunConfig) -> dict[str, Any]:
-    """torchrun over `config.train.nproc` processes; its output goes to the run log."""
+    """torchrun over `config.train.nproc` processes (x `launch.nnodes`); output to the run log."""
     logger = get_run_logger()
     expected = training_fingerprint(config.train, Workdir(config.workdir))
     out = Path(config.workdir) / "train"
     return run_training(config, out, expected, log=logger.info)
 
 
-@task(cache_policy=NO_CACHE)
+@task(retries=1, retry_delay_seconds=10, timeout_seconds=2 * HOUR, cache_policy=NO_CACHE)
 def publish_embeddings(config: RunConfig) -> str:
     """Evaluate and publish the trained vectors; returns the version directory."""
     store = ArtefactStore(config.store)
     return str(publish_training(config, Path(config.workdir) / "train", store))
 
 
-@task(cache_policy=NO_CACHE)
+@task(timeout_seconds=HOUR, cache_policy=NO_CACHE)
 def write_artefact_report(config: RunConfig, artefact: str) -> str:
     """A Markdown report with plots, against the earlier versions of the same name."""
     store = ArtefactStore(config.store)
     history = [read_manifest(store.resolve(config.name, v)) for v in store.versions(config.name)]
     out = Path(config.workdir) / "reports" / config.name / Path(artefact).name
-    return str(write_report(Path(artefact), out, history=history))
+    return str(write_report_file(Path(artefact), out, history))
 
 
-def report(artefact: str, report_file: str, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Show stage counts and evaluation as Prefect artifacts; return what the run produced."""
+def write_report_file(artefact: Path, out: Path, history: list[dict[str, Any]]) -> Path:
+    from embedpipe.evaluate.report import write_report
+
+    return write_report(artefact, out, history=history)
+
+
+def cached_or_rerun(task_fn: Any, valid: Any, *args: Any) -> tuple[Any, str]:
+    """Run a cached task; a cache hit whose output is gone (or replaced) runs again.
+
+    Returns (result, how): "cached" (a Prefect cache hit), "ran", or "rerun" (a hit was
+    refused because its output no longer matched).
+    """
+    state: State = task_fn(*args, return_state=True)
+    result = state.result()
+    if not state.is_completed() or state.name != "Cached":
+        return result, "ran"
+    if valid(result):
+        return result, "cached"
+    get_run_logger().warning(
+        "%s: the cached result's output is missing or was replaced; running it again",
+        task_fn.name,
+    )
+    return task_fn.with_options(refresh_cache=True)(*args), "rerun"
+
+
+def report(
+    artefact: str,
+    report_file: str,
+    stages: dict[str, dict[str, Any]],
+    how: dict[str, str],
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """Show stage counts, timings and evaluation as Prefect artifacts; return what the run made."""
     manifest = read_manifest(artefact)
     metrics = manifest["metrics"]
     create_table_artifact(
@@ -78,13 +149,28 @@ def report(artefact: str, report_file: str, stages: dict[str, dict[str, Any]]) -
         table=[
             {
                 "stage": s,
-                "seconds": m["seconds"],
+                "task": how[s],
                 "reused": m["skipped"],
+                "seconds": m["seconds"],
                 **flat_counts(m["counts"]),
             }
             for s, m in stages.items()
         ],
-        description="Corpus stage counts and timings",
+        description="Corpus stages: counts and timings (task: ran, cached or rerun)",
+    )
+    create_table_artifact(
+        key="training",
+        table=[
+            {
+                "task": how["train"],
+                "reused": training.get("skipped", False),
+                **{
+                    k: training.get(k)
+                    for k in ("model", "world_size", "device", "steps", "seconds", "words_per_sec")
+                },
+            }
+        ],
+        description="Training: steps, time and throughput",
     )
     scores = [
         {"benchmark": "wordsim353", "spearman": metrics["wordsim353"]["spearman"],
@@ -104,7 +190,8 @@ def report(artefact: str, report_file: str, stages: dict[str, dict[str, Any]]) -
     report_url = Path(report_file).resolve().as_uri()
     create_link_artifact(key="report", link=report_url, description="Artefact report")
     return {"artefact": artefact, "version": manifest["version"], "scores": scores,
-            "neighbours": metrics["neighbours"], "report": report_file}  # fmt: skip
+            "neighbours": metrics["neighbours"], "report": report_file,
+            "tasks": how, "flow_run_id": str(flow_run.id)}  # fmt: skip
 
 
 def flat_counts(counts: dict[str, Any]) -> dict[str, Any]:
@@ -113,17 +200,48 @@ def flat_counts(counts: dict[str, Any]) -> dict[str, Any]:
 
 @flow(name="pretrain-embeddings", log_prints=True)
 def pretrain_embeddings(
-    config_path: str | None = None, overrides: list[str] | None = None
+    params: PretrainParameters | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Raw text to a published, evaluated embedding artefact."""
-    config = load_config(config_path, overrides or [])
-    stages = {stage: run_corpus_stage(stage, config) for stage in STAGE_FUNCTIONS}
-    training = train_embeddings(config)
+    """Raw text to a published, evaluated embedding artefact.
+
+    `params`: the run's settings (validated; every section of the config). Or, for
+    convenience, `config_path`: a TOML/YAML/JSON config file. `overrides` (`a.b=value`)
+    apply on top of either.
+    """
+    config = resolve_config(params, config_path, overrides)
+    stages: dict[str, dict[str, Any]] = {}
+    how: dict[str, str] = {}
+    for stage in STAGES:
+        upstream = upstream_fingerprints(stage, stages)
+        stages[stage], how[stage] = cached_or_rerun(
+            run_corpus_stage,
+            lambda m, s=stage: stage_output_matches(config, s, m),
+            stage,
+            config,
+            upstream,
+        )
+    training, how["train"] = cached_or_rerun(
+        train_embeddings, lambda s: training_output_matches(config, s), config
+    )
     artefact = publish_embeddings(config)
-    result = report(artefact, write_artefact_report(config, artefact), stages)
+    result = report(artefact, write_artefact_report(config, artefact), stages, how, training)
     print(f"published {artefact} ({training['words_per_sec']:,} words/s in training)")
     return result
 
 
+def serve(config_path: str, cron: str = "0 3 * * *") -> None:
+    """Serve the flow from this process on a cron schedule (an alternative to a worker)."""
+    pretrain_embeddings.serve(
+        name="pretrain-served", cron=cron, parameters={"config_path": config_path}
+    )
+
+
 if __name__ == "__main__":
-    pretrain_embeddings(sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2:])
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], *sys.argv[3:4])
+    else:
+        pretrain_embeddings(
+            config_path=sys.argv[1] if len(sys.argv) > 1 else None, overrides=sys.argv[2:]
+        )

@@ -29,7 +29,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def add_artefact_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artefact", help="artefact directory, or a name in the store")
     parser.add_argument("--version", default="latest", help="version or alias (default latest)")
-    parser.add_argument("--store", help="store root (default $EMBEDPIPE_STORE or ./artefacts)")
+    parser.add_argument(
+        "--store", help="store root, a path or fsspec URL (default $EMBEDPIPE_STORE or ./artefacts)"
+    )
 
 
 def config_of(args: argparse.Namespace) -> RunConfig:
@@ -80,7 +82,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from embedpipe.evaluate import evaluate_similarity, read_pairs
 
     emb = load(args.artefact, version=args.version, store=args.store)
-    results = evaluate_vectors(emb.vectors, emb.vocab)
+    if hasattr(emb, "encode"):  # masked LM: its input matrix as words, and its held-out loss
+        from embedpipe.artefacts.encoder import evaluate_input_matrix
+
+        results = {**evaluate_input_matrix(emb), "mlm": emb.manifest.get("metrics", {}).get("mlm")}
+    else:
+        results = evaluate_vectors(emb.vectors, emb.vocab)
     for path in args.pairs:
         results[Path(path).name] = evaluate_similarity(emb.vectors, emb.vocab, read_pairs(path))
     print_json(results)
@@ -92,7 +99,7 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
 
     emb = load(args.artefact, version=args.version, store=args.store)
     words = tokenize_line(args.word) or [args.word]
-    if words[0] not in emb:
+    if emb.lookup(words[0]) is None:
         sys.exit(f"{args.word!r} is not in the vocabulary of {emb.path}")
     for token, score in emb.most_similar(words[0], k=args.k):
         print(f"{score:.4f}  {token}")
@@ -115,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.pretrain_embeddings(args.config, args.set)
+    result = module.pretrain_embeddings(config_path=args.config, overrides=args.set)
     print_result(result)
 
 
@@ -162,7 +169,7 @@ def cmd_artefacts(args: argparse.Namespace) -> None:
         print(json.dumps(diff, indent=2) if args.json else format_diff(diff))
     elif action == "alias":
         store.set_alias(args.name, args.alias, args.target)
-        print(f"{args.name}: {args.alias} -> {store.resolve(args.name, args.alias).name}")
+        print(f"{args.name}: {args.alias} -> {store.aliases(args.name)[args.alias]}")
     elif action == "delete":
         removed = store.delete(args.name, args.target, force=args.force)
         print(

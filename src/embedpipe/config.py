@@ -124,28 +124,162 @@ class CooccurConfig:
 
 @dataclass(frozen=True)
 class SparkConfig:
-    """How the corpus stages get a Spark session: in-process, or spark-submit to a master."""
+    """How the corpus stages get a Spark session: in-process, or spark-submit to a master.
+
+    `master`: `local[*]`, `spark://host:7077` (standalone), `yarn` or `k8s://https://host:443`.
+    The resource fields become the usual `spark.*` properties (`spark_properties`); `conf`
+    passes any other property through and wins over them. Stage fingerprints never include
+    this section: where a stage ran does not change its tables.
+    """
 
     master: str = "local[*]"
     submit: bool = False  # True: run jobs/<stage>.py through spark-submit
+    deploy_mode: Literal["client", "cluster"] = "client"  # cluster: the driver runs remotely
     driver_memory: str = "2g"
+    executor_memory: str | None = None
+    executor_cores: int | None = None
+    num_executors: int | None = None  # spark.executor.instances (YARN, Kubernetes)
+    cores_max: int | None = None  # spark.cores.max: cap on an application's cores (standalone)
     shuffle_partitions: int = 8
+    # Ship the package to executors as a zip (--py-files); False when the cluster's image
+    # has embedpipe installed (Kubernetes with infra/Dockerfile).
+    ship_package: bool = True
+    # Where the driver finds jobs/<stage>.py; None: this checkout's jobs/ (a
+    # `local:///opt/embedpipe/jobs` path for the container image on Kubernetes).
+    jobs_dir: str | None = None
     conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.deploy_mode in ("client", "cluster"), f"spark.deploy_mode: {self.deploy_mode!r}"
+        )
+        _check(self.shuffle_partitions >= 1, "spark.shuffle_partitions must be >= 1")
+        for name in ("executor_cores", "num_executors", "cores_max"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"spark.{name} must be >= 1")
+        _check(
+            not (self.deploy_mode == "cluster" and self.master.startswith(("local", "spark://"))),
+            "spark.deploy_mode = 'cluster' needs a YARN or Kubernetes master "
+            "(Spark runs Python drivers on standalone masters in client mode only)",
+        )
+
+    def spark_properties(self) -> dict[str, str]:
+        """The `spark.*` properties these settings mean, then `conf` (which wins)."""
+        props = {
+            "spark.driver.memory": self.driver_memory,
+            "spark.executor.memory": self.executor_memory,
+            "spark.executor.cores": self.executor_cores,
+            "spark.executor.instances": self.num_executors,
+            "spark.cores.max": self.cores_max,
+            "spark.sql.shuffle.partitions": self.shuffle_partitions,
+        }
+        return {k: str(v) for k, v in props.items() if v is not None} | dict(self.conf)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How torchrun starts training: one node (`--standalone`) or many by c10d rendezvous.
+
+    Not part of the training fingerprint (where processes run does not change the result;
+    the world size, `train.nproc` x `nnodes`, is checked again on resume). Every node runs
+    the same command with its own `node_rank` (see infra/slurm and infra/k8s).
+    """
+
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: str = ""  # host:port of the rendezvous; empty on one node: --standalone
+    rdzv_id: str = "embedpipe"
+    max_restarts: int = 0  # worker-group restarts; each resumes from the last checkpoint
+    local_addr: str = ""  # address this node is reached at (e.g. 127.0.0.1 on loopback)
+
+    def __post_init__(self) -> None:
+        _check(self.nnodes >= 1, "launch.nnodes must be >= 1")
+        _check(0 <= self.node_rank < self.nnodes, "launch.node_rank must be in [0, nnodes)")
+        _check(self.max_restarts >= 0, "launch.max_restarts must be >= 0")
+        _check(
+            self.nnodes == 1 or bool(self.rdzv_endpoint),
+            "launch.rdzv_endpoint (host:port) is needed when launch.nnodes > 1",
+        )
+
+
+@dataclass(frozen=True)
+class MLMConfig:
+    """The masked language model (`train.model = "mlm"`): a small BERT-style encoder.
+
+    Trained on the `buckets` table: each batch holds examples of one length bucket, at most
+    `max_tokens` padded token slots per rank; examples are `[CLS] a [SEP]` or, with
+    probability `pair_prob`, `[CLS] a [SEP] b [SEP]` (two sequences of the same bucket).
+    AdamW at peak `lr` after `warmup_steps` of linear warm-up, then linear decay to 0 over
+    the run's tokens. `heldout` of the sequences (chosen by a hash of their ids) are never
+    trained on: their masked-LM loss is measured before training and after every epoch.
+    """
+
+    layers: int = 2
+    heads: int = 4
+    width: int = 128  # hidden size = the published input embedding's dimension
+    ffn: int = 512  # feed-forward inner size
+    max_len: int = 128  # longest example, [CLS] and [SEP]s included; longer sequences are cut
+    max_tokens: int = 4096  # padded token slots per batch and rank (rows x longest row)
+    mask_prob: float = 0.15  # share of ordinary tokens chosen as targets
+    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
+    random_token_prob: float = 0.1  # ... by a random word; the rest are kept
+    pair_prob: float = 0.5
+    dropout: float = 0.1
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 200
+    weight_decay: float = 0.01  # AdamW's; never on biases and LayerNorm weights
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    clip_norm: float = 1.0  # gradient norm clipping; 0 disables
+    tie_output: bool = True  # the output layer shares the input embedding matrix
+    heldout: float = 0.02
+    chunk_rows: int = 1024  # sequences read at once (a chunk's batches come from one bucket)
+    amp: bool = True  # bf16/fp16 autocast, on CUDA only
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "heads", "width", "ffn", "max_tokens", "chunk_rows"):
+            _check(getattr(self, name) >= 1, f"train.mlm.{name} must be >= 1")
+        _check(self.width % self.heads == 0, "train.mlm.width must be a multiple of heads")
+        _check(self.max_len >= 4, "train.mlm.max_len must be >= 4")
+        _check(
+            self.max_tokens >= self.max_len,
+            "train.mlm.max_tokens must be >= max_len (one longest example per batch)",
+        )
+        _check(0 < self.mask_prob < 1, "train.mlm.mask_prob must be in (0, 1)")
+        _check(
+            self.mask_token_prob >= 0
+            and self.random_token_prob >= 0
+            and self.mask_token_prob + self.random_token_prob <= 1,
+            "train.mlm.mask_token_prob + random_token_prob must be in [0, 1]",
+        )
+        for name in ("pair_prob", "dropout"):
+            _check(0 <= getattr(self, name) < 1, f"train.mlm.{name} must be in [0, 1)")
+        _check(0 <= self.heldout < 1, "train.mlm.heldout must be in [0, 1)")
+        _check(self.lr > 0, "train.mlm.lr must be > 0")
+        _check(self.warmup_steps >= 0, "train.mlm.warmup_steps must be >= 0")
+        _check(self.weight_decay >= 0, "train.mlm.weight_decay must be >= 0")
+        _check(self.clip_norm >= 0, "train.mlm.clip_norm must be >= 0")
+        _check(
+            len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+            "train.mlm.adam_betas must be two numbers in [0, 1)",
+        )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # sgns: skip-gram; cbow: CBOW with the mean of the context vectors (gensim's
     # cbow_mean=1; word2vec's usual lr for CBOW is 0.05: set train.lr); glove: GloVe on the
-    # `cooccur` table with AdaGrad at glove_lr (constant; lr/min_lr are unused).
-    model: Literal["sgns", "cbow", "glove"] = "sgns"
+    # `cooccur` table with AdaGrad at glove_lr (constant; lr/min_lr are unused); mlm: a
+    # BERT-style masked LM on the `buckets` table, set in `train.mlm` (dim, window,
+    # negatives, lr, min_lr and batch_size are unused).
+    model: Literal["sgns", "cbow", "glove", "mlm"] = "sgns"
     dim: int = 100
     window: int = 5
     negatives: int = 5
     epochs: int = 1
     lr: float = 0.025
     min_lr: float = 0.0001
-    batch_size: int = 16384  # (centre, context) pairs per step and rank
+    batch_size: int = 16384  # per step and rank: centre words (sgns, cbow), entries (glove)
     seed: int = 1
     nproc: int = 2
     threads: int = 1  # torch intra-op threads per process
@@ -155,10 +289,12 @@ class TrainConfig:
     glove_lr: float = 0.05  # AdaGrad's learning rate (glove only)
     x_max: float = 100.0  # GloVe weighting f(x) = min(1, (x / x_max) ** alpha)
     alpha: float = 0.75
+    mlm: MLMConfig = field(default_factory=MLMConfig)
 
     def __post_init__(self) -> None:
         _check(
-            self.model in ("sgns", "cbow", "glove"), f"train.model: {self.model!r} is not supported"
+            self.model in ("sgns", "cbow", "glove", "mlm"),
+            f"train.model: {self.model!r} is not supported",
         )
         _check(self.glove_lr > 0, "train.glove_lr must be > 0")
         _check(self.x_max > 0, "train.x_max must be > 0")
@@ -184,6 +320,7 @@ class RunConfig:
     cooccur: CooccurConfig = field(default_factory=CooccurConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name must not be empty")

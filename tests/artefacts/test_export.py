@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -15,6 +16,7 @@ from safetensors.numpy import save_file
 
 from embedpipe.artefacts import ArtefactError, ArtefactStore, Embeddings, write_word2vec_binary
 from embedpipe.artefacts.export import FORMATS, export
+from embedpipe.artefacts.store import filesystem
 from embedpipe.schemas import SPECIAL_TOKENS, VECTORS_SCHEMA, VOCAB_SCHEMA
 
 WORDS = ["the", "king", "café", "数据", "queen"]
@@ -31,8 +33,9 @@ def vectors(n: int = len(TOKENS), d: int = 4) -> np.ndarray:
     return out
 
 
-def publish_artefact(tmp_path: Path) -> Path:
-    """A published artefact with the 5 special tokens and 5 words."""
+def publish_artefact(tmp_path: Path, store: str | Path | None = None) -> Path | str:
+    """A published artefact with the 5 special tokens and 5 words (in `store`, default a
+    directory under tmp_path)."""
     src = tmp_path / "src"
     src.mkdir()
     save_file({"vectors": vectors()}, src / "vectors.safetensors")
@@ -42,7 +45,7 @@ def publish_artefact(tmp_path: Path) -> Path:
     )
     pq.write_table(vocab, src / "vocab.parquet")
     files = {name: src / name for name in ("vectors.safetensors", "vocab.parquet")}
-    return ArtefactStore(tmp_path / "store").publish("emb", files, {"dim": 4})
+    return ArtefactStore(store or tmp_path / "store").publish("emb", files, {"dim": 4})
 
 
 def test_word2vec_binary_round_trips_through_gensim_exactly(tmp_path: Path) -> None:
@@ -150,3 +153,26 @@ def test_export_verifies_the_artefact_first(tmp_path: Path) -> None:
     target.write_bytes(bytes(data))
     with pytest.raises(ArtefactError, match="modified after publish"):
         export(artefact, "parquet", tmp_path / "x.parquet")
+
+
+def test_exports_of_an_artefact_in_a_memory_store(tmp_path: Path) -> None:
+    """A remote artefact exports to local files gensim and DuckDB read, and to remote ones."""
+    url = f"memory://embedpipe-{uuid.uuid4().hex}"
+    artefact = publish_artefact(tmp_path, f"{url}/store")
+    assert artefact == f"{url}/store/emb/v0001"
+    text = export(artefact, "w2v-text", tmp_path / "v.txt")
+    binary = export(artefact, "w2v-binary", tmp_path / "v.bin")
+    for path, is_binary in ((text, False), (binary, True)):
+        kv = KeyedVectors.load_word2vec_format(str(path), binary=is_binary)
+        assert list(kv.index_to_key) == WORDS
+        np.testing.assert_allclose(kv.vectors, vectors()[5:], rtol=0, atol=1e-7)
+    local = export(artefact, "parquet", tmp_path / "v.parquet")
+    rows = duckdb.sql(f"select token, vector from '{local}'").fetchall()
+    assert [t for t, _ in rows] == WORDS
+
+    remote = export(artefact, "w2v-binary", f"{url}/exports/v.bin")
+    assert remote == f"{url}/exports/v.bin"
+    fs, path = filesystem(remote)
+    assert fs.cat_file(path) == binary.read_bytes()
+    assert fs.ls(f"{path.rsplit('/', 1)[0]}", detail=False) == [path]  # no temporary file left
+    fs.rm(filesystem(url)[1], recursive=True)

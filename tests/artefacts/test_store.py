@@ -46,7 +46,10 @@ def test_publish_numbers_versions_and_moves_latest(store: ArtefactStore, tmp_pat
     assert (v1 / "data.bin").read_bytes() == b"first"
     assert (v2 / "data.bin").read_bytes() == b"second"
     assert store.names() == ["emb"]
-    assert not [p for p in (store.root / "emb").iterdir() if p.name.startswith(".")]
+    # Nothing but the versions, the aliases and the permanent claims: no temporary leftovers.
+    base = store.root / "emb"
+    assert sorted(p.name for p in base.iterdir()) == [".claims", "aliases", "v0001", "v0002"]
+    assert sorted(p.name for p in (base / ".claims").iterdir()) == ["v0001", "v0002"]
 
 
 def test_published_files_are_read_only_and_manifest_hashes_are_right(
@@ -218,7 +221,7 @@ PUBLISHER = textwrap.dedent(
     root, writer, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     sources = []
     for i in range(2):
-        src = Path(root).parent / f"src-{writer}-{i}.bin"
+        src = go.parent / f"src-{writer}-{i}.bin"
         src.write_bytes(f"{writer}:{i};".encode() * 5000)
         sources.append(src)
     store = ArtefactStore(root)
@@ -230,12 +233,15 @@ PUBLISHER = textwrap.dedent(
 )
 
 
-def test_concurrent_publishers_get_distinct_complete_versions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
+def test_concurrent_publishers_get_distinct_complete_versions(tmp_path: Path, as_url: bool) -> None:
+    """Four processes publish two versions each at once, through a path or a file:// URL."""
     root = tmp_path / "store"
     go = tmp_path / "go"
     writers = [str(w) for w in range(4)]
+    given = root.as_uri() if as_url else str(root)
     procs = [
-        subprocess.Popen([sys.executable, "-c", PUBLISHER, str(root), w, str(go)]) for w in writers
+        subprocess.Popen([sys.executable, "-c", PUBLISHER, given, w, str(go)]) for w in writers
     ]
     time.sleep(0.3)  # let the interpreters start so they race on the go signal
     go.touch()
@@ -254,5 +260,6 @@ def test_concurrent_publishers_get_distinct_complete_versions(tmp_path: Path) ->
         seen.add((writer, i))
     assert seen == {(w, i) for w in writers for i in range(2)}
     assert store.aliases("emb") == {"latest": "v0008"}
-    assert not [p for p in (root / "emb").iterdir() if p.name.startswith(".")]
-    assert not [p for p in (root / "emb" / "aliases").iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in (root / "emb").iterdir()) == [".claims", "aliases", *versions]
+    assert sorted(p.name for p in (root / "emb" / ".claims").iterdir()) == versions
+    assert [p.name for p in (root / "emb" / "aliases").iterdir()] == ["latest"]

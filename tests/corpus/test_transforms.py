@@ -4,11 +4,20 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedpipe import schemas as S
-from embedpipe.corpus.cooccur import PairCounter, count_pairs
+from embedpipe.corpus import pairs
+from embedpipe.corpus.cooccur import (
+    PairCounter,
+    block_rows,
+    count_pairs,
+    group_bounds,
+    merge_blocks,
+    weight_scale,
+)
 from embedpipe.corpus.encode import encode_arrow
 
 WORDS = ["a", "b", "c", "d", "e", "zz"]
@@ -32,18 +41,20 @@ id_lists = st.lists(st.lists(st.integers(0, 12), max_size=15), max_size=12)
 
 
 @settings(max_examples=200, deadline=None)
-@given(id_lists, st.integers(1, 6), st.sampled_from([0, 8, 4096]))
+@given(id_lists, st.integers(1, 6), st.sampled_from([0, 6, 40, 1 << 20]))
 def test_count_pairs_matches_reference(
-    sequences: list[list[int]], window: int, dense_ids: int
+    sequences: list[list[int]], window: int, dense_cells: int
 ) -> None:
-    """All pairs sparse (0), mixed dense and sparse (8), all dense (4096)."""
+    """No dense table (0), a few dense cells (6, 40: most pairs sparse), all pairs dense."""
     ids = pa.array(sequences, pa.list_(pa.int32()))
-    rows, cols, weights = count_pairs(ids, window, dense_ids=dense_ids)
+    rows, cols, weights = count_pairs(ids, window, vocab_size=13, dense_cells=dense_cells)
     got = {(int(r), int(c)): w for r, c, w in zip(rows, cols, weights, strict=True)}
     want = reference_cooccur(sequences, window)
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert np.isclose(got[key], value, rtol=1e-12)
+    keys = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    assert keys == sorted(keys)
 
 
 def test_count_pairs_on_a_sliced_batch() -> None:
@@ -69,16 +80,98 @@ def test_encode_matches_reference(token_lists: list[list[str]], drop: bool) -> N
 
 
 def test_pair_counter_merges_runs_across_flushes() -> None:
-    """Tiny flushes force many sorted runs and merges; the sums still match the reference."""
+    """Tiny buffers force many sorted runs and merges; the sums and the shard layout hold."""
     rng = np.random.default_rng(0)
     sequences = [list(rng.integers(5, 60, size=rng.integers(0, 20))) for _ in range(300)]
-    counter = PairCounter(3, flush_pairs=50, dense_ids=20)
+    counter = PairCounter(3, vocab_size=60, dense_cells=30, sparse_keys=7)
     for a in range(0, 300, 7):
         counter.add(pa.array(sequences[a : a + 7], pa.list_(pa.int32())))
-    table = pa.Table.from_batches(list(counter.drain()))
-    keys = list(zip(table.column("row").to_pylist(), table.column("col").to_pylist(), strict=True))
-    assert keys == sorted(keys)
-    got = dict(zip(keys, table.column("units").to_numpy() / 6, strict=True))
+    keys, units, starts = counter.drain(shards=4)
+    rows, cols = keys >> 32, keys & 0xFFFFFFFF
+    for shard in range(4):
+        part = list(
+            zip(
+                rows[starts[shard] : starts[shard + 1]],
+                cols[starts[shard] : starts[shard + 1]],
+                strict=True,
+            )
+        )
+        assert part == sorted(part)
+        assert all(r % 4 == shard for r, _ in part)
+    got = dict(zip(zip(rows.tolist(), cols.tolist(), strict=True), units / 6, strict=True))
     want = reference_cooccur(sequences, 3)
+    assert got.keys() == want.keys()
+    assert all(np.isclose(got[k], v) for k, v in want.items())
+    assert counter.drain()[0].size == 0  # drained: it starts afresh
+
+
+def test_full_dense_cells_spill_to_the_sparse_runs() -> None:
+    """A dense cell that would pass its limit stops growing; the further units of its pair
+    go to the sparse keys, and the sum stays exact."""
+    counter = PairCounter(2, vocab_size=8)  # L = 2: distance 1 adds 2 units
+    counter.room[:] = 5  # a cell takes units while it holds at most 5: three adjacent pairs
+    counter.add(pa.array([[5, 6]] * 10, pa.list_(pa.int32())))
+    assert counter.dense.max() == 6 and counter.sparse_pairs + counter.n_keys > 0
+    keys, units, _ = counter.drain()
+    assert keys.tolist() == [(5 << 32) | 6, (6 << 32) | 5]
+    assert units.tolist() == [20, 20]
+
+
+def test_ids_outside_the_vocabulary_are_refused() -> None:
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        PairCounter(2, vocab_size=8).add(pa.array([[5, 8]], pa.list_(pa.int32())))
+
+
+def test_dense_layout_is_a_product_bounded_triangle() -> None:
+    lim, base, cells = pairs.dense_layout(50, 200)
+    a = np.arange(50)
+    assert cells == int((lim - a).sum()) <= 200
+    assert np.all(lim >= a) and np.all(np.diff(lim[lim > a]) <= 0)
+    index = [base[i] + j for i in range(50) for j in range(i, lim[i])]
+    assert sorted(index) == list(range(cells))  # every cell has one place
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 40), max_size=12), max_size=20),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 5),
+)
+def test_blocks_carry_runs_to_their_groups(
+    sequences: list[list[int]], window: int, shards: int, block_entries: int
+) -> None:
+    """Two map runs cut into (shard, group) blocks, shuffled, then merged per group: the
+    merged groups are the whole matrix, each sorted and in its shard and row range."""
+    import embedpipe.corpus.cooccur as co
+
+    counts = np.bincount([i for s in sequences for i in s], minlength=41)
+    bounds = group_bounds(counts, window, shards, group_entries=20)
+    groups = len(bounds) - 1
+    old_size, co.BLOCK_ENTRIES = co.BLOCK_ENTRIES, block_entries
+    try:
+        batches = []
+        for run, half in enumerate((sequences[::2], sequences[1::2])):
+            counter = PairCounter(window, vocab_size=41, dense_cells=50)
+            counter.add(pa.array(half, pa.list_(pa.int32())))
+            batches += block_rows(*counter.drain(shards), bounds, run)
+    finally:
+        co.BLOCK_ENTRIES = old_size
+    table = pa.Table.from_batches(batches[::-1]) if batches else None  # arrival order varies
+    got = {}
+    for pid in range(shards * groups):
+        if table is None:
+            break
+        shard, group = divmod(pid, groups)
+        part = table.filter(pa.compute.equal(table.column("pid"), pid))
+        if part.num_rows == 0:
+            continue
+        keys, units = merge_blocks(part)
+        rows = keys >> 32
+        assert np.all(np.diff(keys) > 0)
+        assert np.all(rows % shards == shard)
+        assert np.all((rows >= bounds[group]) & (rows < bounds[group + 1]))
+        got.update(zip(keys.tolist(), (units / weight_scale(window)).tolist(), strict=True))
+    want = {(r << 32) | c: w for (r, c), w in reference_cooccur(sequences, window).items()}
     assert got.keys() == want.keys()
     assert all(np.isclose(got[k], v) for k, v in want.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from embedpipe.artefacts import ArtefactStore, Embeddings, read_manifest
+from embedpipe.artefacts.store import filesystem
 from embedpipe.evaluate.report import (
     frequent_words,
     project,
@@ -37,7 +39,7 @@ def words() -> list[str]:
     return [f"w{i:03d}" for i in range(N_WORDS)]
 
 
-def publish_version(store: ArtefactStore, tmp_path: Path, i: int) -> Path:
+def publish_version(store: ArtefactStore, tmp_path: Path, i: int) -> Path | str:
     """Version i of "emb": 5 specials + N_WORDS words (counts descending), metrics, a loss log."""
     src = tmp_path / f"src{i}"
     src.mkdir()
@@ -159,3 +161,20 @@ def test_training_metrics_keep_the_resumed_run_for_repeated_steps(tmp_path: Path
     path.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
         read_training_metrics(path)
+
+
+def test_report_of_an_artefact_in_a_memory_store(tmp_path: Path) -> None:
+    """The report reads a remote artefact (its metrics.jsonl included) like a local one."""
+    url = f"memory://embedpipe-{uuid.uuid4().hex}/store"
+    store = ArtefactStore(url)
+    dirs = [publish_version(store, tmp_path, i) for i in (1, 2)]
+    assert dirs[1] == f"{url}/emb/v0002"
+    history = [read_manifest(store.resolve("emb", v)) for v in store.versions("emb")]
+    text = write_report(store.resolve("emb"), tmp_path / "out", history=history).read_text()
+    assert text.startswith("# Embedding report: emb v0002\n")
+    assert "5 logged steps; final loss 0.0800 at step 50." in text
+    assert "## Changes since v0001" in text
+    for plot in ("loss.png", "scores.png", "projection.png"):
+        png_size(tmp_path / "out" / plot)
+    fs, path = filesystem(url)
+    fs.rm(path, recursive=True)

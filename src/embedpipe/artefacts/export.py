@@ -3,21 +3,26 @@
 * word2vec text: gensim, fastText tooling, most embedding viewers.
 * word2vec binary: the original C tool's format; gensim `load_word2vec_format(binary=True)`.
 * Parquet with VECTORS_SCHEMA: Spark, DuckDB, Polars, pandas.
+
+Sources and targets are local paths or fsspec URLs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal, get_args
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
+from embedpipe.artefacts.store import Location, as_location, filesystem
 from embedpipe.schemas import SPECIAL_TOKENS, VECTOR, VECTORS_SCHEMA
 
 ExportFormat = Literal["w2v-text", "w2v-binary", "parquet"]
@@ -59,7 +64,7 @@ def write_word2vec_text(
     array = _checked(tokens, vectors)
     _check_word2vec_tokens(tokens, "text")
     row_format = " ".join([FLOAT32_FORMAT] * array.shape[1])
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with fsspec.open(os.fspath(path), "w", encoding="utf-8", newline="\n") as f:
         f.write(f"{array.shape[0]} {array.shape[1]}\n")
         for token, row in zip(tokens, array.tolist(), strict=True):
             f.write(f"{token} {row_format % tuple(row)}\n")
@@ -78,7 +83,8 @@ def write_vectors_parquet(
     vector_column = pa.ListArray.from_arrays(offsets, pa.array(array.reshape(-1)), type=vector_type)
     token_column = pa.array(list(tokens), type=pa.string())
     table = pa.Table.from_arrays([token_column, vector_column], schema=VECTORS_SCHEMA)
-    pq.write_table(table, path)
+    with fsspec.open(os.fspath(path), "wb") as f:
+        pq.write_table(table, f)
 
 
 def write_word2vec_binary(
@@ -89,7 +95,7 @@ def write_word2vec_binary(
     """
     array = _checked(tokens, vectors).astype("<f4", copy=False)
     _check_word2vec_tokens(tokens, "binary")
-    with open(path, "wb") as f:
+    with fsspec.open(os.fspath(path), "wb") as f:
         f.write(f"{array.shape[0]} {array.shape[1]}\n".encode())
         for token, row in zip(tokens, array, strict=True):
             f.write(token.encode("utf-8") + b" " + row.tobytes() + b"\n")
@@ -107,12 +113,12 @@ def export(
     fmt: ExportFormat,
     out_path: str | os.PathLike[str],
     include_special: bool = False,
-) -> Path:
+) -> Location:
     """Write the vectors of an artefact directory (verified first) or Embeddings as `fmt`.
 
     The special tokens ([PAD], [UNK], ...) are left out unless `include_special`: they carry
     no meaning for a downstream tool. The file appears complete or not at all (written to a
-    temporary name, then renamed). Returns the path written.
+    temporary name, then moved). Returns where it was written (a Path, or the URL given).
     """
     if fmt not in WRITERS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -122,12 +128,16 @@ def export(
     else:
         keep = [i for i, token in enumerate(emb.vocab) if token not in SPECIAL_TOKENS]
         tokens, vectors = [emb.vocab[i] for i in keep], emb.vectors[keep]
-    out = Path(out_path)
-    # Written beside the target and renamed, so a failed export leaves no truncated file.
-    tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
+    out = as_location(out_path)
+    fs, path = filesystem(out)
+    # Written beside the target and moved, so a failed export leaves no truncated file.
+    parent, name = posixpath.split(path)
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+    fs.makedirs(parent, exist_ok=True)
     try:
-        WRITERS[fmt](tmp, tokens, vectors)
-        os.replace(tmp, out)
+        WRITERS[fmt](fs.unstrip_protocol(tmp), tokens, vectors)
+        fs.mv(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(tmp)
     return out

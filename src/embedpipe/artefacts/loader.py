@@ -11,19 +11,24 @@ import dataclasses
 import os
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from safetensors.numpy import load_file
+from safetensors.numpy import load as load_safetensors
 
 from embedpipe.artefacts.store import (
     MANIFEST,
     ArtefactError,
     ArtefactStore,
+    Location,
+    as_location,
     default_store,
+    filesystem,
+    is_artefact,
+    join,
+    read_bytes,
     validate_name,
     verify,
 )
@@ -36,6 +41,7 @@ VECTORS_FILE = "vectors.safetensors"
 VOCAB_FILE = "vocab.parquet"
 VECTORS_KEY = "vectors"
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece model of a SentencePiece artefact
+ENCODER_FILE = "encoder.safetensors"  # masked-LM artefacts: see artefacts/encoder.py
 
 
 class Embeddings:
@@ -47,7 +53,7 @@ class Embeddings:
         vocab: Sequence[str],
         counts: np.ndarray | None = None,
         manifest: dict[str, Any] | None = None,
-        path: Path | None = None,
+        path: Location | None = None,
         tokenizer_model: bytes | None = None,
     ) -> None:
         self.vectors: np.ndarray = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -64,7 +70,7 @@ class Embeddings:
                 f"counts must have shape ({len(self.vocab)},), got {self.counts.shape}"
             )
         self.manifest: dict[str, Any] = dict(manifest or {})
-        self.path: Path | None = path
+        self.path: Location | None = path  # a Path, or a URL for a remote store
         self._ids: dict[str, int] = {token: i for i, token in enumerate(self.vocab)}
         if len(self._ids) != len(self.vocab):
             duplicate = next(t for t, n in Counter(self.vocab).items() if n > 1)
@@ -252,14 +258,14 @@ def load(
     version: str | int = "latest",
     store: str | os.PathLike[str] | ArtefactStore | None = None,
 ) -> Embeddings:
-    """Load embeddings from a version directory, or by name (and version) from a store.
+    """Load embeddings from a version directory (path or fsspec URL), or by name (and
+    version) from a store (path, URL or ArtefactStore).
 
     The artefact is verified against its manifest first, so a modified file fails with
     ArtefactError instead of loading silently.
     """
-    candidate = Path(path_or_name)
-    if (candidate / MANIFEST).is_file():
-        directory = candidate
+    if is_artefact(path_or_name):
+        directory = as_location(path_or_name)
     else:
         name = os.fspath(path_or_name)
         try:
@@ -277,33 +283,38 @@ def load(
 
 
 def read_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
-    """Verify and read the embedding artefact in version directory `directory`."""
-    directory = Path(directory)
+    """Verify and read the embedding artefact in version directory `directory` (path or URL)."""
+    directory = as_location(directory)
     manifest = verify(directory)
     for file in (VECTORS_FILE, VOCAB_FILE):
         if file not in manifest["files"]:
-            raise ArtefactError(f"{directory / MANIFEST} does not list {file}")
-    vectors = _read_vectors(directory / VECTORS_FILE)
-    tokens, counts = _read_vocab(directory / VOCAB_FILE)
+            raise ArtefactError(f"{join(directory, MANIFEST)} does not list {file}")
+    vectors = _read_vectors(join(directory, VECTORS_FILE))
+    tokens, counts = _read_vocab(join(directory, VOCAB_FILE))
     if len(tokens) != vectors.shape[0]:
         raise ArtefactError(
-            f"{directory / VOCAB_FILE} has {len(tokens)} tokens but "
-            f"{directory / VECTORS_FILE} has {vectors.shape[0]} rows"
+            f"{join(directory, VOCAB_FILE)} has {len(tokens)} tokens but "
+            f"{join(directory, VECTORS_FILE)} has {vectors.shape[0]} rows"
         )
-    tokenizer = directory / TOKENIZER_FILE
-    model = tokenizer.read_bytes() if TOKENIZER_FILE in manifest["files"] else None
+    tokenizer = join(directory, TOKENIZER_FILE)
+    model = read_bytes(tokenizer) if TOKENIZER_FILE in manifest["files"] else None
     try:
-        return Embeddings(
+        emb = Embeddings(
             vectors, tokens, counts, manifest=manifest, path=directory, tokenizer_model=model
         )
     except ValueError as e:
         raise ArtefactError(f"{directory}: {e}") from e
+    if ENCODER_FILE in manifest["files"]:  # a masked LM: the encoder comes with its vectors
+        from embedpipe.artefacts.encoder import with_encoder
+
+        return with_encoder(emb)
+    return emb
 
 
-def _read_vectors(path: Path) -> np.ndarray:
-    """The float32 (V, d) tensor "vectors" of a safetensors file."""
+def _read_vectors(path: Location) -> np.ndarray:
+    """The float32 (V, d) tensor "vectors" of a safetensors file (path or URL)."""
     try:
-        tensors = load_file(path)
+        tensors = load_safetensors(read_bytes(path))
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise ArtefactError(f"{path} is not a readable safetensors file: {e}") from e
     if VECTORS_KEY not in tensors:
@@ -322,11 +333,12 @@ def _read_vectors(path: Path) -> np.ndarray:
 _VOCAB_COLUMNS = pa.schema([VOCAB_SCHEMA.field(name) for name in (ID, TOKEN, COUNT)])
 
 
-def _read_vocab(path: Path) -> tuple[list[str], np.ndarray]:
+def _read_vocab(path: Location) -> tuple[list[str], np.ndarray]:
     """Tokens by id and their counts from a VOCAB_SCHEMA table, checking ids are 0..V-1."""
     names = _VOCAB_COLUMNS.names
+    fs, fs_path = filesystem(path)
     try:
-        with pq.ParquetFile(path) as file:
+        with fs.open(fs_path, "rb") as f, pq.ParquetFile(f) as file:
             missing = [c for c in names if c not in file.schema_arrow.names]
             if missing:
                 raise ArtefactError(f"{path} lacks the vocabulary columns {missing}")

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from embedpipe import schemas as S
 from embedpipe.artefacts.export import write_word2vec_text
 from embedpipe.artefacts.loader import TOKENIZER_FILE, VECTORS_FILE, VOCAB_FILE
-from embedpipe.artefacts.store import ArtefactStore
+from embedpipe.artefacts.store import ArtefactStore, Location
 from embedpipe.config import RunConfig
 from embedpipe.corpus.stage import Workdir
 from embedpipe.corpus.stages import TABLES
@@ -34,7 +34,10 @@ from embedpipe.train.trainer import METRICS, SUMMARY
 from embedpipe.version import code_version
 
 WORD2VEC_FILE = "vectors.w2v.txt"
-LIBRARIES = ("torch", "pyspark", "pyarrow", "numpy", "prefect", "safetensors")
+LIBRARIES = (
+    "torch", "pyspark", "pyarrow", "numpy", "prefect", "safetensors", "sentencepiece", "numba",
+    "fsspec",
+)  # fmt: skip
 
 
 def read_trained(train_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
@@ -59,6 +62,10 @@ def evaluate_vectors(vectors: np.ndarray, tokens: list[str]) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
+    """Python and library versions, and the hardware of the publishing host (CPUs, memory,
+    accelerators); the training's world size and device are in the training summary."""
+    import torch
+
     versions = {}
     for lib in LIBRARIES:
         try:
@@ -71,13 +78,24 @@ def environment() -> dict[str, Any]:
         "hardware": {
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
+            "memory_bytes": _memory_bytes(),
             "system": platform.system(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         },
     }
 
 
-def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -> Path:
-    """Evaluate the trained vectors and publish them as `<store>/<name>/vNNNN`."""
+def _memory_bytes() -> int | None:
+    """Physical memory of this host, None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -> Location:
+    """Evaluate the trained vectors and publish them as `<store>/<name>/vNNNN` (the store may
+    be a path or an fsspec URL); returns the version's location."""
     summary, vectors = read_trained(train_dir)
     wd = Workdir(config.workdir)
     vocab = pq.read_table(wd.path("vocab")).select(S.VOCAB_SCHEMA.names).sort_by(S.ID)
@@ -87,7 +105,13 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
             f"{wd.path('vocab')} has {len(tokens)} tokens but the model has {len(vectors)} rows: "
             "the vocabulary changed after training"
         )
-    metrics = evaluate_vectors(vectors, tokens)
+    if config.train.model == "mlm":  # held-out masked-LM loss + the input matrix's scores
+        from embedpipe.artefacts.encoder import evaluate_mlm
+
+        sp_model = Path(wd.path("tokens")) / SP_MODEL_FILE
+        metrics = evaluate_mlm(summary, vectors, tokens, config.to_dict()["tokenize"], sp_model)
+    else:
+        metrics = evaluate_vectors(vectors, tokens)
     stages = {}
     for table in TABLES.values():
         m = wd.require(table)
@@ -117,6 +141,10 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
         }
         if tokenizer_model.is_file():
             files[TOKENIZER_FILE] = tokenizer_model
+        if config.train.model == "mlm":
+            from embedpipe.artefacts.encoder import write_encoder_files
+
+            files |= write_encoder_files(train_dir, summary, Path(tmp))
         save_file({"vectors": vectors}, str(files[VECTORS_FILE]))
         pq.write_table(vocab.cast(S.VOCAB_SCHEMA), files[VOCAB_FILE])
         words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only

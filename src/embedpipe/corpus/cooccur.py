@@ -1,9 +1,14 @@
 """cooccur: sequences -> a sparse (row, col, weight) matrix, sharded by row.
 
-Counting happens in numpy, per Spark partition (`PairCounter`): pairs of frequent words
-go into a dense matrix, the others into sorted runs merged like a log-structured tree.
-Only the partition's distinct pairs cross into the JVM, where one shuffle by shard merges
-them. Special-token ids (including [UNK]) take up their position in the window but are not
+Map side, per Spark partition (`PairCounter`, compiled kernels in `pairs`): pairs of
+frequent ids are summed in a dense table, the rest sorted and reduced into runs; the
+partition's sums leave as a few large binary blocks per (shard, group), each a sorted run
+of (row << 32 | col, units). Spark shuffles those blocks to one reduce task per
+(shard, group) (`repartitionById`), which merges the runs and writes its slice of the
+table as one Parquet file. The JVM moves and stores blocks; it never sees a row per pair,
+and the driver receives one line of counts per file.
+
+Special-token ids (including [UNK]) take up their position in the window but are not
 counted, so distances are those of the text.
 
 Weights are summed exactly, as integers: a pair at distance d adds L / d, where L is the
@@ -12,34 +17,55 @@ is then independent of partitioning and summation order, so a cluster run writes
 bytes as a local one.
 
 Shard k holds the rows with row % S == k. (Contiguous row ranges would be badly unbalanced:
-ids are sorted by frequency, so the first range would hold most of the entries.)
+ids are sorted by frequency, so the first range would hold most of the entries.) A shard
+is cut into G groups by row range (G from an upper bound on the entries, so that a reduce
+task's memory is bounded whatever the corpus size); group g of shard k is the file
+`shard=k/part-<g>.parquet`, sorted by (row, col), and the files of a shard in name order
+are the shard in (row, col) order.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from embedpipe import schemas as S
 from embedpipe.config import CooccurConfig
+from embedpipe.corpus import pairs
+from embedpipe.corpus.output import finish_table, part_name, task_partition, write_table
 
-UNITS = "units"  # the integer weight column of partial counts
-_PARTIAL_SCHEMA = pa.schema(
-    [pa.field(S.ROW, pa.int32()), pa.field(S.COL, pa.int32()), pa.field(UNITS, pa.int64())]
+DENSE_CELLS = 1 << 25  # cells of a map task's dense table (uint32: 128 MiB)
+SPARSE_KEYS = 1 << 23  # raw sparse pairs buffered before a sort-and-reduce (64 MiB)
+MAX_SPARSE = 1 << 24  # distinct sparse pairs a map task holds before it emits its sums
+BLOCK_ENTRIES = 1 << 19  # entries per shuffled block (about 4 MiB)
+GROUP_ENTRIES = 1 << 24  # bound on the entries one reduce task merges
+ROW_GROUP_ROWS = 1 << 20  # Parquet row group size of the output files
+
+PID, RUN, CHUNK, BLOCK = "pid", "run", "chunk", "block"
+_BLOCK_SCHEMA = pa.schema(
+    [
+        pa.field(PID, pa.int32()),
+        pa.field(RUN, pa.int64()),
+        pa.field(CHUNK, pa.int32()),
+        pa.field(BLOCK, pa.binary()),
+    ]
 )
-KEY = "key"
-_KEYED_SCHEMA = pa.schema(
-    [pa.field(S.SHARD, pa.int32()), pa.field(KEY, pa.int64()), pa.field(UNITS, pa.int64())]
+_BLOCK_DDL = "pid int, run bigint, chunk int, block binary"
+GROUP, ENTRIES, WEIGHT_SUM = "group", "entries", "weight_sum"
+_WRITTEN_SCHEMA = pa.schema(
+    [
+        pa.field(S.SHARD, pa.int32()),
+        pa.field(GROUP, pa.int32()),
+        pa.field(ENTRIES, pa.int64()),
+        pa.field(WEIGHT_SUM, pa.float64()),
+    ]
 )
-FLUSH_PAIRS = 1 << 23  # raw pairs buffered before a sort-and-merge (~130 MB)
-MAX_DISTINCT = 1 << 25  # distinct pairs a partition holds before it emits them
-EMIT_ROWS = 1 << 20
-DENSE_IDS = 4096  # pairs of the 4096 most frequent ids are summed in a dense 128 MiB matrix
 
 
 def weight_scale(window: int) -> int:
@@ -47,179 +73,270 @@ def weight_scale(window: int) -> int:
     return math.lcm(*range(1, window + 1))
 
 
-def window_pairs(ids: pa.ListArray, window: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """(left ids, right ids, units) of the counted pairs at each distance d = 1..window.
-
-    One direction only (left before right); units = L / d.
-    """
-    offsets = np.asarray(ids.offsets)
-    flat = np.asarray(ids.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]])
-    flat = flat.astype(np.int64)
-    seq = np.repeat(np.arange(len(ids)), np.diff(offsets))
-    counted = flat >= len(S.SPECIAL_TOKENS)
-    scale = weight_scale(window)
-    for d in range(1, min(window, len(flat) - 1) + 1):
-        ok = (seq[:-d] == seq[d:]) & counted[:-d] & counted[d:]
-        yield flat[:-d][ok], flat[d:][ok], scale // d
-
-
-def reduce_sorted(keys: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum the units of equal keys in a sorted key array."""
-    if len(keys) == 0:
-        return keys, units
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(units, starts)
-
-
-def merge_runs(
-    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merge two sorted, reduced runs (a stable timsort of two runs is a linear merge)."""
-    keys = np.concatenate([a[0], b[0]])
-    order = np.argsort(keys, kind="stable")
-    return reduce_sorted(keys[order], np.concatenate([a[1], b[1]])[order])
-
-
 class PairCounter:
-    """Sums pair units over many batches in bounded memory.
+    """Sums pair units over many batches of id lists, in memory bounded by its buffers.
 
-    Pairs of two frequent words (ids < `dense_ids`; ids are sorted by frequency, so these
-    are most pairs) are added into a dense matrix by `np.bincount`; the rest are buffered,
-    sorted and reduced into runs that are merged like a log-structured tree (each merge of
-    runs of similar size), so every pair is sorted O(log n) times, not once per flush.
+    `add` counts unordered pairs; `drain` returns the sums as ordered entries (both
+    directions) sorted by (row % shards, row, col) and starts afresh.
     """
 
     def __init__(
-        self, window: int, flush_pairs: int = FLUSH_PAIRS, dense_ids: int = DENSE_IDS
+        self,
+        window: int,
+        vocab_size: int,
+        dense_cells: int = DENSE_CELLS,
+        sparse_keys: int = SPARSE_KEYS,
     ) -> None:
-        self.window = window
-        self.flush_pairs = flush_pairs
-        self.dense_ids = dense_ids
-        self.dense: np.ndarray | None = None  # float64 sums of integers: exact below 2**53
-        self.dense_pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self.sparse_pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self.pending_pairs = 0
+        scale = weight_scale(window)
+        self.window, self.vocab_size = window, vocab_size
+        self.units = np.array([0] + [scale // d for d in range(1, window + 1)], np.int64)
+        self.id_bits = max(1, (vocab_size - 1).bit_length())
+        self.d_bits = window.bit_length()
+        if 2 * self.id_bits + self.d_bits > 63:
+            raise ValueError(f"vocabulary of {vocab_size} ids and window {window}: too large")
+        if dense_cells > 0:
+            self.lim, self.base, cells = pairs.dense_layout(vocab_size, dense_cells)
+        else:  # no dense table: every row is empty (lim[a] = a)
+            self.lim = np.arange(vocab_size, dtype=np.int64)
+            self.base, cells = np.zeros(vocab_size, np.int64), 0
+        # uint32 cells while a few units fit (window <= 12); a full cell spills to the keys.
+        dtype = np.uint32 if scale <= 1 << 16 else np.int64
+        self.dense = np.zeros(cells, dtype)
+        self.room = np.iinfo(dtype).max - self.units
+        self.keys = np.empty(max(sparse_keys, 2 * window), np.int64)
+        self.n_keys = 0
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def add(self, ids: pa.ListArray) -> None:
-        d_ids = self.dense_ids
-        for left, right, units in window_pairs(ids, self.window):
-            dense = (left < d_ids) & (right < d_ids)
-            dl, dr = left[dense], right[dense]
-            cells = np.concatenate([dl * d_ids + dr, dr * d_ids + dl])
-            self.dense_pending.append((cells, np.full(len(cells), units, np.float64)))
-            sl, sr = left[~dense], right[~dense]
-            keys = np.concatenate([(sl << 32) | sr, (sr << 32) | sl])
-            self.sparse_pending.append((keys, np.full(len(keys), units, np.int64)))
-            self.pending_pairs += len(cells) + len(keys)
-        if self.pending_pairs >= self.flush_pairs:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.dense_pending:
-            cells = np.concatenate([c for c, _ in self.dense_pending])
-            weights = np.concatenate([w for _, w in self.dense_pending])
-            if len(cells):
-                size = self.dense_ids * self.dense_ids
-                summed = np.bincount(cells, weights=weights, minlength=size)
-                self.dense = summed if self.dense is None else self.dense + summed
-        if self.sparse_pending:
-            keys = np.concatenate([k for k, _ in self.sparse_pending])
-            units = np.concatenate([u for _, u in self.sparse_pending])
-            if len(keys):
-                order = np.argsort(keys)
-                self.runs.append(reduce_sorted(keys[order], units[order]))
-                while len(self.runs) > 1 and 2 * len(self.runs[-1][0]) >= len(self.runs[-2][0]):
-                    last = self.runs.pop()
-                    self.runs.append(merge_runs(self.runs.pop(), last))
-        self.dense_pending, self.sparse_pending, self.pending_pairs = [], [], 0
-
-    def __len__(self) -> int:
+    @property
+    def sparse_pairs(self) -> int:
+        """Distinct pairs held in sorted runs (an upper bound: runs may share pairs)."""
         return sum(len(k) for k, _ in self.runs)
 
-    def drain(self) -> Iterator[pa.RecordBatch]:
-        """Emit the sums as Arrow batches (sorted by row, col) and start afresh."""
+    def add(self, ids: pa.ListArray) -> None:
+        """Count the pairs of every id list (a ListArray of int32, possibly sliced)."""
+        offsets = np.asarray(ids.offsets, dtype=np.int64)
+        values = ids.values.to_numpy(zero_copy_only=False)
+        if len(ids) == 0 or offsets[-1] == offsets[0]:
+            return
+        top = int(values[offsets[0] : offsets[-1]].max())
+        if top >= self.vocab_size:
+            raise ValueError(f"id {top} is outside the vocabulary of {self.vocab_size} ids")
+        seq, pos = 0, int(offsets[0])
+        while seq < len(ids):
+            seq, pos, self.n_keys = pairs.count_windows(
+                values, offsets, seq, pos, self.window, len(S.SPECIAL_TOKENS),
+                self.lim, self.base, self.dense, self.room, self.units,
+                self.keys, self.n_keys, self.id_bits, self.d_bits,
+            )  # fmt: skip
+            if seq < len(ids):
+                self.flush()
+
+    def flush(self) -> None:
+        """Sort and reduce the buffered keys into a run; merge runs of similar size."""
+        if self.n_keys == 0:
+            return
+        keys = np.sort(self.keys[: self.n_keys])
+        self.runs.append(pairs.reduce_packed(keys, self.d_bits, self.units))
+        self.n_keys = 0
+        while len(self.runs) > 1 and 2 * len(self.runs[-1][0]) >= len(self.runs[-2][0]):
+            last = self.runs.pop()
+            self.runs.append(pairs.merge_two(*self.runs.pop(), *last))
+
+    def drain(self, shards: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, units, shard starts) of every entry, key = row << 32 | col, sorted by
+        (row % shards, row, col); shard k is keys[starts[k]:starts[k + 1]]."""
         self.flush()
-        runs = self.runs
-        if self.dense is not None:
-            cells = np.flatnonzero(self.dense)
-            rows, cols = np.divmod(cells, self.dense_ids)
-            runs = [*runs, ((rows << 32) | cols, self.dense[cells].astype(np.int64))]
-        self.runs, self.dense = [], None
-        keys, units = np.empty(0, np.int64), np.empty(0, np.int64)
-        for run in runs:
-            keys, units = merge_runs((keys, units), run)
-        for a in range(0, len(keys), EMIT_ROWS):
-            k = keys[a : a + EMIT_ROWS]
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array((k >> 32).astype(np.int32)),
-                    pa.array((k & 0xFFFFFFFF).astype(np.int32)),
-                    pa.array(units[a : a + EMIT_ROWS]),
-                ],
-                schema=_PARTIAL_SCHEMA,
-            )
+        sparse_keys, sparse_units = pairs.merge_runs(self.runs)
+        left, right, units = pairs.unordered_pairs(
+            self.lim, self.base, self.dense, sparse_keys, sparse_units, self.id_bits
+        )
+        self.runs = []
+        self.dense[:] = 0
+        return pairs.ordered_by_shard(left, right, units, self.vocab_size, shards)
 
 
 def count_pairs(
-    ids: pa.ListArray, window: int, dense_ids: int = DENSE_IDS
+    ids: pa.ListArray, window: int, vocab_size: int | None = None, dense_cells: int = DENSE_CELLS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Summed (row, col, weight) of one batch of id lists; weight = sum of 1/distance."""
-    counter = PairCounter(window, dense_ids=dense_ids)
+    """Summed (row, col, weight) of one batch of id lists, sorted by (row, col)."""
+    if vocab_size is None:
+        flat = ids.flatten().to_numpy(zero_copy_only=False)
+        vocab_size = int(flat.max()) + 1 if len(flat) else len(S.SPECIAL_TOKENS)
+    counter = PairCounter(window, vocab_size, dense_cells=dense_cells)
     counter.add(ids)
-    table = pa.Table.from_batches(list(counter.drain()), schema=_PARTIAL_SCHEMA)
+    keys, units, _ = counter.drain()
     return (
-        table.column(S.ROW).to_numpy(),
-        table.column(S.COL).to_numpy(),
-        table.column(UNITS).to_numpy() / weight_scale(window),
+        (keys >> 32).astype(np.int32),
+        (keys & 0xFFFFFFFF).astype(np.int32),
+        units / weight_scale(window),
     )
 
 
-def cooccur(sequences: DataFrame, config: CooccurConfig) -> DataFrame:
-    """COOCCUR_SCHEMA rows plus `shard`, one partition per shard, sorted by (row, col).
+def group_bounds(
+    counts: np.ndarray, window: int, shards: int, group_entries: int = GROUP_ENTRIES
+) -> list[int]:
+    """Row ranges [b[g], b[g+1]) that cut every shard into groups of bounded entries.
 
-    Partial sums cross into the JVM keyed by one long (row << 32 | col) with their shard,
-    which makes Spark's hash aggregation and sort about twice as fast as on (row, col).
+    Row i has at most min(2 * window * count_i, V) entries; the groups split the sum of
+    these bounds evenly, as many as needed for each (shard, group) to stay under
+    `group_entries` (shards take every S-th row, so each gets about 1/S of a range).
     """
-    window, shards = config.window, config.num_shards
+    vocab_size = len(counts)
+    bound = np.minimum(2 * window * counts.astype(np.int64), vocab_size)
+    bound[: len(S.SPECIAL_TOKENS)] = 0
+    total = int(bound.sum())
+    groups = max(1, math.ceil(total / (shards * group_entries)))
+    cum = np.cumsum(bound)
+    cuts = [int(np.searchsorted(cum, total * g / groups, side="left")) for g in range(1, groups)]
+    return sorted({0, *cuts, vocab_size})
+
+
+def encode_block(keys: np.ndarray, units: np.ndarray) -> bytes:
+    """A sorted run of (row << 32 | col, units) as compact bytes (about 8 per entry).
+
+    Layout, little-endian: int64 n (entries), r (distinct rows), w (bytes per unit: 4 or 8),
+    0; int32 rows[r]; int32 entries per row[r]; int32 cols[n]; uint32 or int64 units[n].
+    """
+    rows = (keys >> 32).astype("<i4")
+    starts = (
+        np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.empty(0, np.int64)
+    )
+    lengths = np.diff(np.r_[starts, len(rows)]).astype("<i4")
+    wide = len(units) > 0 and int(units.max()) > 0xFFFFFFFF
+    packed = units.astype("<i8" if wide else "<u4")
+    header = np.array([len(keys), len(starts), 8 if wide else 4, 0], "<i8")
+    cols = (keys & 0xFFFFFFFF).astype("<i4")
+    return b"".join(a.tobytes() for a in (header, rows[starts], lengths, cols, packed))
+
+
+def decode_block(block: pa.Buffer | bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, units) of an `encode_block` run."""
+    n, r, width, _ = np.frombuffer(block, "<i8", count=4).tolist()
+    rows = np.frombuffer(block, "<i4", count=r, offset=32)
+    lengths = np.frombuffer(block, "<i4", count=r, offset=32 + 4 * r)
+    cols = np.frombuffer(block, "<i4", count=n, offset=32 + 8 * r)
+    units = np.frombuffer(block, "<i8" if width == 8 else "<u4", count=n, offset=32 + 8 * r + 4 * n)
+    keys = (np.repeat(rows, lengths).astype(np.int64) << 32) | cols.astype(np.int64)
+    return keys, units.astype(np.int64)
+
+
+def block_rows(
+    keys: np.ndarray, units: np.ndarray, starts: np.ndarray, bounds: Sequence[int], run: int
+) -> Iterator[pa.RecordBatch]:
+    """Blocks of one drained run, one or more per non-empty (shard, group), as batches."""
+    groups = len(bounds) - 1
+    key_bounds = np.asarray(bounds, np.int64) << 32
+    for shard in range(len(starts) - 1):
+        lo, hi = int(starts[shard]), int(starts[shard + 1])
+        cuts = lo + np.searchsorted(keys[lo:hi], key_bounds)
+        for group in range(groups):
+            a, b = int(cuts[group]), int(cuts[group + 1])
+            if a == b:
+                continue
+            blocks = pa.array(
+                [
+                    encode_block(
+                        keys[i : min(i + BLOCK_ENTRIES, b)], units[i : min(i + BLOCK_ENTRIES, b)]
+                    )
+                    for i in range(a, b, BLOCK_ENTRIES)
+                ],
+                pa.binary(),
+            )
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(np.full(len(blocks), shard * groups + group, np.int32)),
+                    pa.array(np.full(len(blocks), run, np.int64)),
+                    pa.array(np.arange(len(blocks), dtype=np.int32)),
+                    blocks,
+                ],
+                schema=_BLOCK_SCHEMA,
+            )
+
+
+def merge_blocks(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the blocks of one (shard, group): chunks of a run in order, then runs."""
+    table = table.sort_by([(RUN, "ascending"), (CHUNK, "ascending")])
+    runs: list[tuple[np.ndarray, np.ndarray]] = []
+    current, parts = None, []
+    for run, block in zip(table.column(RUN).to_pylist(), table.column(BLOCK), strict=True):
+        if run != current and parts:
+            runs.append(_concat(parts))
+            parts = []
+        current = run
+        parts.append(decode_block(block.as_buffer()))
+    if parts:
+        runs.append(_concat(parts))
+    return pairs.merge_runs(runs)
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([k for k, _ in parts]), np.concatenate([u for _, u in parts])
+
+
+def entries_table(keys: np.ndarray, units: np.ndarray, window: int, min_weight: float) -> pa.Table:
+    """COOCCUR_SCHEMA rows of merged (key, units): weight = units / L as float32."""
+    weight = units.astype(np.float64) / float(weight_scale(window))
+    if min_weight > 0:
+        keep = weight >= min_weight
+        keys, weight = keys[keep], weight[keep]
+    return pa.Table.from_arrays(
+        [
+            pa.array((keys >> 32).astype(np.int32)),
+            pa.array((keys & 0xFFFFFFFF).astype(np.int32)),
+            pa.array(weight.astype(np.float32)),
+        ],
+        schema=S.COOCCUR_SCHEMA,
+    )
+
+
+def write_cooccur(
+    sequences: DataFrame,
+    config: CooccurConfig,
+    counts: np.ndarray,
+    out: str,
+    group_entries: int = GROUP_ENTRIES,
+) -> list[dict[str, Any]]:
+    """Count the co-occurrences of `sequences` into `out` (shard=k/part-g.parquet files).
+
+    `counts`: the vocabulary's counts by id (model-sized). Returns one dict per written
+    file: shard, group, entries, weight_sum.
+    """
+    window, shards, min_weight = config.window, config.num_shards, config.min_weight
+    vocab_size = len(counts)
+    bounds = group_bounds(counts, window, shards, group_entries)
+    groups = len(bounds) - 1
+    out = out.rstrip("/")
 
     def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        counter = PairCounter(window)
+        partition = task_partition()
+        counter, flushes = PairCounter(window, vocab_size), 0
         for batch in batches:
             counter.add(batch.column(S.IDS))
-            if len(counter) >= MAX_DISTINCT:
-                yield from keyed(counter.drain(), shards)
-        yield from keyed(counter.drain(), shards)
+            if counter.sparse_pairs >= MAX_SPARSE:
+                yield from block_rows(*counter.drain(shards), bounds, (partition << 24) + flushes)
+                flushes += 1
+        yield from block_rows(*counter.drain(shards), bounds, (partition << 24) + flushes)
 
-    partial = sequences.select(S.IDS).mapInArrow(count_partition, S.spark_ddl(_KEYED_SCHEMA))
-    # Hash-partitioning by shard also clusters (shard, key): one shuffle, no second one.
-    summed = (
-        partial.repartition(shards, S.SHARD)
-        .groupBy(S.SHARD, KEY)
-        .agg(F.sum(UNITS).alias(UNITS))
-        .sortWithinPartitions(S.SHARD, KEY)
+    def merge_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches(list(batches), schema=_BLOCK_SCHEMA)
+        for pid in sorted(set(table.column(PID).to_pylist())):
+            shard, group = divmod(pid, groups)
+            part = table.filter(pc.equal(table.column(PID), pid))
+            merged = entries_table(*merge_blocks(part), window, min_weight)
+            if merged.num_rows:
+                write_table(merged, f"{out}/{S.SHARD}={shard}/{part_name(group)}", ROW_GROUP_ROWS)
+            weight_sum = float(np.sum(merged.column(S.WEIGHT).to_numpy(), dtype=np.float64))
+            yield pa.RecordBatch.from_pylist(
+                [{S.SHARD: shard, GROUP: group, ENTRIES: merged.num_rows, WEIGHT_SUM: weight_sum}],
+                schema=_WRITTEN_SCHEMA,
+            )
+
+    blocks = sequences.select(S.IDS).mapInArrow(count_partition, _BLOCK_DDL)
+    written = blocks.repartitionById(shards * groups, PID).mapInArrow(
+        merge_partition, S.spark_ddl(_WRITTEN_SCHEMA)
     )
-    weight = F.col(UNITS).cast("double") / F.lit(float(weight_scale(window)))
-    if config.min_weight > 0:
-        summed = summed.where(weight >= config.min_weight)
-    return summed.select(
-        F.shiftright(KEY, 32).cast("int").alias(S.ROW),
-        F.col(KEY).bitwiseAND(F.lit(0xFFFFFFFF)).cast("int").alias(S.COL),
-        weight.cast("float").alias(S.WEIGHT),
-        S.SHARD,
-    )
-
-
-def keyed(batches: Iterator[pa.RecordBatch], shards: int) -> Iterator[pa.RecordBatch]:
-    """(row, col, units) batches as (shard, key, units)."""
-    for batch in batches:
-        rows = batch.column(S.ROW).to_numpy().astype(np.int64)
-        cols = batch.column(S.COL).to_numpy().astype(np.int64)
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array((rows % shards).astype(np.int32)),
-                pa.array((rows << 32) | cols),
-                batch.column(UNITS),
-            ],
-            schema=_KEYED_SCHEMA,
-        )
+    files = sorted((r.asDict() for r in written.collect()), key=lambda r: (r[S.SHARD], r[GROUP]))
+    finish_table(out, S.COOCCUR_SCHEMA)
+    return files

@@ -33,15 +33,14 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
         SparkSession.builder.appName(app_name)
-        .config("spark.driver.memory", config.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4096")
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)
-    for key, value in config.conf.items():
+    # Memory, cores, shuffle partitions, then `spark.conf` (the same set spark-submit gets).
+    for key, value in config.spark_properties().items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

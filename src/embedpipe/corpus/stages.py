@@ -9,14 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 import fsspec
-from pyspark.sql import SparkSession
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from embedpipe import schemas as S
 from embedpipe.config import RunConfig
-from embedpipe.corpus.bucket import assign_buckets, bucket_stats, derive_boundaries
-from embedpipe.corpus.cooccur import cooccur
-from embedpipe.corpus.encode import encode
+from embedpipe.corpus.bucket import derive_boundaries, write_buckets
+from embedpipe.corpus.cooccur import write_cooccur
+from embedpipe.corpus.encode import write_sequences
+from embedpipe.corpus.output import data_files, write_dataframe
 from embedpipe.corpus.sources import (
     CorpusError,
     check_text_file,
@@ -26,8 +30,8 @@ from embedpipe.corpus.sources import (
     read_lines,
 )
 from embedpipe.corpus.stage import Workdir, run_stage
-from embedpipe.corpus.tokenize import sample_text, tokenize
-from embedpipe.corpus.vocab import build_vocab, count_tokens
+from embedpipe.corpus.tokenize import sample_text, write_tokens
+from embedpipe.corpus.vocab import COUNTS, COUNTS_SCHEMA, build_vocab, count_tokens, sum_counts
 from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
 from embedpipe.text.sentencepiece import train_sentencepiece
 
@@ -61,56 +65,57 @@ def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
         if config.tokenize.kind == "sentencepiece":
             sp_model = train_sentencepiece(sample_text(lines, config.tokenize), config.tokenize)
         try:
-            tokenize(lines, config.tokenize, sp_model).write.parquet(out)
+            counts = write_tokens(lines, config.tokenize, out, sp_model)
         except Exception as e:
             bad = find_unreadable(files) if "Py4J" in type(e).__name__ else None
             if bad:
                 raise CorpusError(f"{bad[0]} is truncated or corrupt ({bad[1]})") from e
             raise
+        if counts["tokens"] == 0:
+            raise CorpusError(f"corpus {', '.join(config.corpus.paths)} holds no tokens")
         if sp_model is not None:
             with fsspec.open(f"{out}/{SP_MODEL_FILE}", "wb") as f:
                 f.write(sp_model)
         rejected = 0
         if rejects is not None:
-            rejects.write.parquet(f"{out}/{REJECTS}")
-            rejected = spark.read.parquet(f"{out}/{REJECTS}").count()
-        row = (
-            spark.read.parquet(out)
-            .agg(
-                F.count(F.lit(1)).alias("sequences"),
-                F.coalesce(F.sum(S.N_TOKENS), F.lit(0)).alias("tokens"),
-                F.count_if(F.col(S.REPAIRED)).alias("invalid_utf8_lines"),
-                F.count_if(F.col(S.SPLIT)).alias("split_pieces"),
-                F.count_if(F.col(S.N_TOKENS) == 0).alias("empty_lines"),
-            )
-            .first()
-        )
-        if row["tokens"] == 0:
-            raise CorpusError(f"corpus {', '.join(config.corpus.paths)} holds no tokens")
-        return {**row.asDict(), "rejected_records": rejected}
+            rejected = write_dataframe(rejects, f"{out}/{REJECTS}", S.REJECTS_SCHEMA)
+        return {**counts, "rejected_records": rejected}
 
     cfg = {"corpus": config.corpus, "tokenize": config.tokenize}
     return run_stage(Workdir(config.workdir), "tokens", cfg, inputs, write)
 
 
 def build_vocab_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
-    """tokens/ -> vocab/ (one Parquet file, sorted by id)."""
+    """tokens/ -> vocab/ (one Parquet file, sorted by id).
+
+    Sums the tokenize tasks' partial counts (tokens/_counts/) when they are there, else
+    counts the tokens table; one Spark job, its counts observed on the way.
+    """
     wd = Workdir(config.workdir)
     upstream = wd.require("tokens")
 
     def write(out: str) -> dict[str, Any]:
-        counts = count_tokens(spark.read.parquet(wd.path("tokens"))).persist()
-        try:
-            build_vocab(counts, config.vocab).write.parquet(out)
-            distinct = counts.count()
-        finally:
-            counts.unpersist()
-        vocab = spark.read.parquet(out)
-        covered = vocab.agg(F.sum(S.COUNT)).first()[0] or 0
-        size = vocab.count()
+        partial = f"{wd.path('tokens')}/{COUNTS}"
+        if data_files(partial):
+            counts = sum_counts(read_table(spark, partial, COUNTS_SCHEMA))
+        else:
+            counts = count_tokens(read_table(spark, wd.path("tokens"), S.TOKENS_SCHEMA))
+        distinct, sizes = Observation("distinct"), Observation("vocab")
+        counts = counts.observe(distinct, F.count(F.lit(1)).alias("n"))
+        vocab = build_vocab(counts, config.vocab).observe(
+            sizes,
+            F.count(F.lit(1)).alias("size"),
+            F.coalesce(F.sum(S.COUNT), F.lit(0)).alias("covered"),
+        )
+        write_dataframe(vocab, out, S.VOCAB_SCHEMA)
+        size, covered = sizes.get["size"], sizes.get["covered"]
+        if size == len(S.SPECIAL_TOKENS):
+            raise CorpusError(
+                f"no token occurs vocab.min_count={config.vocab.min_count} times: empty vocabulary"
+            )
         total = upstream["counts"]["tokens"]
         return {
-            "distinct_tokens": distinct,
+            "distinct_tokens": distinct.get["n"],
             "vocab_size": size,
             "words": size - len(S.SPECIAL_TOKENS),
             "tokens": total,
@@ -122,10 +127,19 @@ def build_vocab_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     return run_stage(wd, "vocab", config.vocab, inputs, write)
 
 
-def read_vocab_tokens(spark: SparkSession, workdir: Workdir) -> list[str]:
-    """The vocabulary's tokens by id (model-sized, so it may live on the driver)."""
-    rows = spark.read.parquet(workdir.path("vocab")).orderBy(S.ID).select(S.TOKEN).collect()
-    return [r[0] for r in rows]
+def read_table(spark: SparkSession, path: str, schema: pa.Schema) -> DataFrame:
+    """A table of the workdir with its known schema (no job to infer it from the files)."""
+    return spark.read.schema(S.spark_ddl(schema)).parquet(path)
+
+
+def read_vocab_column(workdir: Workdir, column: str) -> pa.Array:
+    """One column of the vocabulary by id (model-sized: read on the driver, no Spark job)."""
+    fs, path = fsspec.core.url_to_fs(workdir.path("vocab"))
+    table = pq.read_table(path, columns=[S.ID, column], filesystem=fs).sort_by(S.ID)
+    ids = table.column(S.ID).to_numpy()
+    if not np.array_equal(ids, np.arange(len(ids))):
+        raise ValueError(f"{workdir.path('vocab')}: ids are not 0..{len(ids) - 1}")
+    return table.column(column).combine_chunks()
 
 
 def encode_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
@@ -134,21 +148,9 @@ def encode_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     tokens_manifest, vocab_manifest = wd.require("tokens"), wd.require("vocab")
 
     def write(out: str) -> dict[str, Any]:
-        vocab = read_vocab_tokens(spark, wd)
-        encode(spark.read.parquet(wd.path("tokens")), vocab, config.encode).write.parquet(out)
-        row = (
-            spark.read.parquet(out)
-            .agg(
-                F.count(F.lit(1)).alias("sequences"),
-                F.coalesce(F.sum(S.LENGTH), F.lit(0)).alias("tokens"),
-                F.coalesce(F.sum(F.size(F.filter(S.IDS, lambda x: x == S.UNK_ID))), F.lit(0)).alias(
-                    "unk_tokens"
-                ),
-                F.max(S.LENGTH).alias("max_length"),
-            )
-            .first()
-            .asDict()
-        )
+        vocab = read_vocab_column(wd, S.TOKEN).to_pylist()
+        tokens = read_table(spark, wd.path("tokens"), S.TOKENS_SCHEMA)
+        row = write_sequences(tokens, vocab, config.encode, out)
         row["dropped_empty_sequences"] = tokens_manifest["counts"]["sequences"] - row["sequences"]
         row["dropped_oov_tokens"] = tokens_manifest["counts"]["tokens"] - row["tokens"]
         return row
@@ -163,12 +165,11 @@ def bucket_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     upstream = wd.require("sequences")
 
     def write(out: str) -> dict[str, Any]:
-        sequences = spark.read.parquet(wd.path("sequences"))
+        sequences = read_table(spark, wd.path("sequences"), S.SEQUENCES_SCHEMA)
         boundaries = list(config.bucket.boundaries or []) or derive_boundaries(
             sequences, config.bucket.num_buckets
         )
-        assign_buckets(sequences, boundaries).write.partitionBy(S.BUCKET).parquet(out)
-        return {"boundaries": boundaries, "buckets": bucket_stats(spark.read.parquet(out))}
+        return {"boundaries": boundaries, "buckets": write_buckets(sequences, boundaries, out)}
 
     inputs = {"sequences": upstream["fingerprint"]}
     return run_stage(wd, "buckets", config.bucket, inputs, write)
@@ -181,14 +182,20 @@ def cooccur_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     vocab_size = vocab_manifest["counts"]["vocab_size"]
 
     def write(out: str) -> dict[str, Any]:
-        matrix = cooccur(spark.read.parquet(wd.path("sequences")), config.cooccur)
-        matrix.write.partitionBy(S.SHARD).parquet(out)
-        rows = (
-            spark.read.parquet(out)
-            .groupBy(S.SHARD)
-            .agg(F.count(F.lit(1)).alias("entries"), F.sum(S.WEIGHT).alias("weight"))
-        )
-        shards = sorted((r.asDict() for r in rows.collect()), key=lambda r: r[S.SHARD])
+        counts = read_vocab_column(wd, S.COUNT).to_numpy()
+        sequences = read_table(spark, wd.path("sequences"), S.SEQUENCES_SCHEMA)
+        files = write_cooccur(sequences, config.cooccur, counts, out)
+        shards = []
+        for shard in range(config.cooccur.num_shards):
+            mine = [f for f in files if f[S.SHARD] == shard]
+            shards.append(
+                {
+                    S.SHARD: shard,
+                    "entries": sum(f["entries"] for f in mine),
+                    "weight": sum(f["weight_sum"] for f in mine),
+                    "files": sum(1 for f in mine if f["entries"]),
+                }
+            )
         return {
             "entries": sum(s["entries"] for s in shards),
             "vocab_size": vocab_size,

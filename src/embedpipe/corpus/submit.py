@@ -1,7 +1,9 @@
 """Running a corpus stage with spark-submit against a cluster master (standalone, YARN, k8s).
 
 The package travels to the executors as a zip (`--py-files`), so the cluster needs only
-pyspark, pyarrow and numpy installed, not embedpipe itself.
+pyspark, pyarrow and numpy installed, not embedpipe itself (or, with
+`spark.ship_package = false`, an image that has it, as infra/Dockerfile builds).
+Memory, cores, shuffle partitions and any `spark.conf` property pass through as `--conf`.
 """
 
 from __future__ import annotations
@@ -9,16 +11,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from embedpipe.config import RunConfig, save_config
+from embedpipe.corpus.stage import Workdir
+from embedpipe.processes import run_logged
 from embedpipe.version import source_hash
 
 JOBS_DIR = Path(__file__).resolve().parents[3] / "jobs"
+# Stage name -> the table it writes (as corpus.stages.TABLES, without importing pyspark).
+TABLES = {
+    "tokenize": "tokens",
+    "build_vocab": "vocab",
+    "encode": "sequences",
+    "bucket": "buckets",
+    "cooccur": "cooccur",
+}
 JOB_FILES = {
     "tokenize": "tokenize_text.py",
     "build_vocab": "build_vocab.py",
@@ -52,34 +65,63 @@ def spark_submit_executable() -> str:
     return found
 
 
-def submit_command(stage: str, config: RunConfig, config_file: Path, py_files: Path) -> list[str]:
+def submit_command(
+    stage: str, config: RunConfig, config_file: Path, py_files: Path | None
+) -> list[str]:
+    """The spark-submit command line of one stage for `config.spark`'s master and mode.
+
+    Client mode (local, standalone, YARN or Kubernetes): the driver runs here and reads the
+    config file from this disk. Cluster mode (YARN, Kubernetes): the driver runs on the
+    cluster, so the config file travels with `--files` and is named by its base name there;
+    the workdir must then be a URL every node reads (HDFS, object storage).
+    """
     spark = config.spark
-    return [
+    jobs = spark.jobs_dir.rstrip("/") if spark.jobs_dir else str(JOBS_DIR)
+    command = [
         spark_submit_executable(),
         "--master", spark.master,
-        "--driver-memory", spark.driver_memory,
-        "--py-files", str(py_files),
-        "--conf", f"spark.sql.shuffle.partitions={spark.shuffle_partitions}",
-        *[arg for k, v in spark.conf.items() for arg in ("--conf", f"{k}={v}")],
-        str(JOBS_DIR / JOB_FILES[stage]), "--config", str(config_file),
+        "--deploy-mode", spark.deploy_mode,
+        "--name", f"embedpipe-{stage}",
     ]  # fmt: skip
+    if py_files is not None:
+        command += ["--py-files", str(py_files)]
+    config_arg = str(config_file)
+    if spark.deploy_mode == "cluster":
+        command += ["--files", str(config_file)]
+        config_arg = config_file.name
+    for key, value in spark.spark_properties().items():
+        command += ["--conf", f"{key}={value}"]
+    return [*command, f"{jobs}/{JOB_FILES[stage]}", "--config", config_arg]
 
 
-def submit_stage(stage: str, config: RunConfig) -> dict[str, Any]:
-    """Run one stage through spark-submit; its manifest is the job's last stdout line."""
-    work = Path(config.workdir)
+def submit_stage(
+    stage: str, config: RunConfig, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run one stage through spark-submit and return its manifest.
+
+    spark-submit's output (the driver's in client mode, the application's status in cluster
+    mode) goes to `log` line by line. In client mode the manifest is the job's last stdout
+    line; in cluster mode the driver's stdout stays on the cluster, so it is read from the
+    workdir (whose `started` time tells whether the job reused an earlier output).
+    """
+    work = Path(config.workdir) if "://" not in config.workdir else Path(".embedpipe-submit")
     config_file = save_config(config, work / "run-config.json")
-    command = submit_command(stage, config, config_file, package_zip(work / ".py-files"))
+    py_files = package_zip(work / ".py-files") if config.spark.ship_package else None
+    command = submit_command(stage, config, config_file, py_files)
     env = {
         **os.environ,
         "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
     }
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    submitted = datetime.now(timezone.utc).isoformat()
+    done = run_logged(command, log or (lambda line: None), env=env, prefix="[spark-submit] ")
     if done.returncode != 0:
         raise RuntimeError(
-            f"spark-submit {JOB_FILES[stage]} exited with {done.returncode}:\n"
-            f"{(done.stdout + done.stderr)[-4000:]}"
+            f"spark-submit {JOB_FILES[stage]} exited with {done.returncode}:\n{done.tail()}"
         )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    for line in reversed(done.stdout):
+        if line.startswith("{"):
+            return json.loads(line)
+    manifest = Workdir(config.workdir).require(TABLES[stage])
+    return {**manifest, "skipped": manifest["started"] < submitted}

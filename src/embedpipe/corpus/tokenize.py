@@ -1,18 +1,28 @@
-"""tokenize: lines -> one row per sequence with its token strings (Arrow batches, no UDF)."""
+"""tokenize: lines -> one row per sequence with its token strings (Arrow batches, no UDF).
+
+The rows are made and written by the Python side of each task (see `output`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from embedpipe import schemas as S
 from embedpipe.config import TokenizeConfig
+from embedpipe.corpus.output import (
+    PartWriter,
+    finish_table,
+    part_name,
+    task_partition,
+    write_table,
+)
+from embedpipe.corpus.vocab import COUNTS, TokenCounter
 from embedpipe.text import tokenize_arrow
-from embedpipe.text.sentencepiece import encode_pieces_arrow, load_processor
 from embedpipe.text.tokenizer import split_long_line
 
 _BATCH_SCHEMA = pa.schema([f for f in S.TOKENS_SCHEMA if f.name != S.SEQ_ID])
@@ -51,29 +61,86 @@ def sample_text(lines: DataFrame, config: TokenizeConfig) -> list[str]:
     return [row[0] for row in text.toLocalIterator() if row[0]]
 
 
-def tokenize(lines: DataFrame, config: TokenizeConfig, sp_model: bytes | None = None) -> DataFrame:
-    """Lines (text, repaired) -> TOKENS_SCHEMA rows, in input order.
+def tokenize_batch(
+    batch: pa.RecordBatch, config: TokenizeConfig, processor: Any = None
+) -> pa.RecordBatch:
+    """Lines (text, repaired) -> (tokens, n_tokens, repaired, split); long lines are cut."""
+    text, repaired, split = split_long_lines(batch, config.max_line_chars)
+    if processor is not None:
+        from embedpipe.text.sentencepiece import encode_pieces_arrow
 
+        tokens = encode_pieces_arrow(text, processor, config)
+    else:
+        tokens = tokenize_arrow(text, config)
+    lengths = pc.list_value_length(tokens).cast(pa.int32())
+    return pa.RecordBatch.from_arrays([tokens, lengths, repaired, split], schema=_BATCH_SCHEMA)
+
+
+_STATS = ("sequences", "tokens", "invalid_utf8_lines", "split_pieces", "empty_lines")
+_STATS_SCHEMA = pa.schema([pa.field(name, pa.int64()) for name in _STATS])
+
+
+def write_tokens(
+    lines: DataFrame, config: TokenizeConfig, out: str, sp_model: bytes | None = None
+) -> dict[str, int]:
+    """Lines (text, repaired) -> the tokens table at `out`, and its counts.
+
+    Each task tokenises its partition in Arrow batches and writes `part-<partition>.parquet`
+    (TOKENS_SCHEMA, in input order) and its token counts `_counts/part-<partition>.parquet`
+    (token, count), which build_vocab sums instead of reading every token again. seq_id is
+    (partition << 33) + row number in the partition, as Spark's monotonically_increasing_id.
     Word-level by default; with a SentencePiece model (bytes), its pieces.
     """
     model = lines.sparkSession.sparkContext.broadcast(sp_model) if sp_model else None
+    out = out.rstrip("/")
 
-    def tokenize_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        processor = load_processor(model.value) if model is not None else None
-        for batch in batches:
-            text, repaired, split = split_long_lines(batch, config.max_line_chars)
-            if processor is not None:
-                tokens = encode_pieces_arrow(text, processor, config)
-            else:
-                tokens = tokenize_arrow(text, config)
-            lengths = pc.list_value_length(tokens).cast(pa.int32())
-            yield pa.RecordBatch.from_arrays(
-                [tokens, lengths, repaired, split], schema=_BATCH_SCHEMA
-            )
+    def tokenize_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        partition = task_partition()
+        processor = None
+        if model is not None:  # imported here: word-level tasks skip loading sentencepiece
+            from embedpipe.text.sentencepiece import load_processor
 
-    tokenized = lines.select(S.TEXT, S.REPAIRED).mapInArrow(
-        tokenize_batches, S.spark_ddl(_BATCH_SCHEMA)
+            processor = load_processor(model.value)
+        writer = PartWriter(f"{out}/{part_name(partition)}", S.TOKENS_SCHEMA)
+        counter = TokenCounter()
+        stats = dict.fromkeys(_STATS, 0)
+        next_id = partition << 33
+        try:
+            for batch in batches:
+                tokenized = tokenize_batch(batch, config, processor)
+                n = tokenized.num_rows
+                seq_ids = pa.array(np.arange(next_id, next_id + n, dtype=np.int64))
+                next_id += n
+                writer.write(
+                    pa.RecordBatch.from_arrays(
+                        [seq_ids, *tokenized.columns], schema=S.TOKENS_SCHEMA
+                    )
+                )
+                counter.add(pc.list_flatten(tokenized.column(S.TOKENS)))
+                lengths = tokenized.column(S.N_TOKENS).to_numpy()
+                stats["sequences"] += n
+                stats["tokens"] += int(lengths.sum())
+                stats["empty_lines"] += int(np.count_nonzero(lengths == 0))
+                # Lines (before any cut) that held invalid UTF-8; pieces of cut lines.
+                repaired = batch.column(S.REPAIRED).to_numpy(zero_copy_only=False)
+                stats["invalid_utf8_lines"] += int(np.count_nonzero(repaired))
+                split = tokenized.column(S.SPLIT).to_numpy(zero_copy_only=False)
+                stats["split_pieces"] += int(np.count_nonzero(split))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        counts = counter.table()
+        if counts.num_rows:
+            write_table(counts, f"{out}/{COUNTS}/{part_name(partition)}")
+        yield pa.RecordBatch.from_pylist([stats], schema=_STATS_SCHEMA)
+
+    written = lines.select(S.TEXT, S.REPAIRED).mapInArrow(
+        tokenize_partition, S.spark_ddl(_STATS_SCHEMA)
     )
-    return tokenized.select(
-        F.monotonically_increasing_id().alias(S.SEQ_ID), S.TOKENS, S.N_TOKENS, S.REPAIRED, S.SPLIT
-    )
+    totals = dict.fromkeys(_STATS, 0)
+    for row in written.collect():
+        for name in _STATS:
+            totals[name] += row[name]
+    finish_table(out, S.TOKENS_SCHEMA)
+    return totals

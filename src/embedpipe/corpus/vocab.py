@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 from embedpipe import schemas as S
 from embedpipe.config import VocabConfig
 
-_COUNTS_SCHEMA = pa.schema([pa.field(S.TOKEN, pa.string()), pa.field(S.COUNT, pa.int64())])
+COUNTS_SCHEMA = pa.schema([pa.field(S.TOKEN, pa.string()), pa.field(S.COUNT, pa.int64())])
+COUNTS = "_counts"  # tokens/_counts/: each tokenize task's token counts (hidden from readers)
 FLUSH_TOKENS = 1 << 23
 
 
@@ -20,11 +21,11 @@ def merge_counts(partial: pa.Table | None, tokens: list[pa.Array]) -> pa.Table:
     """Add the counts of `tokens` to a (token, count) table (Arrow's C++ hash aggregation)."""
     counted = pc.value_counts(pa.chunked_array(tokens, pa.string()))
     table = pa.Table.from_arrays(
-        [counted.field("values"), counted.field("counts")], schema=_COUNTS_SCHEMA
+        [counted.field("values"), counted.field("counts")], schema=COUNTS_SCHEMA
     )
     if partial is not None:
         table = pa.concat_tables([partial, table])
-        table = table.group_by(S.TOKEN).aggregate([(S.COUNT, "sum")])
+        table = table.group_by(S.TOKEN, use_threads=False).aggregate([(S.COUNT, "sum")])
         table = table.rename_columns(
             [S.COUNT if c.endswith("_sum") else c for c in table.column_names]
         )
@@ -32,28 +33,52 @@ def merge_counts(partial: pa.Table | None, tokens: list[pa.Array]) -> pa.Table:
     return table
 
 
+class TokenCounter:
+    """Counts tokens over many batches; holds one row per distinct token (and a buffer)."""
+
+    def __init__(self, flush_tokens: int = FLUSH_TOKENS) -> None:
+        self.flush_tokens = flush_tokens
+        self.partial: pa.Table | None = None
+        self.pending: list[pa.Array] = []
+        self.pending_tokens = 0
+
+    def add(self, tokens: pa.Array) -> None:
+        self.pending.append(tokens)
+        self.pending_tokens += len(tokens)
+        if self.pending_tokens >= self.flush_tokens:
+            self.partial = merge_counts(self.partial, self.pending)
+            self.pending, self.pending_tokens = [], 0
+
+    def table(self) -> pa.Table:
+        """(token, count) of everything added, sorted by token (a canonical file)."""
+        if self.pending:
+            self.partial = merge_counts(self.partial, self.pending)
+            self.pending, self.pending_tokens = [], 0
+        if self.partial is None:
+            return COUNTS_SCHEMA.empty_table()
+        return self.partial.sort_by(S.TOKEN).combine_chunks()
+
+
 def count_tokens(tokens: DataFrame) -> DataFrame:
-    """(token, count) of every distinct token.
+    """(token, count) of every distinct token of a tokens table.
 
     Each partition counts its tokens in Arrow (hash aggregation in C++) and emits only its
-    distinct tokens; Spark's shuffle sums those partial counts.
+    distinct tokens; Spark's shuffle sums those partial counts. (The tokenize stage writes
+    such partial counts beside its table; `sum_counts` reads them instead.)
     """
 
     def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        partial, pending, pending_tokens = None, [], 0
+        counter = TokenCounter()
         for batch in batches:
-            flat = pc.list_flatten(batch.column(S.TOKENS))
-            pending.append(flat)
-            pending_tokens += len(flat)
-            if pending_tokens >= FLUSH_TOKENS:
-                partial = merge_counts(partial, pending)
-                pending, pending_tokens = [], 0
-        if pending:
-            partial = merge_counts(partial, pending)
-        if partial is not None:
-            yield from partial.to_batches(max_chunksize=1 << 20)
+            counter.add(pc.list_flatten(batch.column(S.TOKENS)))
+        yield from counter.table().to_batches(max_chunksize=1 << 20)
 
-    partial = tokens.select(S.TOKENS).mapInArrow(count_partition, S.spark_ddl(_COUNTS_SCHEMA))
+    partial = tokens.select(S.TOKENS).mapInArrow(count_partition, S.spark_ddl(COUNTS_SCHEMA))
+    return sum_counts(partial)
+
+
+def sum_counts(partial: DataFrame) -> DataFrame:
+    """(token, count) partial counts -> one row per distinct token (one shuffle)."""
     return partial.groupBy(S.TOKEN).agg(F.sum(S.COUNT).cast("bigint").alias(S.COUNT))
 
 
@@ -79,20 +104,25 @@ def build_vocab(counts: DataFrame, config: VocabConfig) -> DataFrame:
         [(i, t, 0) for i, t in enumerate(S.SPECIAL_TOKENS)], "id int, token string, count bigint"
     )
     vocab = specials.unionByName(words).coalesce(1)
-    return with_sampling_columns(vocab, config).orderBy(S.ID)
+    # One partition from here on: sorting it orders the table (no range-partitioning job).
+    return with_sampling_columns(vocab, config).sortWithinPartitions(S.ID)
 
 
 def with_sampling_columns(vocab: DataFrame, config: VocabConfig) -> DataFrame:
     """Add `keep_prob` (word2vec subsampling) and `noise_prob` (unigram ** power) per id.
 
     T is the number of corpus tokens the vocabulary covers (word2vec's train_words);
-    special tokens (count 0) get 0 for both.
+    special tokens (count 0) get 0 for both, and so does everything in a vocabulary with
+    no word (divisions by zero give null there, not an error).
     """
     everything = Window.partitionBy()
     count = F.col(S.COUNT).cast("double")
     threshold = F.lit(config.sample) * F.sum(count).over(everything)
     if config.sample > 0:
-        keep = F.least(F.lit(1.0), (F.sqrt(count / threshold) + 1) * threshold / count)
+        keep = F.least(
+            F.lit(1.0),
+            F.try_divide((F.sqrt(F.try_divide(count, threshold)) + 1) * threshold, count),
+        )
     else:
         keep = F.lit(1.0)
     weight = F.pow(count, F.lit(config.noise_power))
@@ -101,5 +131,7 @@ def with_sampling_columns(vocab: DataFrame, config: VocabConfig) -> DataFrame:
         S.TOKEN,
         S.COUNT,
         F.when(count > 0, keep).otherwise(0.0).alias(S.KEEP_PROB),
-        (weight / F.sum(weight).over(everything)).alias(S.NOISE_PROB),
+        F.coalesce(F.try_divide(weight, F.sum(weight).over(everything)), F.lit(0.0)).alias(
+            S.NOISE_PROB
+        ),
     )

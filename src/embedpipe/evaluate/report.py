@@ -19,12 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from embedpipe.artefacts.diff import diff_manifests, format_diff
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
+from embedpipe.artefacts.store import as_location, filesystem, join
 from embedpipe.schemas import SPECIAL_TOKENS
 
 REPORT_FILE = "report.md"
@@ -46,13 +48,13 @@ _VERSION_RE = re.compile(r"v([0-9]+)")
 
 
 def read_training_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl, one per logged step, sorted by step.
+    """The records of a metrics.jsonl (path or URL), one per logged step, sorted by step.
 
     A resumed run appends the steps after its last checkpoint again; the later record of a
     step wins, as it belongs to the run that produced the published vectors.
     """
     by_step: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
+    with fsspec.open(os.fspath(path), "r", encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -261,11 +263,11 @@ def write_report(
 ) -> Path:
     """Write `out_dir/report.md` and its PNG plots for the artefact in `artefact_dir`.
 
-    The artefact is verified first. `history` is the manifests of the other versions of the
+    The artefact (a path or an fsspec URL) is verified first; `out_dir` is a local directory. `history` is the manifests of the other versions of the
     same name (the caller lists the store), compared in the evaluation table and the scores
     plot; a manifest of this very version in it is ignored. Returns the report's path.
     """
-    directory = Path(artefact_dir)
+    directory = as_location(artefact_dir)
     emb = read_embeddings(directory)
     manifest = emb.manifest
     current = str(manifest.get("version"))
@@ -275,13 +277,14 @@ def write_report(
     others = {str(m.get("version")): m for m in history or [] if str(m.get("version")) != current}
     manifests = sorted([*others.values(), manifest], key=_version_key)
 
-    title = f"{manifest.get('name', directory.parent.name)} {current}"
+    title = f"{manifest.get('name', '-')} {current}"
     lines = [f"# Embedding report: {title}", "", f"Created {manifest.get('created', '-')}."]
     lines += ["", *_summary(manifest, emb)]
 
     lines += ["", "## Training", ""]
-    metrics_path = directory / METRICS_FILE
-    records = read_training_metrics(metrics_path) if metrics_path.is_file() else []
+    metrics_path = join(directory, METRICS_FILE)
+    fs, path = filesystem(metrics_path)
+    records = read_training_metrics(metrics_path) if fs.isfile(path) else []
     if records:
         plot_training(records, out / LOSS_PLOT)
         last = records[-1]

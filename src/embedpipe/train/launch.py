@@ -1,24 +1,61 @@
-"""Launching training as torchrun does it: the same command for the CLI and the flow."""
+"""Launching training as torchrun does it: the same command for the CLI, the flow and clusters.
+
+One node: `torchrun --standalone`. Many nodes: every node runs the same command with its
+own `--node_rank`, meeting at a c10d rendezvous (`launch.rdzv_endpoint`); see
+infra/slurm/train.sbatch and infra/k8s/training.yaml. With `launch.max_restarts` > 0,
+torchrun restarts the whole worker group when a worker dies, and the trainer resumes from
+the newest complete checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedpipe.config import RunConfig, save_config
+from embedpipe.config import LaunchConfig, RunConfig, save_config
+from embedpipe.processes import run_logged
 from embedpipe.train.trainer import SUMMARY
 
+# The environment every torchrun launch gets (the flow, the CLI, infra/ scripts, tests):
+# - unbuffered workers, so their lines reach the log (and the Prefect run log) as printed;
+# - no sharing of the agent's rendezvous store with the workers: with sharing (torch's
+#   default since 2.5) a restarted worker group reads the previous attempt's gloo/NCCL
+#   addresses from the store and may fail to connect (pytorch/pytorch#135712), so a
+#   `--max-restarts` restart fails instead of resuming. Seen here with gloo on loopback.
+TORCHRUN_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
-def torchrun_command(config_file: Path, out: Path, nproc: int) -> list[str]:
-    """`torchrun --standalone --nproc_per_node N -m embedpipe.train ...` with this interpreter."""
+
+def torchrun_command(
+    config_file: Path, out: Path, nproc: int, launch: LaunchConfig | None = None
+) -> list[str]:
+    """`torchrun [--standalone | --nnodes .. --rdzv-*] --nproc-per-node N -m embedpipe.train ...`.
+
+    Runs torchrun as `python -m torch.distributed.run` with this interpreter; `launch`
+    (default: one node, no restarts) says which node this is and where the others meet.
+    """
+    launch = launch or LaunchConfig()
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    if launch.nnodes == 1 and not launch.rdzv_endpoint:
+        command.append("--standalone")
+    else:
+        command += [
+            f"--nnodes={launch.nnodes}",
+            f"--node-rank={launch.node_rank}",
+            f"--rdzv-backend={launch.rdzv_backend}",
+            f"--rdzv-endpoint={launch.rdzv_endpoint}",
+            f"--rdzv-id={launch.rdzv_id}",
+        ]
+    if launch.local_addr:
+        command.append(f"--local-addr={launch.local_addr}")
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}",
+        *command,
+        f"--nproc-per-node={nproc}",
+        f"--max-restarts={launch.max_restarts}",
         "-m", "embedpipe.train", "--config", str(config_file), "--out", str(out),
     ]  # fmt: skip
 
@@ -45,14 +82,10 @@ def run_training(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     config_file = save_config(config, out / "run-config.json")
-    command = torchrun_command(config_file, out, config.train.nproc)
+    command = torchrun_command(config_file, out, config.train.nproc, config.launch)
     log("$ " + " ".join(command))
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log(line.rstrip())
-    if proc.returncode != 0:
-        raise RuntimeError(f"training failed: torchrun exited with {proc.returncode}")
+    env = {**os.environ, **TORCHRUN_ENV}
+    done = run_logged(command, log, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"training failed: torchrun exited with {done.returncode}")
     return {**json.loads(summary_path.read_text()), "skipped": False}

@@ -1,0 +1,185 @@
+"""Parquet written by the Python side of a Spark task, for stages whose rows are made there.
+
+A stage that makes its rows in Python (Arrow batches) writes them with pyarrow from the
+task itself instead of handing them back to the JVM: Spark's conversion of Arrow lists to
+rows and its Parquet writer for nested columns were the largest costs of the tokenize,
+encode and cooccur stages. Spark still reads the input, schedules the tasks and shuffles;
+each task writes one file named after its partition (`part-00007.parquet`), through a
+hidden temporary name and a rename, so a reader never sees half a file and a retried or
+speculative attempt replaces it with the same bytes (the content of a partition is a
+function of the input). The whole stage output becomes visible only when the stage
+commits (see `stage.run_stage`).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame
+
+ROW_GROUP_ROWS = 1 << 17  # rows buffered per Parquet row group of a part file
+_ROWS_SCHEMA = pa.schema([pa.field("rows", pa.int64())])
+_TEMPORARY = re.compile(r"^\.part-\d+\.parquet\.[0-9a-f]{12}$")
+
+
+def part_name(partition: int) -> str:
+    return f"part-{partition:05d}.parquet"
+
+
+def task_partition() -> int:
+    """The partition index of the running Spark task (0 outside Spark)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context.partitionId() if context is not None else 0
+
+
+class PartWriter:
+    """Writes batches into one Parquet file, in row groups of about `row_group_rows` rows.
+
+    Nothing is created until the first row; `close` renames the file into place.
+    """
+
+    def __init__(self, url: str, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS):
+        self.url, self.schema, self.row_group_rows = url, schema, row_group_rows
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
+        self.rows = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.file: Any = None
+        self.tmp = ""
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Add a batch (cast to the file's schema: Spark's batches have nullable fields and
+        `element` list items)."""
+        if batch.num_rows == 0:
+            return
+        if not batch.schema.equals(self.schema):
+            columns = [c.cast(f.type) for c, f in zip(batch.columns, self.schema, strict=True)]
+            batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        if self.pending_rows >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        """Write the pending rows in whole row groups (and the rest too when `final`)."""
+        rows = (
+            self.pending_rows
+            if final
+            else self.pending_rows // self.row_group_rows * self.row_group_rows
+        )
+        if rows == 0:
+            return
+        if self.writer is None:
+            parent, name = self.path.rsplit("/", 1)
+            self.fs.makedirs(parent, exist_ok=True)
+            self.tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}"
+            self.file = self.fs.open(self.tmp, "wb")
+            self.writer = pq.ParquetWriter(self.file, self.schema)
+        table = pa.Table.from_batches(self.pending, schema=self.schema)
+        self.writer.write_table(table.slice(0, rows), row_group_size=self.row_group_rows)
+        rest = table.slice(rows)
+        self.pending = rest.to_batches() if rest.num_rows else []
+        self.pending_rows = rest.num_rows
+        self.rows += rows
+
+    def close(self) -> int:
+        """Finish the file (if any row was written); returns the rows written."""
+        self._flush(final=True)
+        if self.writer is not None:
+            self.writer.close()
+            self.file.close()
+            self.fs.mv(self.tmp, self.path)
+            self.writer = None
+        return self.rows
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+                self.file.close()
+            finally:
+                self.fs.rm(self.tmp)
+            self.writer = None
+
+
+def write_table(
+    table: pa.Table, url: str, row_group_rows: int = 1 << 20, empty_ok: bool = False
+) -> None:
+    """Write a whole table as one file (temporary name, then rename); an empty table
+    writes nothing unless `empty_ok`."""
+    if table.num_rows == 0 and empty_ok:
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+        return
+    writer = PartWriter(url, table.schema, row_group_rows)
+    try:
+        for batch in table.to_batches():
+            writer.write(batch)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def data_files(url: str) -> list[str]:
+    """The Parquet files of a table directory, leaving out hidden (`.`, `_`) files and dirs."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root):
+        return []
+    return sorted(
+        p
+        for p in fs.find(root)
+        if p.endswith(".parquet")
+        and not any(part.startswith((".", "_")) for part in p[len(root) :].split("/") if part)
+    )
+
+
+def write_dataframe(df: DataFrame, url: str, schema: pa.Schema) -> int:
+    """Write a DataFrame's rows (columns named as `schema`) as `part-<partition>.parquet`
+    files from its tasks, in partition order; returns the number of rows.
+
+    Used for the tables Spark computes, so that every table of the pipeline is written
+    the same way: Spark's own writer (parquet-mr) lists each column's encodings in a hash
+    order that differs from one JVM to the next, so its files are not byte-identical
+    between runs in different processes.
+    """
+    out = url.rstrip("/")
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        writer = PartWriter(f"{out}/{part_name(task_partition())}", schema)
+        try:
+            for batch in batches:
+                writer.write(batch)
+            rows = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        yield pa.RecordBatch.from_pylist([{"rows": rows}], schema=_ROWS_SCHEMA)
+
+    written = df.select(*schema.names).mapInArrow(write_partition, "rows bigint").collect()
+    finish_table(out, schema)
+    return sum(r["rows"] for r in written)
+
+
+def finish_table(url: str, schema: pa.Schema) -> None:
+    """After the job: remove temporary files that failed or lost attempts left behind, and
+    give a table with no data file one empty file so readers learn its schema (Spark's
+    writer does the same for an empty result)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        for path in fs.find(root):
+            if _TEMPORARY.match(path.rsplit("/", 1)[-1]):
+                fs.rm(path)
+    if not data_files(url):
+        write_table(schema.empty_table(), f"{url.rstrip('/')}/{part_name(0)}", empty_ok=True)

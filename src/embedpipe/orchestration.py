@@ -1,0 +1,173 @@
+"""What the Prefect flow needs besides the steps: its parameter model and its cache keys.
+
+`PretrainParameters` is generated from `config.RunConfig`, field by field, so the config
+dataclasses stay the one definition of every setting: a deployment's parameters are
+validated by the same `__post_init__` checks (and unknown keys refused) before any run
+starts, and the Prefect UI shows a form with every section.
+
+Cache keys: a stage task's key is made of what its output depends on, the config sections
+it reads, the fingerprints of its upstream tables (or of the input files), the code and the
+workdir, never of where Spark ran. A rerun with the same inputs hits the cache; a changed
+section reruns that stage and, through the upstream fingerprints, only what reads its
+table. A cache hit is trusted only while its output is still on disk with the same
+fingerprint (`stage_output_matches`, `training_output_matches`): the flow reruns the task
+with a refreshed cache otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import pydantic
+
+from embedpipe.config import (
+    RunConfig,
+    fingerprint,
+    from_dict,
+    load_config,
+    parse_override,
+    to_dict,
+)
+from embedpipe.corpus.stage import Workdir
+from embedpipe.version import source_hash
+
+
+def _parameter_fields() -> dict[str, Any]:
+    hints = get_type_hints(RunConfig)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = (hints[f.name], pydantic.Field(default_factory=f.default_factory))
+        else:
+            fields[f.name] = (hints[f.name], f.default)
+    return fields
+
+
+class _ParametersBase(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    def to_run_config(self) -> RunConfig:
+        """The RunConfig these parameters describe (validated again by its own checks)."""
+        return RunConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)})
+
+    @classmethod
+    def from_run_config(cls, config: RunConfig) -> PretrainParameters:
+        return cls.model_validate(to_dict(config))
+
+
+PretrainParameters = pydantic.create_model(
+    "PretrainParameters",
+    __base__=_ParametersBase,
+    __doc__="The pipeline's parameters: name, workdir, store and one section per stage "
+    "(corpus, tokenize, vocab, encode, bucket, cooccur), Spark, the model (train), launch.",
+    **_parameter_fields(),
+)
+
+
+def resolve_config(
+    params: PretrainParameters | dict[str, Any] | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """The run's config from parameters or a config file (not both), then `a.b=v` overrides."""
+    if params is not None and config_path is not None:
+        raise ValueError("give either parameters or a config file, not both")
+    if params is None:
+        return load_config(config_path, overrides or [])
+    if isinstance(params, dict):
+        params = PretrainParameters.model_validate(params)
+    if not overrides:
+        return params.to_run_config()
+    # Overrides apply to the plain data, which goes through the same validation again.
+    data = params.model_dump(mode="json")
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return from_dict(RunConfig, data)
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What one corpus stage reads: config sections and upstream tables (corpus files: [])."""
+
+    table: str
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...]
+
+
+# The dependency graph of corpus.stages (tests check it against the manifests' inputs).
+STAGES: dict[str, StageInputs] = {
+    "tokenize": StageInputs("tokens", ("corpus", "tokenize"), ()),
+    "build_vocab": StageInputs("vocab", ("vocab",), ("tokens",)),
+    "encode": StageInputs("sequences", ("encode",), ("tokens", "vocab")),
+    "bucket": StageInputs("buckets", ("bucket",), ("sequences",)),
+    "cooccur": StageInputs("cooccur", ("cooccur",), ("sequences", "vocab")),
+}
+
+
+def upstream_fingerprints(stage: str, manifests: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """{table: fingerprint} of the tables `stage` reads, from the manifests of earlier stages."""
+    by_table = {STAGES[name].table: m["fingerprint"] for name, m in manifests.items()}
+    return {table: by_table[table] for table in STAGES[stage].upstream}
+
+
+def corpus_fingerprint(config: RunConfig) -> str:
+    """The input files by name, size and modification time (what the tokenize stage records)."""
+    from embedpipe.corpus.sources import fingerprint_files, list_input_files
+
+    return fingerprint_files(list_input_files(config.corpus.paths))
+
+
+def stage_cache_key(stage: str, config: RunConfig, upstream: dict[str, str]) -> str:
+    """Key of one stage's task: its sections, its upstream fingerprints, the code, the workdir.
+
+    `upstream` maps each upstream table to its manifest's fingerprint (from the tasks that
+    wrote them); the tokenize stage's input is the corpus files' fingerprint instead.
+    """
+    spec = STAGES[stage]
+    missing = set(spec.upstream) - set(upstream)
+    if missing:
+        raise KeyError(f"{stage} needs the fingerprints of {sorted(missing)}")
+    inputs = {t: upstream[t] for t in spec.upstream} or {"files": corpus_fingerprint(config)}
+    sections = {s: to_dict(getattr(config, s)) for s in spec.sections}
+    return "stage-" + fingerprint(stage, config.workdir, sections, inputs, source_hash())
+
+
+def stage_output_matches(config: RunConfig, stage: str, manifest: dict[str, Any]) -> bool:
+    """True when the stage's table is on disk, complete, with this manifest's fingerprint."""
+    on_disk = Workdir(config.workdir).read_manifest(STAGES[stage].table)
+    return on_disk is not None and on_disk.get("fingerprint") == manifest.get("fingerprint")
+
+
+def training_cache_key(config: RunConfig) -> str:
+    """Key of the training task: the trainer's fingerprint (its config and input tables),
+    the world size and the output directory."""
+    from embedpipe.train.trainer import training_fingerprint
+
+    world = config.train.nproc * config.launch.nnodes
+    expected = training_fingerprint(config.train, Workdir(config.workdir))
+    return "train-" + fingerprint(expected, world, config.workdir, source_hash())
+
+
+def training_output_matches(config: RunConfig, summary: dict[str, Any]) -> bool:
+    """True when `<workdir>/train` still holds this training summary and its checkpoint."""
+    from embedpipe.train.trainer import SUMMARY
+
+    out = Path(config.workdir) / "train"
+    path = out / SUMMARY
+    if not path.is_file():
+        return False
+    on_disk = json.loads(path.read_text())
+    checkpoint = on_disk.get("checkpoint")
+    return (
+        on_disk.get("fingerprint") == summary.get("fingerprint")
+        and checkpoint is not None
+        and (out / "checkpoints" / checkpoint / "COMPLETE").is_file()
+    )

@@ -1,0 +1,286 @@
+"""A small BERT-style encoder and its masked-LM objective: model, masking and packing.
+
+An example is `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` (`pack`): segment id 0 up to and
+including the first [SEP], 1 after it. The input is the sum of token, position and segment
+embeddings, normalised; then pre-LayerNorm Transformer layers (attention through
+`scaled_dot_product_attention`, padded keys masked out) and a final LayerNorm. The masked-LM
+head (dense, GELU, LayerNorm, then the output layer, tied to the token embedding by default)
+runs only on the target positions, so its (targets x vocabulary) logits stay small.
+
+`mask_tokens` chooses targets among ordinary tokens only (never [PAD], [UNK], [CLS], [SEP],
+[MASK]): each with probability `mask_prob`; a target's input becomes [MASK] (80%), a random
+word (10%) or stays as it is (10%), BERT's recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedpipe import schemas as S
+from embedpipe.config import MLMConfig
+
+PAD_ID = S.PAD_ID
+UNK_ID = S.UNK_ID
+CLS_ID = S.SPECIAL_TOKENS.index(S.CLS)
+SEP_ID = S.SPECIAL_TOKENS.index(S.SEP)
+MASK_ID = S.SPECIAL_TOKENS.index(S.MASK)
+N_SPECIAL = len(S.SPECIAL_TOKENS)  # ids below this are never targets nor random replacements
+IGNORE = -100  # label of a position that is not a target (cross_entropy's ignore_index)
+INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The architecture of a `MaskedLM`: everything needed to rebuild it from its weights."""
+
+    vocab_size: int
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 512
+    max_len: int = 128
+    dropout: float = 0.1
+    tie_output: bool = True
+    segments: int = 2
+    norm: str = "pre"  # LayerNorm before each sub-layer, plus one after the last layer
+    activation: str = "gelu"
+    pad_id: int = PAD_ID
+    cls_id: int = CLS_ID
+    sep_id: int = SEP_ID
+    mask_id: int = MASK_ID
+
+    def __post_init__(self) -> None:
+        if self.vocab_size <= N_SPECIAL:
+            raise ValueError(f"vocab_size must exceed the {N_SPECIAL} special tokens")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
+
+    @classmethod
+    def from_mlm(cls, config: MLMConfig, vocab_size: int) -> EncoderConfig:
+        return cls(
+            vocab_size=vocab_size,
+            width=config.width,
+            layers=config.layers,
+            heads=config.heads,
+            ffn=config.ffn,
+            max_len=config.max_len,
+            dropout=config.dropout,
+            tie_output=config.tie_output,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown encoder config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm Transformer layer: x + attention(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.dropout = config.dropout
+        self.attention_norm = nn.LayerNorm(config.width)
+        self.qkv = nn.Linear(config.width, 3 * config.width)
+        self.attention_out = nn.Linear(config.width, config.width)
+        self.ffn_norm = nn.LayerNorm(config.width)
+        self.ffn_in = nn.Linear(config.width, config.ffn)
+        self.ffn_out = nn.Linear(config.ffn, config.width)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
+        """`attend`: bool (B, 1, 1, L), True where a key is a real token (None: no padding)."""
+        batch, length, width = x.shape
+        qkv = self.qkv(self.attention_norm(x))
+        q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.drop(
+            self.attention_out(attended.transpose(1, 2).reshape(batch, length, width))
+        )
+        return x + self.drop(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x)))))
+
+
+class MaskedLM(nn.Module):
+    """Token + position + segment embeddings, a Transformer encoder and a masked-LM head."""
+
+    def __init__(self, config: EncoderConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.token = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_id)
+        self.position = nn.Embedding(config.max_len, width)
+        self.segment = nn.Embedding(config.segments, width)
+        self.embedding_norm = nn.LayerNorm(width)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
+        self.final_norm = nn.LayerNorm(width)
+        self.head_dense = nn.Linear(width, width)
+        self.head_norm = nn.LayerNorm(width)
+        self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.output = None if config.tie_output else nn.Linear(width, config.vocab_size, bias=False)
+        self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int) -> None:
+        """N(0, 0.02) weights, zero biases, unit norms, a zero [PAD] row; the same for a seed."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.ndim >= 2:
+                    p.copy_(torch.randn(p.shape, generator=generator) * INIT_STD)
+                elif name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.zero_()
+            self.token.weight[self.config.pad_id].zero_()
+
+    def hidden_states(
+        self,
+        ids: torch.Tensor,
+        segments: torch.Tensor,
+        mask: torch.Tensor | None,
+        upto: int | None = None,
+    ) -> list[torch.Tensor]:
+        """[embeddings, after layer 1, ..., after layer `upto` (default all)], each (B, L, d).
+
+        `mask` is bool (B, L), True at real tokens (None: no padding). The last layer's
+        state is not yet through `final_norm`.
+        """
+        length = ids.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"sequences of {length} tokens exceed max_len {self.config.max_len}")
+        positions = torch.arange(length, device=ids.device)
+        x = self.token(ids) + self.position(positions) + self.segment(segments)
+        x = self.drop(self.embedding_norm(x))
+        attend = None if mask is None else mask[:, None, None, :]
+        states = [x]
+        for layer in self.layers[: self.config.layers if upto is None else upto]:
+            x = layer(x, attend)
+            states.append(x)
+        return states
+
+    def encode(
+        self,
+        ids: torch.Tensor,
+        segments: torch.Tensor,
+        mask: torch.Tensor | None,
+        layer: int | None = None,
+    ) -> torch.Tensor:
+        """Token vectors (B, L, d) after `layer` layers (0: the embeddings; default and -1:
+        the last), through the final LayerNorm so every layer comes at the same scale."""
+        n = self.config.layers
+        index = n if layer is None else (layer + n + 1 if layer < 0 else layer)
+        if not 0 <= index <= n:
+            raise ValueError(f"layer must be in [-{n + 1}, {n}], got {layer}")
+        return self.final_norm(self.hidden_states(ids, segments, mask, upto=index)[index])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary scores of final hidden states (..., d) -> (..., V)."""
+        h = self.head_norm(F.gelu(self.head_dense(hidden)))
+        weight = self.token.weight if self.output is None else self.output.weight
+        return F.linear(h, weight, self.output_bias)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        segments: torch.Tensor,
+        mask: torch.Tensor | None,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the target positions (labels != IGNORE)."""
+        hidden = self.final_norm(self.hidden_states(ids, segments, mask)[-1])
+        targets = labels != IGNORE
+        if not bool(targets.any()):
+            # No target in this batch: a zero loss that still reaches every parameter (DDP).
+            return self.logits(hidden[:1, 0]).sum() * 0.0
+        scores = self.logits(hidden[targets])
+        return F.cross_entropy(scores.float(), labels[targets])
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on matrices (linear and embedding weights) only,
+    never on biases and LayerNorm weights (the 1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    plain = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
+
+
+def mask_tokens(
+    ids: np.ndarray,
+    rng: np.random.Generator,
+    vocab_size: int,
+    mask_prob: float = 0.15,
+    mask_token_prob: float = 0.8,
+    random_token_prob: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) for a padded batch of ids: BERT's 80/10/10 masking.
+
+    Only ordinary tokens (id >= N_SPECIAL) can be targets; labels hold the original id at
+    targets and IGNORE elsewhere. Random replacements are ordinary tokens drawn uniformly.
+    """
+    chosen = (ids >= N_SPECIAL) & (rng.random(ids.shape) < mask_prob)
+    labels = np.where(chosen, ids, IGNORE).astype(np.int64)
+    how = rng.random(ids.shape)
+    to_mask = chosen & (how < mask_token_prob)
+    to_random = chosen & (how >= mask_token_prob) & (how < mask_token_prob + random_token_prob)
+    inputs = ids.astype(np.int64, copy=True)
+    inputs[to_mask] = MASK_ID
+    inputs[to_random] = rng.integers(N_SPECIAL, vocab_size, size=int(to_random.sum()))
+    return inputs, labels
+
+
+def pack(
+    first: Sequence[np.ndarray], second: Sequence[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, segments, lengths) of `[CLS] a [SEP]` / `[CLS] a [SEP] b [SEP]` rows.
+
+    Rows are right-padded with [PAD] to the longest; segment 0 covers [CLS] a [SEP], segment
+    1 covers b [SEP] (and padding is segment 0).
+    """
+    lengths = np.array(
+        [len(a) + 2 + (0 if b is None else len(b) + 1) for a, b in zip(first, second, strict=True)],
+        dtype=np.int64,
+    )
+    width = int(lengths.max()) if len(lengths) else 0
+    ids = np.full((len(lengths), width), PAD_ID, dtype=np.int64)
+    segments = np.zeros((len(lengths), width), dtype=np.int64)
+    for row, (a, b) in enumerate(zip(first, second, strict=True)):
+        end = len(a) + 1
+        ids[row, 0] = CLS_ID
+        ids[row, 1:end] = a
+        ids[row, end] = SEP_ID
+        if b is not None:
+            ids[row, end + 1 : end + 1 + len(b)] = b
+            ids[row, end + 1 + len(b)] = SEP_ID
+            segments[row, end + 1 : end + 2 + len(b)] = 1
+    return ids, segments, lengths
+
+
+def padding_mask(lengths: np.ndarray, width: int) -> np.ndarray:
+    """bool (B, width): True at the first `lengths[i]` positions of row i."""
+    return np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf when it overflows."""
+    return math.exp(loss) if loss < 700 else math.inf

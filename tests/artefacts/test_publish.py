@@ -1,0 +1,119 @@
+"""publish_training on a real (tiny, in-process) training run: every manifest field the
+artefact promises, into a store given by URL."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import embedpipe
+from embedpipe.artefacts import ArtefactStore, verify
+from embedpipe.artefacts.publish import LIBRARIES, publish_training
+from embedpipe.artefacts.store import filesystem
+from embedpipe.config import RunConfig, TrainConfig, to_dict
+from embedpipe.corpus.stage import MANIFEST as STAGE_MANIFEST
+from embedpipe.corpus.stages import TABLES
+from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint
+from embedpipe.train.trainer import train
+
+TRAIN_CONFTEST = Path(__file__).resolve().parents[1] / "train" / "conftest.py"
+
+
+def write_workdir(root: Path) -> Path:
+    """The training tests' tiny vocab + sequences workdir (40 words), plus the manifests of
+    the stages the trainer does not read, as the corpus jobs leave them."""
+    spec = importlib.util.spec_from_file_location("train_conftest_for_publish", TRAIN_CONFTEST)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_workdir(root)
+    for table in TABLES.values():
+        manifest = root / table / STAGE_MANIFEST
+        if not manifest.exists():
+            manifest.parent.mkdir(parents=True)
+            record = {"fingerprint": f"{table}-fp", "counts": {"rows": 1}, "seconds": 0.5}
+            manifest.write_text(json.dumps(record))
+    return root
+
+
+@pytest.fixture
+def store_url() -> Iterator[str]:
+    url = f"memory://embedpipe-{uuid.uuid4().hex}/store"
+    yield url
+    fs, path = filesystem(url)
+    fs.rm(path, recursive=True)
+
+
+def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store_url: str) -> None:
+    work = write_workdir(tmp_path / "work")
+    train_config = TrainConfig(dim=8, window=2, negatives=2, epochs=1, batch_size=64, log_every=1)
+    summary = train(train_config, str(work), work / "train")
+    config = RunConfig(name="tiny", workdir=str(work), store=store_url, train=train_config)
+
+    version = publish_training(config, work / "train", ArtefactStore(store_url))
+    assert version == f"{store_url}/tiny/v0001"
+    manifest = verify(version)
+
+    assert (manifest["name"], manifest["version"]) == ("tiny", "v0001")
+    assert manifest["created"].endswith("+00:00")
+    # The model and every hyper-parameter it was trained with.
+    assert manifest["model"]["kind"] == "sgns"
+    assert manifest["model"]["hyperparameters"] == to_dict(train_config)
+    # What went in: every corpus stage's fingerprint, the tokenizer and the run config.
+    assert {t: s["fingerprint"] for t, s in manifest["stages"].items()} == {
+        "tokens": "tokens-fp",
+        "vocab": "vocab-0",
+        "sequences": "sequences-0",
+        "buckets": "buckets-fp",
+        "cooccur": "cooccur-fp",
+    }
+    assert manifest["tokenizer"]["model_file"] is None  # word-level: no SentencePiece model
+    assert manifest["tokenizer"]["lowercase"] == config.tokenize.lowercase
+    assert manifest["run_config"] == config.to_dict()
+    # Code, libraries, hardware and world size.
+    assert manifest["code_version"]["package"] == embedpipe.__version__
+    assert set(manifest["code_version"]) == {"package", "source", "git"}
+    assert manifest["libraries"] == {lib: metadata.version(lib) for lib in LIBRARIES}
+    assert manifest["libraries"]["torch"] == torch.__version__
+    hardware = manifest["hardware"]
+    assert hardware["cpus"] == os.cpu_count() and hardware["memory_bytes"] > 2**28
+    assert hardware["gpus"] == [
+        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+    ]
+    training = manifest["training"]
+    assert training["world_size"] == 1 and training["device"] == "cpu"
+    assert training["seconds"] == summary["seconds"] > 0
+    assert training["words_per_sec"] == summary["words_per_sec"] > 0
+    assert training["corpus_words"] == summary["corpus_words"] > 0
+    # Evaluation scores (the probe words are not in this toy vocabulary: no neighbours).
+    metrics = manifest["metrics"]
+    assert metrics["wordsim353"]["oov_rate"] == 1.0 and metrics["simlex999"]["oov_rate"] == 1.0
+    assert set(metrics["analogy"]) >= {
+        "accuracy", "semantic_accuracy", "syntactic_accuracy", "coverage",
+    }  # fmt: skip
+    assert metrics["analogy"]["coverage"] == 0.0
+    assert "neighbours" in metrics
+    # The sha256 and size of every file, and no file the manifest does not list.
+    fs, path = filesystem(version)
+    on_disk = sorted(p.rsplit("/", 1)[-1] for p in fs.find(path) if not p.endswith("manifest.json"))
+    assert sorted(manifest["files"]) == on_disk == [
+        "metrics.jsonl", "vectors.safetensors", "vectors.w2v.txt", "vocab.parquet",
+    ]  # fmt: skip
+    for name, entry in manifest["files"].items():
+        data = fs.cat_file(f"{path}/{name}")
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    loaded = embedpipe.load("tiny", store=store_url)
+    weights, _ = load_checkpoint(latest_checkpoint(work / "train" / "checkpoints"))
+    np.testing.assert_array_equal(loaded.vectors, weights["input"].numpy())
+    assert loaded.vocab[5:7] == ["w0", "w1"]

@@ -1,0 +1,466 @@
+"""Property-based tests of every corpus stage against plain-Python references (hypothesis).
+
+Two levels per stage: its Arrow/numpy kernel, called directly on many examples, and the
+real Spark stage (the session fixture) on a few, since every example there costs Spark
+jobs. Inputs mix scripts (Latin, Greek, Cyrillic, CJK, Hangul, Arabic, Devanagari, emoji),
+empty lines, invalid UTF-8, NUL and other control characters, CR/LF line ends, over-long
+lines and, for JSON Lines, malformed records and missing fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from embedpipe import schemas as S
+from embedpipe.config import (
+    CooccurConfig,
+    EncodeConfig,
+    TokenizeConfig,
+    VocabConfig,
+    load_config,
+)
+from embedpipe.corpus.bucket import bucket_of, write_buckets
+from embedpipe.corpus.cooccur import count_pairs, write_cooccur
+from embedpipe.corpus.encode import encode_arrow, write_sequences
+from embedpipe.corpus.sources import CorpusError
+from embedpipe.corpus.stages import STAGE_FUNCTIONS
+from embedpipe.corpus.tokenize import tokenize_batch
+from embedpipe.corpus.vocab import TokenCounter, build_vocab, count_tokens, sum_counts
+from embedpipe.text import tokenize_line
+from embedpipe.text.tokenizer import split_long_line
+
+N_SPECIAL = len(S.SPECIAL_TOKENS)
+SPARK = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+KERNEL = settings(max_examples=150, deadline=None)
+
+# ---------------------------------------------------------------- inputs
+
+WORDS = ["the", "Cat", "naïve", "ΣΟΦΙΑ", "жизнь", "東京", "日本語は", "한국어", "مرحبا", "नमस्ते"]
+WORDS += ["x1", "42", "ﬁne", "Ｆｕｌｌ", "😀", "don't", "e\u0301"]
+SEPARATORS = [" ", "  ", ", ", "\t", ". ", "!", "\x07", "\x1b", "\x7f", "\u00a0", "\u3000"]
+BAD_BYTES = [b"\xff", b"\xc3", b"\xe6\x9d", b"\x80\x80", b"\xf0\x9f\x98"]  # invalid UTF-8
+
+
+@st.composite
+def text_lines(draw: st.DrawFn, long: bool = True) -> list[bytes]:
+    """Lines as bytes: words and separators, some invalid UTF-8, some empty or over-long."""
+    lines = []
+    for _ in range(draw(st.integers(0, 12))):
+        parts = draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(WORDS).map(str.encode),
+                    st.sampled_from(SEPARATORS).map(str.encode),
+                    st.sampled_from(BAD_BYTES),
+                ),
+                max_size=12,
+            )
+        )
+        if long and draw(st.booleans()) and draw(st.booleans()):
+            parts = parts * draw(st.integers(4, 10))  # likely over the limit
+        lines.append(b"".join(parts))
+    return lines
+
+
+def decode(raw: bytes) -> tuple[str, bool]:
+    """(text, repaired): invalid UTF-8 replaced by U+FFFD, and whether any was."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), True
+
+
+def reference_tokens(texts: list[tuple[str, bool]], limit: int) -> list[tuple]:
+    """(tokens, n_tokens, repaired, split) per sequence: lines over the limit are cut."""
+    rows = []
+    for text, repaired in texts:
+        long = len(text) > limit
+        for piece in split_long_line(text, limit) if long else [text]:
+            tokens = tokenize_line(piece)
+            rows.append((tokens, len(tokens), repaired, long))
+    return rows
+
+
+def reference_vocab(token_lists: list[list[str]], config: VocabConfig) -> list[tuple]:
+    """(id, token, count, keep_prob, noise_prob) rows, as word2vec defines them."""
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    kept = sorted(
+        (t for t, c in counts.items() if c >= config.min_count), key=lambda t: (-counts[t], t)
+    )
+    kept = kept[: config.max_size] if config.max_size is not None else kept
+    rows = [(i, t, 0) for i, t in enumerate(S.SPECIAL_TOKENS)]
+    rows += [(N_SPECIAL + i, t, counts[t]) for i, t in enumerate(kept)]
+    total = sum(c for _, _, c in rows)
+    noise_total = sum(c**config.noise_power for _, _, c in rows)
+    out = []
+    for i, t, c in rows:
+        if c == 0:
+            keep = 0.0
+        elif config.sample == 0:
+            keep = 1.0
+        else:
+            threshold = config.sample * total
+            keep = min(1.0, (math.sqrt(c / threshold) + 1) * threshold / c)
+        out.append((i, t, c, keep, c**config.noise_power / noise_total if noise_total else 0.0))
+    return out
+
+
+def reference_cooccur(
+    sequences: list[list[int]], window: int, min_weight: float = 0.0
+) -> dict[tuple[int, int], float]:
+    """Exact sums of 1/distance, both directions, special ids skipped, as float32 values."""
+    sums: dict[tuple[int, int], Fraction] = {}
+    for ids in sequences:
+        for i, left in enumerate(ids):
+            for j in range(i + 1, min(i + window + 1, len(ids))):
+                right = ids[j]
+                if left >= N_SPECIAL and right >= N_SPECIAL:
+                    for key in ((left, right), (right, left)):
+                        sums[key] = sums.get(key, Fraction(0)) + Fraction(1, j - i)
+    return {k: float(np.float32(float(v))) for k, v in sums.items() if float(v) >= min_weight}
+
+
+def read_rows(path: Path) -> pa.Table:
+    return ds.dataset(path, format="parquet", partitioning="hive").to_table()
+
+
+# ---------------------------------------------------------------- tokenize
+
+
+@KERNEL
+@given(text_lines(), st.integers(16, 60))
+def test_tokenize_kernel(lines: list[bytes], limit: int) -> None:
+    texts = [decode(line) for line in lines]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([t for t, _ in texts], pa.string()), pa.array([r for _, r in texts])],
+        names=[S.TEXT, S.REPAIRED],
+    )
+    out = tokenize_batch(batch, TokenizeConfig(max_line_chars=limit))
+    got = list(zip(*[out.column(c).to_pylist() for c in out.schema.names], strict=True))
+    assert got == reference_tokens(texts, limit)
+
+
+@pytest.mark.spark
+@SPARK
+@given(text_lines(), st.sampled_from([b"\n", b"\r\n"]), st.booleans(), st.integers(16, 40))
+def test_tokenize_stage_on_text(
+    spark, lines: list[bytes], newline: bytes, final_newline: bool, limit: int
+) -> None:
+    """Plain text: lines end at LF or CRLF; invalid UTF-8 is repaired and counted (a file
+    that starts with over 10% of invalid bytes is refused as not text)."""
+    lines = [b"the cat sat"] * 30 + lines  # text enough that most examples are accepted
+    data = newline.join(lines) + (newline if final_newline else b"")
+    lines = re.split(rb"\r\n|\n", data)
+    if data.endswith(b"\n"):
+        lines = lines[:-1]
+    want = reference_tokens([decode(line) for line in lines], limit)
+    head = data[:8192].decode("utf-8", errors="replace")
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_bytes(data)
+        config = load_config(
+            None,
+            [
+                f"workdir={tmp}/work",
+                f'corpus.paths=["{corpus}"]',
+                f"tokenize.max_line_chars={limit}",
+            ],
+        )
+        if head.count("\ufffd") > 0.1 * len(head):
+            with pytest.raises(CorpusError, match="corpus.txt is not UTF-8 text"):
+                STAGE_FUNCTIONS["tokenize"](spark, config)
+            return
+        manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+        table = pq.read_table(f"{tmp}/work/tokens").sort_by(S.SEQ_ID)
+    columns = [S.TOKENS, S.N_TOKENS, S.REPAIRED, S.SPLIT]
+    assert list(zip(*[table.column(c).to_pylist() for c in columns], strict=True)) == want
+    assert len(set(table.column(S.SEQ_ID).to_pylist())) == len(want)
+    counts = manifest["counts"]
+    assert counts["sequences"] == len(want)
+    assert counts["tokens"] == sum(n for _, n, _, _ in want)
+    assert counts["invalid_utf8_lines"] == sum(1 for line in lines if decode(line)[1])
+    assert counts["split_pieces"] == sum(1 for _, _, _, split in want if split)
+    assert counts["empty_lines"] == sum(1 for _, n, _, _ in want if n == 0)
+
+
+@st.composite
+def json_records(draw: st.DrawFn) -> list[str]:
+    """JSON Lines: good records (text with NUL and control characters), records without the
+    field or with null, and malformed lines."""
+    records = []
+    for _ in range(draw(st.integers(1, 10))):
+        kind = draw(st.sampled_from(["good", "good", "good", "missing", "null", "malformed"]))
+        text = "".join(draw(st.lists(st.sampled_from([*WORDS, *SEPARATORS, "\x00"]), max_size=8)))
+        if kind == "good":
+            records.append(json.dumps({"body": text, "n": 1}))
+        elif kind == "missing":
+            records.append(json.dumps({"title": text}))
+        elif kind == "null":
+            records.append(json.dumps({"body": None}))
+        else:
+            records.append(draw(st.sampled_from(['{"body": "cut', "{not json", '{"body": 1,}'])))
+    return records
+
+
+@pytest.mark.spark
+@SPARK
+@given(json_records())
+def test_tokenize_stage_on_json_lines(spark, records: list[str]) -> None:
+    good, rejected = [], []
+    for record in records:
+        try:
+            value = json.loads(record).get("body")
+        except json.JSONDecodeError:
+            rejected.append("malformed JSON")
+            continue
+        if value is None:
+            rejected.append("missing field 'body'")
+        else:
+            good.append(value)
+    want = reference_tokens([(text, False) for text in good], 100_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "docs.jsonl"
+        corpus.write_text("\n".join(records) + "\n")
+        if not any(n for _, n, _, _ in want):
+            return
+        config = load_config(
+            None,
+            [
+                f"workdir={tmp}/work",
+                f'corpus.paths=["{corpus}"]',
+                "corpus.format=jsonl",
+                "corpus.text_field=body",
+            ],
+        )
+        manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+        table = pq.read_table(f"{tmp}/work/tokens").sort_by(S.SEQ_ID)
+        rejects = pq.read_table(f"{tmp}/work/tokens/_rejects") if rejected else None
+    assert table.column(S.TOKENS).to_pylist() == [t for t, _, _, _ in want]
+    assert manifest["counts"]["rejected_records"] == len(rejected)
+    if rejects is not None:
+        assert sorted(rejects.column(S.REASON).to_pylist()) == sorted(rejected)
+        assert all(s.endswith("docs.jsonl") for s in rejects.column(S.SOURCE).to_pylist())
+
+
+# ---------------------------------------------------------------- build_vocab
+
+tokens_strategy = st.lists(
+    st.lists(st.sampled_from(["a", "b", "B", "é", "e", "東", "z", "ab", "😀"]), max_size=10),
+    max_size=15,
+)
+vocab_configs = st.builds(
+    VocabConfig,
+    min_count=st.integers(1, 4),
+    max_size=st.one_of(st.none(), st.integers(1, 6)),
+    sample=st.sampled_from([0.0, 1e-3, 0.1]),
+    noise_power=st.sampled_from([0.75, 1.0]),
+)
+
+
+@KERNEL
+@given(tokens_strategy, st.integers(1, 7))
+def test_token_counter(token_lists: list[list[str]], flush: int) -> None:
+    counter = TokenCounter(flush_tokens=flush)
+    for tokens in token_lists:
+        counter.add(pa.array(tokens, pa.string()))
+    table = counter.table()
+    assert table.column(S.TOKEN).to_pylist() == sorted(table.column(S.TOKEN).to_pylist())
+    got = dict(zip(*[table.column(c).to_pylist() for c in (S.TOKEN, S.COUNT)], strict=True))
+    assert got == Counter(t for tokens in token_lists for t in tokens)
+
+
+@pytest.mark.spark
+@SPARK
+@given(tokens_strategy, vocab_configs, st.booleans())
+def test_build_vocab_stage(
+    spark, token_lists: list[list[str]], config: VocabConfig, from_partials: bool
+) -> None:
+    """From partial counts (what tokenize writes) or from the tokens table itself."""
+    if from_partials:
+        halves = [token_lists[::2], token_lists[1::2]]
+        partial = [
+            r for half in halves for r in Counter(t for ts in half for t in ts).items()
+        ]  # a token may appear in both halves: the sum must add them
+        counts = sum_counts(spark.createDataFrame(partial, "token string, count bigint"))
+    else:
+        rows = [(tokens,) for tokens in token_lists]
+        counts = count_tokens(spark.createDataFrame(rows, "tokens array<string>"))
+    rows = build_vocab(counts, config).collect()
+    got = [tuple(r) for r in rows]
+    want = reference_vocab(token_lists, config)
+    assert [g[:3] for g in got] == [w[:3] for w in want]
+    for g, w in zip(got, want, strict=True):
+        assert g[3] == pytest.approx(w[3], rel=1e-12) and g[4] == pytest.approx(w[4], rel=1e-12)
+
+
+# ---------------------------------------------------------------- encode
+
+VOCAB = [*S.SPECIAL_TOKENS, "a", "b", "東", "é"]
+encode_tokens = st.lists(
+    st.lists(st.sampled_from(["a", "b", "東", "é", "e", "zz", "A"]), max_size=8), max_size=12
+)
+
+
+def reference_encode(token_lists: list[list[str]], oov: str) -> list[list[int]]:
+    index = {t: i for i, t in enumerate(VOCAB)}
+    if oov == "drop":
+        return [[index[t] for t in tokens if t in index] for tokens in token_lists]
+    return [[index.get(t, S.UNK_ID) for t in tokens] for tokens in token_lists]
+
+
+@KERNEL
+@given(encode_tokens, st.sampled_from(["unk", "drop"]), st.integers(0, 3))
+def test_encode_kernel(token_lists: list[list[str]], oov: str, cut: int) -> None:
+    """Also on a sliced batch (Spark hands over slices of larger buffers)."""
+    tokens = pa.array([["a"]] * cut + token_lists, pa.list_(pa.string())).slice(cut)
+    got = encode_arrow(tokens, pa.array(VOCAB), oov)
+    assert got.type == pa.list_(pa.int32())
+    assert got.to_pylist() == reference_encode(token_lists, oov)
+
+
+@pytest.mark.spark
+@SPARK
+@given(encode_tokens, st.sampled_from(["unk", "drop"]))
+def test_encode_stage(spark, token_lists: list[list[str]], oov: str) -> None:
+    want = [ids for ids in reference_encode(token_lists, oov) if ids]
+    tokens = spark.createDataFrame([(t,) for t in token_lists], "tokens array<string>")
+    with tempfile.TemporaryDirectory() as tmp:
+        counts = write_sequences(tokens, VOCAB, EncodeConfig(oov=oov), f"{tmp}/seq")
+        table = pq.read_table(f"{tmp}/seq")
+    assert table.schema.equals(S.SEQUENCES_SCHEMA)
+    assert sorted(table.column(S.IDS).to_pylist()) == sorted(want)
+    assert table.column(S.LENGTH).to_pylist() == [len(i) for i in table.column(S.IDS).to_pylist()]
+    assert counts["sequences"] == len(want)
+    assert counts["tokens"] == sum(map(len, want))
+    assert counts["unk_tokens"] == sum(i == S.UNK_ID for ids in want for i in ids)
+    assert counts["max_length"] == (max(map(len, want)) if want else None)
+
+
+# ---------------------------------------------------------------- bucket
+
+lengths_strategy = st.lists(st.integers(1, 30), max_size=40)
+boundaries_strategy = st.lists(st.integers(1, 30), max_size=4, unique=True).map(sorted)
+
+
+def reference_bucket(length: int, boundaries: list[int]) -> int:
+    return sum(1 for b in boundaries if b < length)
+
+
+@KERNEL
+@given(lengths_strategy, boundaries_strategy)
+def test_bucket_kernel(lengths: list[int], boundaries: list[int]) -> None:
+    got = bucket_of(np.array(lengths, np.int32), boundaries).tolist()
+    assert got == [reference_bucket(n, boundaries) for n in lengths]
+
+
+@pytest.mark.spark
+@SPARK
+@given(lengths_strategy, boundaries_strategy)
+def test_bucket_stage(spark, lengths: list[int], boundaries: list[int]) -> None:
+    sequences = [(list(range(5, 5 + n)), n) for n in lengths]
+    df = spark.createDataFrame(sequences, "ids array<int>, length int")
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = write_buckets(df, boundaries, f"{tmp}/buckets")
+        table = read_rows(Path(tmp) / "buckets")
+        if not lengths:  # nothing to bucket: one empty file with the schema
+            assert table.num_rows == 0 and stats == []
+            return
+        files = list(Path(tmp, "buckets").rglob("*.parquet"))
+        schemas = [pq.read_schema(f) for f in files]
+    got = sorted(zip(*[table.column(c).to_pylist() for c in (S.LENGTH, S.BUCKET)], strict=True))
+    assert got == sorted((n, reference_bucket(n, boundaries)) for n in lengths)
+    assert all(schema.equals(S.SEQUENCES_SCHEMA) for schema in schemas)  # bucket: in the path
+    want = {}
+    for n in lengths:
+        want.setdefault(reference_bucket(n, boundaries), []).append(n)
+    assert [s["bucket"] for s in stats] == sorted(want)
+    for s in stats:
+        members = want[s["bucket"]]
+        assert (s["sequences"], s["tokens"]) == (len(members), sum(members))
+        assert (s["min_length"], s["max_length"]) == (min(members), max(members))
+        waste = 1 - sum(members) / (len(members) * max(members))
+        assert s["padding_waste"] == pytest.approx(waste, abs=1e-6)
+
+
+# ---------------------------------------------------------------- cooccur
+
+id_sequences = st.lists(st.lists(st.integers(0, 24), max_size=14), max_size=14)
+
+
+@KERNEL
+@given(id_sequences, st.integers(1, 7), st.sampled_from([0, 7, 60, 1 << 20]))
+def test_cooccur_kernel(sequences: list[list[int]], window: int, dense_cells: int) -> None:
+    ids = pa.array(sequences, pa.list_(pa.int32()))
+    rows, cols, weights = count_pairs(ids, window, vocab_size=25, dense_cells=dense_cells)
+    got = {
+        (int(r), int(c)): float(np.float32(w)) for r, c, w in zip(rows, cols, weights, strict=True)
+    }
+    assert got == reference_cooccur(sequences, window)
+
+
+@pytest.mark.spark
+@SPARK
+@given(
+    id_sequences,
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.sampled_from([0.0, 0.3, 1.0]),
+    st.sampled_from([8, 1 << 20]),
+)
+def test_cooccur_stage(
+    spark,
+    sequences: list[list[int]],
+    window: int,
+    shards: int,
+    min_weight: float,
+    group_entries: int,
+) -> None:
+    """Small `group_entries` cut each shard into several files (row ranges)."""
+    config = CooccurConfig(window=window, min_weight=min_weight, num_shards=shards)
+    counts = np.bincount([i for s in sequences for i in s], minlength=25)
+    df = spark.createDataFrame([(s,) for s in sequences], "ids array<int>")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_cooccur(df, config, counts, f"{tmp}/co", group_entries=group_entries)
+        parts = sorted(Path(tmp, "co").rglob("*.parquet"))
+        tables = {p.relative_to(Path(tmp, "co")).as_posix(): pq.read_table(p) for p in parts}
+    got = {}
+    for name, table in tables.items():
+        assert table.schema.equals(S.COOCCUR_SCHEMA)
+        if table.num_rows == 0:
+            assert name == "part-00000.parquet"  # the schema file of an empty matrix
+            continue
+        shard = int(name.split("/")[0].split("=")[1])
+        keys = list(
+            zip(table.column(S.ROW).to_pylist(), table.column(S.COL).to_pylist(), strict=True)
+        )
+        assert keys == sorted(keys) and all(r % shards == shard for r, _ in keys)
+        got.update(zip(keys, table.column(S.WEIGHT).to_pylist(), strict=True))
+    assert got == reference_cooccur(sequences, window, min_weight)
+    shard_files = [n for n in tables if "/" in n]
+    assert sum(f["entries"] for f in files) == len(got)
+    for shard in range(shards):  # a shard's files in name order are its rows in order
+        keys = [
+            k
+            for n in sorted(shard_files)
+            if n.startswith(f"shard={shard}/")
+            for k in zip(
+                tables[n].column(S.ROW).to_pylist(),
+                tables[n].column(S.COL).to_pylist(),
+                strict=True,
+            )
+        ]
+        assert keys == sorted(keys)

@@ -1,0 +1,161 @@
+"""The flow's parameter model (generated from RunConfig) and its cache keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import get_args, get_type_hints
+
+import pydantic
+import pytest
+
+from embedpipe.config import RunConfig, TrainConfig, load_config
+from embedpipe.orchestration import (
+    STAGES,
+    PretrainParameters,
+    resolve_config,
+    stage_cache_key,
+    stage_output_matches,
+    training_output_matches,
+    upstream_fingerprints,
+)
+from embedpipe.train.trainer import SUMMARY
+
+
+def test_parameters_have_every_section_of_the_run_config() -> None:
+    assert list(PretrainParameters.model_fields) == [f.name for f in dataclasses.fields(RunConfig)]
+    params = PretrainParameters.model_validate(
+        {"name": "news", "corpus": {"paths": ["a.txt", "b.txt"]}, "train": {"dim": 32}}
+    )
+    config = params.to_run_config()
+    assert isinstance(config, RunConfig)
+    assert config.corpus.paths == ("a.txt", "b.txt") and config.train.dim == 32
+    assert config.vocab == RunConfig().vocab
+    assert PretrainParameters.from_run_config(config) == params
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"vocab": {"min_count": 0}}, "vocab.min_count must be >= 1"),
+        ({"vocab": {"min_cont": 2}}, "min_cont"),
+        ({"train": {"model": "bert"}}, "model"),
+        ({"colour": "red"}, "colour"),
+        ({"launch": {"nnodes": 2}}, "rdzv_endpoint"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_the_field(bad: dict, message: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=message):
+        PretrainParameters.model_validate(bad)
+
+
+def test_the_json_schema_is_what_a_deployment_form_shows() -> None:
+    schema = PretrainParameters.model_json_schema()
+    train = schema["$defs"]["TrainConfig"]["properties"]
+    models = list(get_args(get_type_hints(TrainConfig)["model"]))
+    assert train["model"]["enum"] == models and "sgns" in models
+    assert schema["$defs"]["CorpusConfig"]["additionalProperties"] is False
+    # JSON parameters (as a deployment stores them) round-trip.
+    data = json.loads(PretrainParameters().model_dump_json())
+    assert PretrainParameters.model_validate(data).to_run_config() == RunConfig()
+
+
+def test_resolve_config_from_parameters_or_a_file(tmp_path: Path) -> None:
+    params = PretrainParameters.model_validate({"name": "a", "vocab": {"min_count": 3}})
+    config = resolve_config(params, overrides=["vocab.min_count=5", "train.epochs=2"])
+    assert (config.name, config.vocab.min_count, config.train.epochs) == ("a", 5, 2)
+    assert resolve_config({"name": "b"}).name == "b"
+    path = tmp_path / "run.toml"
+    path.write_text('name = "c"\n[train]\ndim = 8\n')
+    assert resolve_config(config_path=str(path), overrides=["train.dim=9"]).train.dim == 9
+    with pytest.raises(ValueError, match="not both"):
+        resolve_config(params, config_path=str(path))
+
+
+def key(config: RunConfig, stage: str) -> str:
+    upstream = {"tokens": "t1", "vocab": "v1", "sequences": "s1"}
+    return stage_cache_key(stage, config, upstream)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("a b c\n")
+    return path
+
+
+def test_a_changed_section_changes_only_the_keys_of_the_stages_reading_it(corpus: Path) -> None:
+    base = load_config(None, [f'corpus.paths=["{corpus}"]'])
+    changes = {
+        "vocab.min_count=2": {"build_vocab"},
+        "cooccur.window=3": {"cooccur"},
+        "bucket.num_buckets=3": {"bucket"},
+        "encode.oov=drop": {"encode"},
+        "tokenize.digits=true": {"tokenize"},
+        "train.epochs=4": set(),
+        "spark.master=spark://h:7077": set(),  # where Spark runs does not change a table
+        "spark.shuffle_partitions=64": set(),
+        "workdir=elsewhere": set(STAGES),
+    }
+    for override, expected in changes.items():
+        changed = load_config(None, [f'corpus.paths=["{corpus}"]', override])
+        differ = {s for s in STAGES if key(base, s) != key(changed, s)}
+        assert differ == expected, override
+
+
+def test_upstream_fingerprints_and_input_files_are_in_the_key(corpus: Path) -> None:
+    config = load_config(None, [f'corpus.paths=["{corpus}"]'])
+    other = {"tokens": "t2", "vocab": "v1", "sequences": "s1"}
+    assert stage_cache_key("encode", config, other) != key(config, "encode")
+    assert stage_cache_key("bucket", config, other) == key(config, "bucket")
+    before = key(config, "tokenize")
+    corpus.write_text("a b c d\n")  # another size: another file fingerprint
+    assert key(config, "tokenize") != before
+    with pytest.raises(KeyError, match="vocab"):
+        stage_cache_key("cooccur", config, {"sequences": "s1"})
+
+
+@pytest.mark.spark
+def test_the_stage_graph_matches_what_the_stages_record(spark, tmp_path: Path) -> None:
+    """STAGES names the tables each stage reads: the manifests' `inputs` say the same."""
+    from embedpipe.corpus.stages import TABLES, prepare
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"w{i % 5} w{i % 3} w{i % 7}" for i in range(50)))
+    config = load_config(
+        None, [f"workdir={tmp_path / 'w'}", f'corpus.paths=["{corpus}"]', "vocab.min_count=1"]
+    )
+    manifests = prepare(spark, config)
+    for stage, spec in STAGES.items():
+        assert spec.table == TABLES[stage]
+        recorded = set(manifests[stage]["inputs"])
+        assert recorded == (set(spec.upstream) or {"files", "fingerprint"}), stage
+        assert stage_output_matches(config, stage, manifests[stage])
+    assert not stage_output_matches(config, "build_vocab", {"fingerprint": "another"})
+
+
+def test_training_output_must_still_hold_the_summary_and_checkpoint(tmp_path: Path) -> None:
+    config = load_config(None, [f"workdir={tmp_path}"])
+    summary = {"fingerprint": "abc", "checkpoint": "step-7"}
+    assert not training_output_matches(config, summary)
+    out = tmp_path / "train"
+    (out / "checkpoints" / "step-7").mkdir(parents=True)
+    (out / SUMMARY).write_text(json.dumps(summary))
+    assert not training_output_matches(config, summary)  # no COMPLETE marker
+    (out / "checkpoints" / "step-7" / "COMPLETE").write_text("")
+    assert training_output_matches(config, summary)
+    assert not training_output_matches(config, {**summary, "fingerprint": "other"})
+
+
+def test_upstream_fingerprints_pick_the_tables_a_stage_reads() -> None:
+    manifests = {
+        "tokenize": {"fingerprint": "t"},
+        "build_vocab": {"fingerprint": "v"},
+        "encode": {"fingerprint": "s"},
+    }
+    assert upstream_fingerprints("tokenize", {}) == {}
+    assert upstream_fingerprints("encode", manifests) == {"tokens": "t", "vocab": "v"}
+    assert upstream_fingerprints("cooccur", manifests) == {"sequences": "s", "vocab": "v"}
+    with pytest.raises(KeyError):
+        upstream_fingerprints("bucket", {"tokenize": {"fingerprint": "t"}})
