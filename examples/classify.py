@@ -179,6 +179,7 @@ def run(
     seed: int = 0,
     encoder_epochs: int = 5,
     encoder_lr: float = 1e-3,
+    encoder_init: str = "pretrained",
 ) -> dict[str, float]:
     """Train the three variants (and, for a masked-LM artefact, the fine-tuned encoder) on
     `data`; print and return their test accuracies."""
@@ -204,7 +205,10 @@ def run(
     if hasattr(emb, "encode"):  # a masked-LM artefact: fine-tune its encoder as well
         start = time.perf_counter()
         torch.manual_seed(seed)
-        model = EncoderClassifier(emb.to_torch_encoder(), len(classes))
+        encoder = emb.to_torch_encoder()
+        if encoder_init == "random":  # the baseline: the same architecture, untrained
+            encoder.reset_parameters(seed)
+        model = EncoderClassifier(encoder, len(classes))
         train_x, test_x = encode_texts(emb, train.texts), encode_texts(emb, test.texts)
         fit_encoder(model, train_x, train_y, encoder_epochs, batch_size, encoder_lr, seed)
         results[ENCODER_KIND] = encoder_accuracy(model, test_x, test_y)
@@ -308,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--encoder-epochs", type=int, default=5, help="masked-LM artefacts")
     parser.add_argument("--encoder-lr", type=float, default=1e-3, help="masked-LM artefacts")
+    parser.add_argument(
+        "--encoder-init", choices=["pretrained", "random"], default="pretrained",
+        help="masked-LM artefacts: start from the artefact's encoder or a fresh one",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     emb = embedpipe.load(args.artefact, version=args.version, store=args.store)
@@ -318,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     try:
         return run(
             emb, args.data, args.epochs, args.batch_size, args.lr, args.seed,
-            args.encoder_epochs, args.encoder_lr,
+            args.encoder_epochs, args.encoder_lr, args.encoder_init,
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)

@@ -105,11 +105,13 @@ def write_artefact_report(config: RunConfig, artefact: str) -> str:
     """A Markdown report with plots, against the earlier versions of the same name."""
     store = ArtefactStore(config.store)
     history = [read_manifest(store.resolve(config.name, v)) for v in store.versions(config.name)]
-    out = Path(config.workdir) / "reports" / config.name / Path(artefact).name
-    return str(write_report_file(Path(artefact), out, history))
+    # `artefact` may be an fsspec URL (the store's root): keep it a string, never a Path.
+    version = read_manifest(artefact)["version"]
+    out = Path(config.workdir) / "reports" / config.name / version
+    return str(write_report_file(artefact, out, history))
 
 
-def write_report_file(artefact: Path, out: Path, history: list[dict[str, Any]]) -> Path:
+def write_report_file(artefact: str, out: Path, history: list[dict[str, Any]]) -> Path:
     from embedpipe.evaluate.report import write_report
 
     return write_report(artefact, out, history=history)

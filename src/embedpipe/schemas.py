@@ -109,6 +109,7 @@ def spark_ddl(schema: pa.Schema) -> str:
         pa.float64(): "double",
         pa.string(): "string",
         pa.bool_(): "boolean",
+        pa.binary(): "binary",
     }
 
     def ddl(t: pa.DataType) -> str:

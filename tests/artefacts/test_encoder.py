@@ -222,3 +222,19 @@ def test_sentencepiece_artefacts_encode_with_their_model(tmp_path: Path) -> None
     # the few whole-word pieces of this tiny model.
     assert scores["wordsim353"]["found"] > 300
     assert scores["neighbours"]["dog"]
+
+
+def test_cli_evaluates_an_mlm_artefact(
+    published: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedpipe.cli import main
+
+    artefact, train_dir = published
+    main(["evaluate", str(artefact)])
+    scores = json.loads(capsys.readouterr().out)
+    summary = json.loads((train_dir / SUMMARY).read_text())
+    assert scores["mlm"]["heldout_loss"] == summary["heldout"][-1]["loss"]
+    assert scores["wordsim353"]["pairs"] == 353 and "analogy" in scores
+    main(["neighbors", str(artefact), "W3", "-k", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.split()[1].startswith("w") for line in lines)

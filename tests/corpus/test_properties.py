@@ -138,6 +138,15 @@ def read_rows(path: Path) -> pa.Table:
     return ds.dataset(path, format="parquet", partitioning="hive").to_table()
 
 
+def write_parts(directory: Path, table: pa.Table, parts: int) -> str:
+    """An upstream table as `parts` part files (the last ones may be empty of rows)."""
+    directory.mkdir(parents=True)
+    size = -(-table.num_rows // parts) if table.num_rows else 0
+    for i in range(parts):
+        pq.write_table(table.slice(i * size, size), directory / f"part-{i:05d}.parquet")
+    return str(directory)
+
+
 # ---------------------------------------------------------------- tokenize
 
 
@@ -334,15 +343,16 @@ def test_encode_kernel(token_lists: list[list[str]], oov: str, cut: int) -> None
 
 @pytest.mark.spark
 @SPARK
-@given(encode_tokens, st.sampled_from(["unk", "drop"]))
-def test_encode_stage(spark, token_lists: list[list[str]], oov: str) -> None:
+@given(encode_tokens, st.sampled_from(["unk", "drop"]), st.integers(1, 3))
+def test_encode_stage(spark, token_lists: list[list[str]], oov: str, parts: int) -> None:
     want = [ids for ids in reference_encode(token_lists, oov) if ids]
-    tokens = spark.createDataFrame([(t,) for t in token_lists], "tokens array<string>")
+    tokens = pa.table({S.TOKENS: pa.array(token_lists, pa.list_(pa.string()))})
     with tempfile.TemporaryDirectory() as tmp:
-        counts = write_sequences(tokens, VOCAB, EncodeConfig(oov=oov), f"{tmp}/seq")
+        url = write_parts(Path(tmp, "tokens"), tokens, parts)
+        counts = write_sequences(spark, url, VOCAB, EncodeConfig(oov=oov), f"{tmp}/seq")
         table = pq.read_table(f"{tmp}/seq")
     assert table.schema.equals(S.SEQUENCES_SCHEMA)
-    assert sorted(table.column(S.IDS).to_pylist()) == sorted(want)
+    assert table.column(S.IDS).to_pylist() == want  # part files in order, rows in order
     assert table.column(S.LENGTH).to_pylist() == [len(i) for i in table.column(S.IDS).to_pylist()]
     assert counts["sequences"] == len(want)
     assert counts["tokens"] == sum(map(len, want))
@@ -371,10 +381,15 @@ def test_bucket_kernel(lengths: list[int], boundaries: list[int]) -> None:
 @SPARK
 @given(lengths_strategy, boundaries_strategy)
 def test_bucket_stage(spark, lengths: list[int], boundaries: list[int]) -> None:
-    sequences = [(list(range(5, 5 + n)), n) for n in lengths]
-    df = spark.createDataFrame(sequences, "ids array<int>, length int")
+    sequences = pa.table(
+        {
+            S.IDS: pa.array([list(range(5, 5 + n)) for n in lengths], pa.list_(pa.int32())),
+            S.LENGTH: pa.array(lengths, pa.int32()),
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        stats = write_buckets(df, boundaries, f"{tmp}/buckets")
+        url = write_parts(Path(tmp, "sequences"), sequences, 2)
+        stats = write_buckets(spark, url, boundaries, f"{tmp}/buckets")
         table = read_rows(Path(tmp) / "buckets")
         if not lengths:  # nothing to bucket: one empty file with the schema
             assert table.num_rows == 0 and stats == []
@@ -432,9 +447,10 @@ def test_cooccur_stage(
     """Small `group_entries` cut each shard into several files (row ranges)."""
     config = CooccurConfig(window=window, min_weight=min_weight, num_shards=shards)
     counts = np.bincount([i for s in sequences for i in s], minlength=25)
-    df = spark.createDataFrame([(s,) for s in sequences], "ids array<int>")
+    table = pa.table({S.IDS: pa.array(sequences, pa.list_(pa.int32()))})
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_cooccur(df, config, counts, f"{tmp}/co", group_entries=group_entries)
+        url = write_parts(Path(tmp, "sequences"), table, 3)
+        files = write_cooccur(spark, url, config, counts, f"{tmp}/co", group_entries)
         parts = sorted(Path(tmp, "co").rglob("*.parquet"))
         tables = {p.relative_to(Path(tmp, "co")).as_posix(): pq.read_table(p) for p in parts}
     got = {}

@@ -21,7 +21,7 @@ from embedpipe.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from embedpipe.train.mlm import EncoderConfig, MaskedLM, decay_groups
+from embedpipe.train.mlm import N_SPECIAL, EncoderConfig, MaskedLM, decay_groups
 from embedpipe.train.mlm_trainer import learning_rate, optimizer_tensors, restore_optimizer
 from embedpipe.train.trainer import METRICS, SUMMARY, train
 
@@ -78,6 +78,13 @@ def test_a_tiny_run_lowers_the_heldout_loss(workdir: Path, tmp_path: Path) -> No
     assert len([r for r in records if "heldout_loss" in r]) == 6
     assert all(r["loss"] > 0 for r in records if "words_per_sec" in r)
     assert (tmp_path / "out" / "loss.png").is_file()
+    # The input embeddings learnt the topics: words of one topic point the same way.
+    vectors = final_tensors(tmp_path / "out")["input"][N_SPECIAL:]
+    unit = torch.nn.functional.normalize(vectors, dim=1)
+    cosine = unit @ unit.T
+    topic = torch.arange(corpus.WORDS) // corpus.GROUP
+    same = (topic[:, None] == topic[None, :]) & ~torch.eye(corpus.WORDS, dtype=torch.bool)
+    assert cosine[same].mean() > cosine[topic[:, None] != topic[None, :]].mean() + 0.3
 
 
 def test_resume_after_a_kill_repeats_the_run_exactly(workdir: Path, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """bucket: sequences -> sequences with a length bucket, and what padding each bucket costs.
 
-The buckets are written by the Python side of each task (see `output`)."""
+The buckets are written by the Python side of each task (see `parts`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 
 from embedpipe import schemas as S
-from embedpipe.corpus.output import PartWriter, finish_table, part_name, task_partition
+from embedpipe.corpus.parts import PartWriter, finish_table, map_parts, part_name
 
 QUANTILE_ERROR = 0.001
 
@@ -37,17 +37,20 @@ _STATS_SCHEMA = pa.schema(
 )
 
 
-def write_buckets(sequences: DataFrame, boundaries: Sequence[int], out: str) -> list[dict]:
+def write_buckets(
+    spark: SparkSession, sequences_url: str, boundaries: Sequence[int], out: str
+) -> list[dict]:
     """SEQUENCES rows -> `out/bucket=k/part-<partition>.parquet` (hive layout, as Spark's
     partitionBy writes it: the bucket is in the path, not in the file), and per bucket:
     sequences, tokens, shortest, longest, and the share of padding when padded to the longest.
 
-    Each task writes its rows of every bucket it holds (see `output`).
+    One task per part file of the sequences table (`parts.map_parts`); it writes its rows
+    of every bucket it holds.
     """
     bounds, out = [int(b) for b in boundaries], out.rstrip("/")
 
-    def bucket_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        name = part_name(task_partition())
+    def bucket_part(batches: Iterator[pa.RecordBatch], part: int) -> Iterator[pa.RecordBatch]:
+        name = part_name(part)
         writers: dict[int, PartWriter] = {}
         stats: dict[int, dict[str, int]] = {}
         try:
@@ -81,9 +84,7 @@ def write_buckets(sequences: DataFrame, boundaries: Sequence[int], out: str) -> 
         if rows:
             yield pa.RecordBatch.from_pylist(rows, schema=_STATS_SCHEMA)
 
-    written = sequences.select(S.IDS, S.LENGTH).mapInArrow(
-        bucket_partition, S.spark_ddl(_STATS_SCHEMA)
-    )
+    written = map_parts(spark, sequences_url, [S.IDS, S.LENGTH], bucket_part, _STATS_SCHEMA)
     merged: dict[int, dict[str, int]] = {}
     for r in written.collect():
         m = merged.setdefault(

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import SparkSession
 
 from embedpipe import schemas as S
 from embedpipe.config import CooccurConfig
 from embedpipe.corpus import pairs
-from embedpipe.corpus.output import finish_table, part_name, task_partition, write_table
+from embedpipe.corpus.parts import finish_table, map_parts, part_name, write_table
 
 DENSE_CELLS = 1 << 25  # cells of a map task's dense table (uint32: 128 MiB)
 SPARSE_KEYS = 1 << 23  # raw sparse pairs buffered before a sort-and-reduce (64 MiB)
@@ -56,7 +56,6 @@ _BLOCK_SCHEMA = pa.schema(
         pa.field(BLOCK, pa.binary()),
     ]
 )
-_BLOCK_DDL = "pid int, run bigint, chunk int, block binary"
 GROUP, ENTRIES, WEIGHT_SUM = "group", "entries", "weight_sum"
 _WRITTEN_SCHEMA = pa.schema(
     [
@@ -292,14 +291,16 @@ def entries_table(keys: np.ndarray, units: np.ndarray, window: int, min_weight: 
 
 
 def write_cooccur(
-    sequences: DataFrame,
+    spark: SparkSession,
+    sequences_url: str,
     config: CooccurConfig,
     counts: np.ndarray,
     out: str,
     group_entries: int = GROUP_ENTRIES,
 ) -> list[dict[str, Any]]:
-    """Count the co-occurrences of `sequences` into `out` (shard=k/part-g.parquet files).
+    """Count the co-occurrences of the sequences table into `out` (shard=k/part-g.parquet).
 
+    Map tasks: one per part file of the sequences table (`parts.map_parts`).
     `counts`: the vocabulary's counts by id (model-sized). Returns one dict per written
     file: shard, group, entries, weight_sum.
     """
@@ -309,15 +310,14 @@ def write_cooccur(
     groups = len(bounds) - 1
     out = out.rstrip("/")
 
-    def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        partition = task_partition()
+    def count_part(batches: Iterator[pa.RecordBatch], part: int) -> Iterator[pa.RecordBatch]:
         counter, flushes = PairCounter(window, vocab_size), 0
         for batch in batches:
             counter.add(batch.column(S.IDS))
             if counter.sparse_pairs >= MAX_SPARSE:
-                yield from block_rows(*counter.drain(shards), bounds, (partition << 24) + flushes)
+                yield from block_rows(*counter.drain(shards), bounds, (part << 24) + flushes)
                 flushes += 1
-        yield from block_rows(*counter.drain(shards), bounds, (partition << 24) + flushes)
+        yield from block_rows(*counter.drain(shards), bounds, (part << 24) + flushes)
 
     def merge_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(list(batches), schema=_BLOCK_SCHEMA)
@@ -333,7 +333,7 @@ def write_cooccur(
                 schema=_WRITTEN_SCHEMA,
             )
 
-    blocks = sequences.select(S.IDS).mapInArrow(count_partition, _BLOCK_DDL)
+    blocks = map_parts(spark, sequences_url, [S.IDS], count_part, _BLOCK_SCHEMA)
     written = blocks.repartitionById(shards * groups, PID).mapInArrow(
         merge_partition, S.spark_ddl(_WRITTEN_SCHEMA)
     )

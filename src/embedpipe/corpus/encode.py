@@ -9,11 +9,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import SparkSession
 
 from embedpipe import schemas as S
 from embedpipe.config import EncodeConfig
-from embedpipe.corpus.output import PartWriter, finish_table, part_name, task_partition
+from embedpipe.corpus.parts import PartWriter, finish_table, map_parts, part_name
 
 
 def encode_arrow(tokens: pa.ListArray, vocab: pa.Array, oov: str) -> pa.ListArray:
@@ -32,44 +32,33 @@ def encode_arrow(tokens: pa.ListArray, vocab: pa.Array, oov: str) -> pa.ListArra
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), ids.cast(pa.int32()))
 
 
-LOOKUP_ROWS = 1 << 16  # rows per lookup: each call hashes the whole vocabulary again
 _STATS = ("sequences", "tokens", "unk_tokens", "max_length")
-
-
-def rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The same rows in batches of at least `rows` rows (the last may be shorter)."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in batches:
-        pending.append(batch)
-        count += batch.num_rows
-        if count >= rows:
-            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-            pending, count = [], 0
-    if count:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-
-
 _STATS_SCHEMA = pa.schema([pa.field(name, pa.int64()) for name in _STATS])
 
 
 def write_sequences(
-    tokens: DataFrame, vocab_tokens: Sequence[str], config: EncodeConfig, out: str
+    spark: SparkSession,
+    tokens_url: str,
+    vocab_tokens: Sequence[str],
+    config: EncodeConfig,
+    out: str,
 ) -> dict[str, int]:
-    """TOKENS rows -> the sequences table at `out` (SEQUENCES_SCHEMA), and its counts.
+    """The tokens table at `tokens_url` -> the sequences table at `out` (SEQUENCES_SCHEMA),
+    and its counts.
 
-    Each task encodes its partition in Arrow batches and writes `part-<partition>.parquet`
-    in input order (see `output`); sequences left empty are not written.
+    One task per part file of the tokens table (`parts.map_parts`): it encodes the file's
+    rows in Arrow batches and writes `part-<i>.parquet` in the same order; sequences left
+    empty are not written. Unknown tokens become [UNK] or are dropped (`config.oov`).
     """
-    broadcast = tokens.sparkSession.sparkContext.broadcast(list(vocab_tokens))
+    broadcast = spark.sparkContext.broadcast(list(vocab_tokens))
     oov, out = config.oov, out.rstrip("/")
 
-    def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def encode_part(batches: Iterator[pa.RecordBatch], part: int) -> Iterator[pa.RecordBatch]:
         vocab = pa.array(broadcast.value, pa.string())
-        writer = PartWriter(f"{out}/{part_name(task_partition())}", S.SEQUENCES_SCHEMA)
+        writer = PartWriter(f"{out}/{part_name(part)}", S.SEQUENCES_SCHEMA)
         stats = dict.fromkeys(_STATS, 0)
         try:
-            for batch in rebatched(batches, LOOKUP_ROWS):
+            for batch in batches:
                 ids = encode_arrow(batch.column(S.TOKENS), vocab, oov)
                 lengths = pc.list_value_length(ids).cast(pa.int32())
                 kept = pa.RecordBatch.from_arrays([ids, lengths], schema=S.SEQUENCES_SCHEMA)
@@ -87,9 +76,7 @@ def write_sequences(
             raise
         yield pa.RecordBatch.from_pylist([stats], schema=_STATS_SCHEMA)
 
-    written = (
-        tokens.select(S.TOKENS).mapInArrow(encode_partition, S.spark_ddl(_STATS_SCHEMA)).collect()
-    )
+    written = map_parts(spark, tokens_url, [S.TOKENS], encode_part, _STATS_SCHEMA).collect()
     finish_table(out, S.SEQUENCES_SCHEMA)
     totals = {
         "sequences": sum(r["sequences"] for r in written),

@@ -20,7 +20,7 @@ from embedpipe.config import RunConfig
 from embedpipe.corpus.bucket import derive_boundaries, write_buckets
 from embedpipe.corpus.cooccur import write_cooccur
 from embedpipe.corpus.encode import write_sequences
-from embedpipe.corpus.output import data_files, write_dataframe
+from embedpipe.corpus.parts import data_files, write_dataframe
 from embedpipe.corpus.sources import (
     CorpusError,
     check_text_file,
@@ -149,8 +149,7 @@ def encode_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
 
     def write(out: str) -> dict[str, Any]:
         vocab = read_vocab_column(wd, S.TOKEN).to_pylist()
-        tokens = read_table(spark, wd.path("tokens"), S.TOKENS_SCHEMA)
-        row = write_sequences(tokens, vocab, config.encode, out)
+        row = write_sequences(spark, wd.path("tokens"), vocab, config.encode, out)
         row["dropped_empty_sequences"] = tokens_manifest["counts"]["sequences"] - row["sequences"]
         row["dropped_oov_tokens"] = tokens_manifest["counts"]["tokens"] - row["tokens"]
         return row
@@ -169,7 +168,8 @@ def bucket_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
         boundaries = list(config.bucket.boundaries or []) or derive_boundaries(
             sequences, config.bucket.num_buckets
         )
-        return {"boundaries": boundaries, "buckets": write_buckets(sequences, boundaries, out)}
+        buckets = write_buckets(spark, wd.path("sequences"), boundaries, out)
+        return {"boundaries": boundaries, "buckets": buckets}
 
     inputs = {"sequences": upstream["fingerprint"]}
     return run_stage(wd, "buckets", config.bucket, inputs, write)
@@ -183,8 +183,7 @@ def cooccur_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
 
     def write(out: str) -> dict[str, Any]:
         counts = read_vocab_column(wd, S.COUNT).to_numpy()
-        sequences = read_table(spark, wd.path("sequences"), S.SEQUENCES_SCHEMA)
-        files = write_cooccur(sequences, config.cooccur, counts, out)
+        files = write_cooccur(spark, wd.path("sequences"), config.cooccur, counts, out)
         shards = []
         for shard in range(config.cooccur.num_shards):
             mine = [f for f in files if f[S.SHARD] == shard]

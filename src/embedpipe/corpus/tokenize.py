@@ -1,6 +1,6 @@
 """tokenize: lines -> one row per sequence with its token strings (Arrow batches, no UDF).
 
-The rows are made and written by the Python side of each task (see `output`)."""
+The rows are made and written by the Python side of each task (see `parts`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame
 
 from embedpipe import schemas as S
 from embedpipe.config import TokenizeConfig
-from embedpipe.corpus.output import (
+from embedpipe.corpus.parts import (
     PartWriter,
     finish_table,
     part_name,

@@ -8,7 +8,9 @@ current ones train. Ranks agree once per chunk on the steps all of them can take
 
 The model (`mlm.MaskedLM`) is dense, so DistributedDataParallel all-reduces its gradients as
 usual: gloo on CPU, NCCL on CUDA (the process group is started here before
-`trainer.setup_cluster`, which would pick gloo for the word2vec family's sparse tables). On
+`trainer.setup_cluster`, which would pick gloo alone for the word2vec family's sparse
+tables; on GPUs the group is "cpu:gloo,cuda:nccl", so the trainer's small CPU collectives
+still run on gloo). On
 CUDA, the forward pass runs under autocast in bf16 (fp16 with a gradient scaler where bf16
 is missing); on CPU everything is float32. The optimizer is AdamW, weight decay on matrices
 only (never biases or LayerNorm weights), with linear warm-up over `warmup_steps` then
@@ -79,9 +81,12 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 def start_process_group() -> None:
-    """Join torchrun's process group: NCCL on GPUs, gloo on CPU (no-op for one process)."""
+    """Join torchrun's process group (no-op for one process): gloo on CPU; on GPUs, NCCL for
+    CUDA tensors (DDP's gradients) and gloo for the small CPU ones (`agree`, the cursors,
+    the held-out sums), one backend per device type."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
 
 
 def autocast_dtype(config: MLMConfig, device: torch.device) -> torch.dtype | None:
@@ -236,7 +241,7 @@ def train_mlm(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
                         "lr": last_lr,
                         "heldout_loss": result["loss"],
                         "heldout_perplexity": result["perplexity"],
-                    }  # fmt: skip
+                    }
                 )
                 + "\n"
             )
@@ -277,16 +282,9 @@ def train_mlm(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     if resume_from is None:
         evaluate(0)  # the starting point: the held-out loss of the untrained model
     for epoch in range(state["epoch"], config.epochs):
-        first = tuple(state["cursors"][cluster.rank]) if epoch == state["epoch"] else (0, 0)
-        batches = iter_mlm_batches(
-            mlm,
-            chunks,
-            vocab_size,
-            config.seed,
-            epoch,
-            cluster.rank,
-            first,  # type: ignore[arg-type]
-        )
+        cursor = state["cursors"][cluster.rank] if epoch == state["epoch"] else (0, 0)
+        first = (int(cursor[0]), int(cursor[1]))
+        batches = iter_mlm_batches(mlm, chunks, vocab_size, config.seed, epoch, cluster.rank, first)
         with Prefetcher(batches, depth=PREFETCH) as ahead:
             stream = Prefetcher(itertools.chain.from_iterable(ahead), depth=0)
             while True:

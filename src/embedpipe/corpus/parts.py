@@ -1,29 +1,37 @@
-"""Parquet written by the Python side of a Spark task, for stages whose rows are made there.
+"""Tables as part files read and written by the Python side of Spark tasks.
 
-A stage that makes its rows in Python (Arrow batches) writes them with pyarrow from the
-task itself instead of handing them back to the JVM: Spark's conversion of Arrow lists to
-rows and its Parquet writer for nested columns were the largest costs of the tokenize,
-encode and cooccur stages. Spark still reads the input, schedules the tasks and shuffles;
-each task writes one file named after its partition (`part-00007.parquet`), through a
+The stages whose rows are made in Python (Arrow batches) write them with pyarrow from the
+task itself instead of handing them back to the JVM, and the stages that consume such a
+table read its part files with pyarrow, one task per file (`map_parts`): Spark's
+conversions of Arrow lists to rows and back, its Parquet reader and writer for nested
+columns were the largest costs of the tokenize, encode and cooccur stages. Spark still
+reads the raw text, schedules the tasks, shuffles (vocabulary counts, co-occurrence
+blocks) and retries; nothing that grows with the corpus reaches the driver.
+
+Each task writes one file named after its partition (`part-00007.parquet`), through a
 hidden temporary name and a rename, so a reader never sees half a file and a retried or
-speculative attempt replaces it with the same bytes (the content of a partition is a
-function of the input). The whole stage output becomes visible only when the stage
-commits (see `stage.run_stage`).
+speculative attempt replaces it with the same bytes (a partition's content is a function of
+the input). A table read by `map_parts` is cut into tasks by its files alone, so the same
+input gives the same output files whatever the cluster (local[*], standalone, YARN). The
+stage output becomes visible only when the stage commits (see `stage.run_stage`).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
+
+from embedpipe import schemas as S
 
 ROW_GROUP_ROWS = 1 << 17  # rows buffered per Parquet row group of a part file
+READ_BATCH_ROWS = 1 << 16  # rows per batch read from a part file
 _ROWS_SCHEMA = pa.schema([pa.field("rows", pa.int64())])
 _TEMPORARY = re.compile(r"^\.part-\d+\.parquet\.[0-9a-f]{12}$")
 
@@ -143,6 +151,42 @@ def data_files(url: str) -> list[str]:
         if p.endswith(".parquet")
         and not any(part.startswith((".", "_")) for part in p[len(root) :].split("/") if part)
     )
+
+
+def read_batches(
+    url: str, columns: list[str], batch_rows: int = READ_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The rows of one Parquet file, in order, in batches of `batch_rows` (one thread:
+    a Spark task has one core)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        yield from pq.ParquetFile(f).iter_batches(
+            batch_size=batch_rows, columns=columns, use_threads=False
+        )
+
+
+def map_parts(
+    spark: SparkSession,
+    table_url: str,
+    columns: list[str],
+    function: Callable[[Iterator[pa.RecordBatch], int], Iterator[pa.RecordBatch]],
+    schema: pa.Schema,
+) -> DataFrame:
+    """A DataFrame of `function(batches of part i, i)` over the part files of a table, one
+    Spark task per file (task i reads file i with pyarrow; nothing passes through the JVM
+    but the task's result rows, of `schema`)."""
+    fs, _ = fsspec.core.url_to_fs(table_url)
+    files = [fs.unstrip_protocol(p) for p in data_files(table_url)]
+    if not files:
+        raise FileNotFoundError(f"{table_url} holds no Parquet files")
+
+    def run(items: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for item in items:
+            for i in item.column(0).to_pylist():
+                yield from function(read_batches(files[i], columns), i)
+
+    n = len(files)
+    return spark.range(0, n, numPartitions=n).mapInArrow(run, S.spark_ddl(schema))
 
 
 def write_dataframe(df: DataFrame, url: str, schema: pa.Schema) -> int:
