@@ -17,7 +17,7 @@ and mean masked-LM loss over the last quarter of each side's steps; and writes t
 bench/results/mlm_bucketing.json.
 
 Usage: python bench/mlm_bucketing.py [--config configs/sample-mlm.toml] [--workdir DIR]
-           [--tokens 300000] [--threads 1] [--seed 1]
+           [--tokens 300000] [--threads 1] [--seed 1] [--set train.mlm.KEY=VALUE] [--out FILE]
 """
 
 from __future__ import annotations
@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
 
     run = load_config(args.config, args.set)
@@ -226,9 +227,9 @@ def main() -> None:
         "plain": b,
         "ratio_tokens_per_sec": round(a["tokens_per_sec"] / b["tokens_per_sec"], 3),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS.relative_to(REPO)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
 
 
 if __name__ == "__main__":
