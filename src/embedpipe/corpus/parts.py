@@ -36,6 +36,20 @@ _ROWS_SCHEMA = pa.schema([pa.field("rows", pa.int64())])
 _TEMPORARY = re.compile(r"^\.part-\d+\.parquet\.[0-9a-f]{12}$")
 
 
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch from Spark with `schema`: Spark's batches carry their own nullability and
+    list item names, which Arrow counts as a different schema."""
+    if batch.schema.equals(schema):
+        return batch
+    columns = [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def table_of(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """All the batches of a task's input as one table of `schema` (none: an empty table)."""
+    return pa.Table.from_batches([conform(b, schema) for b in batches], schema=schema)
+
+
 def part_name(partition: int) -> str:
     return f"part-{partition:05d}.parquet"
 
@@ -54,8 +68,15 @@ class PartWriter:
     Nothing is created until the first row; `close` renames the file into place.
     """
 
-    def __init__(self, url: str, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS):
+    def __init__(
+        self,
+        url: str,
+        schema: pa.Schema,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        options: dict[str, Any] | None = None,
+    ):
         self.url, self.schema, self.row_group_rows = url, schema, row_group_rows
+        self.options = options or {}  # pyarrow ParquetWriter options (encodings)
         self.fs, self.path = fsspec.core.url_to_fs(url)
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
@@ -69,9 +90,7 @@ class PartWriter:
         `element` list items)."""
         if batch.num_rows == 0:
             return
-        if not batch.schema.equals(self.schema):
-            columns = [c.cast(f.type) for c, f in zip(batch.columns, self.schema, strict=True)]
-            batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        batch = conform(batch, self.schema)
         self.pending.append(batch)
         self.pending_rows += batch.num_rows
         if self.pending_rows >= self.row_group_rows:
@@ -91,7 +110,7 @@ class PartWriter:
             self.fs.makedirs(parent, exist_ok=True)
             self.tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}"
             self.file = self.fs.open(self.tmp, "wb")
-            self.writer = pq.ParquetWriter(self.file, self.schema)
+            self.writer = pq.ParquetWriter(self.file, self.schema, **self.options)
         table = pa.Table.from_batches(self.pending, schema=self.schema)
         self.writer.write_table(table.slice(0, rows), row_group_size=self.row_group_rows)
         rest = table.slice(rows)
@@ -120,7 +139,11 @@ class PartWriter:
 
 
 def write_table(
-    table: pa.Table, url: str, row_group_rows: int = 1 << 20, empty_ok: bool = False
+    table: pa.Table,
+    url: str,
+    row_group_rows: int = 1 << 20,
+    empty_ok: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Write a whole table as one file (temporary name, then rename); an empty table
     writes nothing unless `empty_ok`."""
@@ -130,7 +153,7 @@ def write_table(
         with fs.open(path, "wb") as f:
             pq.write_table(table, f)
         return
-    writer = PartWriter(url, table.schema, row_group_rows)
+    writer = PartWriter(url, table.schema, row_group_rows, options)
     try:
         for batch in table.to_batches():
             writer.write(batch)

@@ -12,15 +12,14 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, Observation, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame, SparkSession
 
 from embedpipe import schemas as S
 from embedpipe.config import RunConfig
 from embedpipe.corpus.bucket import derive_boundaries, write_buckets
 from embedpipe.corpus.cooccur import write_cooccur
 from embedpipe.corpus.encode import write_sequences
-from embedpipe.corpus.parts import data_files, write_dataframe
+from embedpipe.corpus.parts import write_dataframe
 from embedpipe.corpus.sources import (
     CorpusError,
     check_text_file,
@@ -31,7 +30,7 @@ from embedpipe.corpus.sources import (
 )
 from embedpipe.corpus.stage import Workdir, run_stage
 from embedpipe.corpus.tokenize import sample_text, write_tokens
-from embedpipe.corpus.vocab import COUNTS, COUNTS_SCHEMA, build_vocab, count_tokens, sum_counts
+from embedpipe.corpus.vocab import write_vocab
 from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
 from embedpipe.text.sentencepiece import train_sentencepiece
 
@@ -89,33 +88,21 @@ def build_vocab_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     """tokens/ -> vocab/ (one Parquet file, sorted by id).
 
     Sums the tokenize tasks' partial counts (tokens/_counts/) when they are there, else
-    counts the tokens table; one Spark job, its counts observed on the way.
+    counts the tokens table (see `vocab.write_vocab`).
     """
     wd = Workdir(config.workdir)
     upstream = wd.require("tokens")
 
     def write(out: str) -> dict[str, Any]:
-        partial = f"{wd.path('tokens')}/{COUNTS}"
-        if data_files(partial):
-            counts = sum_counts(read_table(spark, partial, COUNTS_SCHEMA))
-        else:
-            counts = count_tokens(read_table(spark, wd.path("tokens"), S.TOKENS_SCHEMA))
-        distinct, sizes = Observation("distinct"), Observation("vocab")
-        counts = counts.observe(distinct, F.count(F.lit(1)).alias("n"))
-        vocab = build_vocab(counts, config.vocab).observe(
-            sizes,
-            F.count(F.lit(1)).alias("size"),
-            F.coalesce(F.sum(S.COUNT), F.lit(0)).alias("covered"),
-        )
-        write_dataframe(vocab, out, S.VOCAB_SCHEMA)
-        size, covered = sizes.get["size"], sizes.get["covered"]
+        counts = write_vocab(spark, wd.path("tokens"), config.vocab, out)
+        size, covered = counts["vocab_size"], counts["covered_tokens"]
         if size == len(S.SPECIAL_TOKENS):
             raise CorpusError(
                 f"no token occurs vocab.min_count={config.vocab.min_count} times: empty vocabulary"
             )
         total = upstream["counts"]["tokens"]
         return {
-            "distinct_tokens": distinct.get["n"],
+            "distinct_tokens": counts["distinct_tokens"],
             "vocab_size": size,
             "words": size - len(S.SPECIAL_TOKENS),
             "tokens": total,

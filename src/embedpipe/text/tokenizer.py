@@ -24,8 +24,11 @@ from embedpipe.config import TokenizeConfig
 
 _SEPARATOR = r"[^\p{L}\p{M}\p{N}]+"
 _CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
+_NOT_SIMPLE = r"[^A-Za-z0-9 ]"  # a row without these splits at spaces alone
 # A URL runs to the first whitespace or non-ASCII character (the same in RE2 and Python).
-URL_PATTERN = r"(?i)(?:https?://|www\.)[!-~]+"
+# Case is spelled out instead of (?i): RE2 and Python fold non-ASCII letters differently
+# under (?i) (Python's [!-~] matches "İ", U+0130, as "i"; RE2's does not).
+URL_PATTERN = r"(?:[hH][tT][tT][pP][sS]?://|[wW][wW][wW]\.)[!-~]+"
 URL_TOKEN = "url"
 
 _URL = re.compile(URL_PATTERN)
@@ -76,7 +79,7 @@ def tokenize_arrow(texts: pa.Array, config: TokenizeConfig = TokenizeConfig()) -
         texts = pc.replace_substring_regex(texts, r"\p{Nd}", "0")
     if config.cjk_chars:
         texts = pc.replace_substring_regex(texts, f"({_CJK})", r" \1 ")
-    parts = pc.split_pattern_regex(texts, pattern=_SEPARATOR)
+    parts = split_separators(texts)
     flat = pc.list_flatten(parts)
     parents = pc.list_parent_indices(parts)
     keep = pc.greater(pc.binary_length(flat), 0)
@@ -85,6 +88,20 @@ def tokenize_arrow(texts: pa.Array, config: TokenizeConfig = TokenizeConfig()) -
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), flat)
+
+
+def split_separators(texts: pa.Array) -> pa.ListArray:
+    """Split at runs of separators (anything but letters, marks and digits); empty pieces
+    may remain. Rows of ASCII letters, digits and spaces only (most of an English corpus,
+    once normalised) are split at spaces, about three times faster than the Unicode regex,
+    which the other rows go through."""
+    simple = pc.invert(pc.match_substring_regex(texts, _NOT_SIMPLE))
+    if pc.all(simple).as_py() is not False:  # every row (or none at all)
+        return pc.ascii_split_whitespace(texts)
+    if not pc.any(simple).as_py():
+        return pc.split_pattern_regex(texts, pattern=_SEPARATOR)
+    others = pc.split_pattern_regex(pc.if_else(simple, "", texts), pattern=_SEPARATOR)
+    return pc.if_else(simple, pc.ascii_split_whitespace(texts), others)
 
 
 def split_long_line(text: str, limit: int) -> list[str]:
