@@ -11,7 +11,8 @@ It prints training time, entries/s and WordSim-353, SimLex-999 and Google-analog
 scores for both, and writes bench/results/glove_vs_stanford.json.
 
 Usage: python bench/glove_vs_stanford.py --corpus /work/bench-data/corpus-10m.txt \
-           --glove-bin /path/to/GloVe/build [--workdir /work/bench-data/train-work] [--nproc 2]
+           --glove-bin /path/to/GloVe/build [--workdir /work/bench-data/train-work]
+           [--threads 2] [--runs 1x2 2x1] [--batch-size 1048576]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SETTINGS = {"min_count": 5, "window": 10, "dim": 100, "x_max": 10.0, "alpha": 0.
             "eta": 0.05, "iterations": 15}  # fmt: skip
 
 
-def run_stanford(tools: Path, tokens: Path, out: Path, threads: int) -> dict[str, Any]:
+def run_stanford(tools: Path, tokens: Path, out: Path, threads: int, seed: int) -> dict[str, Any]:
     """vocab_count | cooccur | shuffle | glove; returns times and the vectors' scores."""
     out.mkdir(parents=True, exist_ok=True)
     vocab, cooc, shuf, vectors = (out / n for n in ("vocab.txt", "cooc.bin", "shuf.bin", "vectors"))
@@ -69,11 +70,14 @@ def run_stanford(tools: Path, tokens: Path, out: Path, threads: int) -> dict[str
         tokens,
         cooc,
     )
-    counting += step([str(tools / "shuffle"), "-memory", "4.0", "-verbose", "0"], cooc, shuf)
+    counting += step(
+        [str(tools / "shuffle"), "-memory", "4.0", "-verbose", "0", "-seed", str(seed)], cooc, shuf
+    )
     training = step([str(tools / "glove"), "-save-file", str(vectors), "-threads", str(threads),
                      "-input-file", str(shuf), "-x-max", str(s["x_max"]), "-alpha", str(s["alpha"]),
                      "-eta", str(s["eta"]), "-iter", str(s["iterations"]), "-vector-size", str(s["dim"]),
-                     "-binary", "0", "-model", "2", "-vocab-file", str(vocab), "-verbose", "0"],
+                     "-binary", "0", "-model", "2", "-vocab-file", str(vocab), "-verbose", "0",
+                     "-seed", str(seed)],
                     tokens, None)  # fmt: skip
     words, rows = [], []
     with (out / "vectors.txt").open(encoding="utf-8") as f:
@@ -84,6 +88,7 @@ def run_stanford(tools: Path, tokens: Path, out: Path, threads: int) -> dict[str
                 rows.append(np.asarray(parts[1:], dtype=np.float32))
     entries = os.path.getsize(cooc) // 16  # (int, int, double) records
     return {
+        "seed": seed,
         "counting_seconds": round(counting, 2),
         "training_seconds": round(training, 2),
         "entries": entries,
@@ -92,18 +97,23 @@ def run_stanford(tools: Path, tokens: Path, out: Path, threads: int) -> dict[str
     }
 
 
-def run_embedpipe(workdir: Path, nproc: int) -> dict[str, Any]:
+def run_embedpipe(
+    workdir: Path, nproc: int, threads: int, batch_size: int, seed: int
+) -> dict[str, Any]:
+    """`nproc` processes (DDP) x `threads` Hogwild kernel threads each."""
     from safetensors.numpy import load_file
 
     s = SETTINGS
-    out = workdir / f"train-glove-{nproc}"
+    out = workdir / f"train-glove-{nproc}x{threads}"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "embedpipe.train", "--out", str(out), "--set", f"workdir={workdir}",
         "--set", "train.model=glove", "--set", f"train.epochs={s['iterations']}",
         "--set", f"train.dim={s['dim']}", "--set", f"train.x_max={s['x_max']}",
         "--set", f"train.alpha={s['alpha']}", "--set", f"train.glove_lr={s['eta']}",
-        "--set", "train.log_every=1000000",
+        "--set", "train.log_every=1000000", "--set", f"train.threads={threads}",
+        "--set", f"train.batch_size={batch_size}", "--set", "train.checkpoint_every=0",
+        "--set", f"train.seed={seed}",
     ]  # fmt: skip
     subprocess.run(["rm", "-rf", str(out)], check=True)
     done = subprocess.run(command, capture_output=True, text=True)
@@ -113,6 +123,10 @@ def run_embedpipe(workdir: Path, nproc: int) -> dict[str, Any]:
     weights = load_file(str(out / "checkpoints" / summary["checkpoint"] / "model.safetensors"))
     vocab = pq.read_table(workdir / "vocab").sort_by("id").column("token").to_pylist()
     return {
+        "seed": seed,
+        "processes": nproc,
+        "threads": threads,
+        "batch_size": batch_size,
         "training_seconds": summary["seconds"],
         "entries_per_sec": summary["words_per_sec"],
         "bytes_per_step": summary.get("bytes_per_step"),
@@ -125,22 +139,60 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--glove-bin", type=Path, required=True, help="Stanford GloVe build dir")
     parser.add_argument("--workdir", type=Path, default=Path("/work/bench-data/train-work"))
-    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="the Stanford tool's threads")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["1x2", "2x1"],
+        help="embedpipe runs as PROCESSESxTHREADS (default: 1 process x 2 threads, 2 x 1)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1 << 20, help="entries per rank and step (exchange)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1], help="one run of each side per seed"
+    )
     args = parser.parse_args()
 
     manifests = prepare(args.corpus, args.workdir, ("tokenize", "build_vocab", "encode", "cooccur"))
     tokens = write_tokens_text(args.workdir)
-    stanford = run_stanford(args.glove_bin, tokens, args.workdir / "stanford-glove", args.nproc)
-    ours = run_embedpipe(args.workdir, args.nproc)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:
+        out = args.workdir / "stanford-glove"
+        name = f"Stanford {args.threads} threads"
+        runs.setdefault(name, []).append(
+            run_stanford(args.glove_bin, tokens, out, args.threads, seed)
+        )
+        for run in args.runs:
+            nproc, threads = map(int, run.split("x"))
+            name = f"embedpipe {nproc}p x {threads}t"
+            runs.setdefault(name, []).append(
+                run_embedpipe(args.workdir, nproc, threads, args.batch_size, seed)
+            )
+    keys = ("training_seconds", "entries_per_sec", "wordsim353", "simlex999", "analogy")
+    means = {
+        name: {k: float(np.mean([r[k] for r in rs])) for k in keys} for name, rs in runs.items()
+    }
     results = {"corpus_tokens": manifests["tokenize"]["counts"]["tokens"], "settings": SETTINGS,
-               "cpus": os.cpu_count(), "stanford": stanford, "embedpipe": ours,
-               "cooccur_entries": manifests["cooccur"]["counts"]}  # fmt: skip
+               "cpus": os.cpu_count(), "seeds": args.seeds, "batch_size": args.batch_size,
+               "runs": runs, "means": means, "cooccur_entries": manifests["cooccur"]["counts"]}  # fmt: skip
     print(
-        f"{'':12s}{'train s':>9s} {'entries/s':>11s} {'WS353':>7s} {'SimLex':>7s} {'analogy':>8s}"
+        f"{'':24s}{'seed':>5s}{'train s':>9s} {'entries/s':>11s} {'WS353':>7s} {'SimLex':>7s} "
+        f"{'analogy':>8s}"
     )
-    for name, r in (("Stanford", stanford), ("embedpipe", ours)):
-        print(f"{name:12s}{r['training_seconds']:>9.1f} {r['entries_per_sec']:>11,} "
-              f"{r['wordsim353']:>7.3f} {r['simlex999']:>7.3f} {r['analogy']:>8.3f}")  # fmt: skip
+    for name, rs in runs.items():
+        for r in [*rs, {**means[name], "seed": "mean"}] if len(rs) > 1 else rs:
+            print(f"{name:24s}{r['seed']:>5}{r['training_seconds']:>9.1f} "
+                  f"{round(r['entries_per_sec']):>11,} {r['wordsim353']:>7.3f} "
+                  f"{r['simlex999']:>7.3f} {r['analogy']:>8.3f}")  # fmt: skip
+    stanford = means[f"Stanford {args.threads} threads"]
+    for name, m in means.items():
+        if name.startswith("embedpipe"):
+            gaps = ", ".join(f"{k} {m[k] - stanford[k]:+.3f}" for k in keys[2:])
+            print(f"{name}: {m['entries_per_sec'] / stanford['entries_per_sec']:.2f}x the "
+                  f"Stanford tool's entries/s; scores minus Stanford's: {gaps}")  # fmt: skip
+    for r in (r for name, rs in runs.items() if name.startswith("embedpipe") for r in rs):
+        print(f"bytes exchanged per step, {r['processes']} processes: {r['bytes_per_step']:,}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {RESULTS}")

@@ -52,7 +52,10 @@ def prepare(
     config = load_config(
         None,
         [f"workdir={workdir}", f'corpus.paths=["{corpus}"]', f"vocab.min_count={SETTINGS['min_count']}",
-         f"vocab.sample={SETTINGS['sample']}", "spark.driver_memory=4g"],
+         f"vocab.sample={SETTINGS['sample']}", "spark.driver_memory=4g",
+         # gensim, word2vec.c and the GloVe tools skip words outside the vocabulary
+         # (they take no window position): so does embedpipe here.
+         "encode.oov=drop"],
     )  # fmt: skip
     spark = get_spark(config.spark)
     manifests = {s: STAGE_FUNCTIONS[s](spark, config) for s in stages}

@@ -29,7 +29,7 @@ from embedpipe.train.checkpoint import (
 )
 from embedpipe.train.data import CooccurReader, cooccur_chunks, rank_chunks, read_chunk
 from embedpipe.train.glove import GloVe
-from embedpipe.train.glove_trainer import TABLES
+from embedpipe.train.glove_trainer import POOL_CHUNKS, TABLES, pool_order
 from embedpipe.train.trainer import SUMMARY, SparseRowsExchange, sparse_rows_hook, train
 
 
@@ -171,6 +171,7 @@ def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "embedpipe.train", "--set", f"workdir={workdir}", "--set", "train.model=glove",
         "--set", "train.epochs=2", "--set", "train.dim=8", "--set", "train.batch_size=16",
+        "--set", "train.glove_lr=0.2",
         "--set", "train.checkpoint_every=4", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -179,4 +180,24 @@ def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
     assert summary["world_size"] == 2 and summary["steps"] > 0
     tensors, state = load_checkpoint(out / "checkpoints" / summary["checkpoint"])
     assert state["world"] == 2 and state["epoch"] == 2
-    assert torch.isfinite(tensors["input"]).all()
+    assert summary["bytes_per_step"] > 0  # the ranks exchanged their changes
+    # Both ranks' entries moved the one shared model: the loss over all entries fell.
+    model = GloVe(len(tensors["word"]), 8, seed=0)
+    entries = all_entries(workdir)
+    with torch.no_grad():
+        before = model(*entries, 100.0, 0.75).item()
+        for name in TABLES:
+            getattr(model, name).weight.copy_(tensors[name])
+        after = model(*entries, 100.0, 0.75).item()
+    assert after < 0.7 * before
+    torch.testing.assert_close(tensors["input"], model.vectors())
+
+
+def test_pools_visit_every_chunk_once_in_a_seeded_order() -> None:
+    n = 3 * POOL_CHUNKS + 5
+    orders = [pool_order(CONFIG, n, epoch, rank) for epoch in (0, 1) for rank in (0, 1)]
+    for pools in orders:
+        assert sorted(c for pool in pools for c in pool) == list(range(n))
+        assert [len(p) for p in pools] == [POOL_CHUNKS] * 3 + [5]
+    assert len({str(o) for o in orders}) == 4  # each epoch and rank its own order
+    assert pool_order(CONFIG, n, 1, 0) == orders[2]

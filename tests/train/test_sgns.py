@@ -311,7 +311,9 @@ def test_kernel_threads_train_the_same_examples(kit: SimpleNamespace) -> None:
     w_in, w_out = (t.float() for t in kit.tables())
     one = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=0.01, threads=1)
     two = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=0.01, threads=2)
-    assert two[0].item() == pytest.approx(one[0].item(), rel=0.25)  # a sample of the loss
+    # The loss is a sample (every LOSS_EVERY-th centre word of each thread's run), and the
+    # interleaving moves it further: loosely equal only.
+    assert two[0].item() == pytest.approx(one[0].item(), rel=0.5)
     for x, y in zip(one[1:], two[1:], strict=True):
         assert x.abs().sum() > 0
         torch.testing.assert_close(x, y, rtol=0.05, atol=0.05)

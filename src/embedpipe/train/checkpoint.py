@@ -65,3 +65,26 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if not (path / MARKER).exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     return load_file(str(path / WEIGHTS)), json.loads((path / STATE).read_text())
+
+
+def resume_checkpoint(
+    root: Path, fingerprint: str, world: int
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(path, tensors, state) of the newest complete checkpoint under `root`, or None.
+
+    Refuses a checkpoint of another run (its fingerprint: config and input tables) or one
+    written by another number of ranks (each rank's data cursor is in it).
+    """
+    path = latest_checkpoint(root)
+    if path is None:
+        return None
+    tensors, state = load_checkpoint(path)
+    if state.get("fingerprint") != fingerprint:
+        raise RuntimeError(
+            f"{path} belongs to another training run (fingerprint {state.get('fingerprint')}, "
+            f"this run's is {fingerprint}: the config or the input tables changed); clear "
+            f"{root} to start afresh"
+        )
+    if state["world"] != world:
+        raise RuntimeError(f"{path} was written by {state['world']} ranks; resume with as many")
+    return path, tensors, state

@@ -52,7 +52,7 @@ def rank_chunks(table_dir: str, rank: int, world: int, chunk_rows: int = 16384) 
     return split_chunks(parquet_files(table_dir), rank, world, chunk_rows)
 
 
-def cooccur_chunks(table_dir: str, rank: int, world: int, chunk_rows: int = 1 << 18) -> list[Chunk]:
+def cooccur_chunks(table_dir: str, rank: int, world: int, chunk_rows: int = 1 << 13) -> list[Chunk]:
     """A rank's chunks of the `cooccur` table (partitioned `shard=k/`).
 
     With at least as many shards as ranks, rank r takes the whole shards k with
@@ -106,19 +106,28 @@ class ChunkReader:
 
 
 class CooccurReader:
-    """Reads chunks of the `cooccur` table: (row int64, col int64, weight float32)."""
+    """Reads chunks of the `cooccur` table: (row int64, col int64, weight float32).
+
+    Keeps every file it has opened open (a table has a few files per shard) and the last
+    row group read, so chunks visited in a random order cost one row-group read each.
+    """
 
     def __init__(self) -> None:
+        self._files: dict[str, pq.ParquetFile] = {}
+        self._handles: list[Any] = []
         self._key: tuple[str, int] | None = None
         self._table: Any = None
 
     def __call__(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = (chunk.file, chunk.row_group)
         if key != self._key:
-            with fsspec.open(chunk.file, "rb") as f:
-                self._table = pq.ParquetFile(f).read_row_group(
-                    chunk.row_group, columns=[S.ROW, S.COL, S.WEIGHT]
-                )
+            if chunk.file not in self._files:
+                handle = fsspec.open(chunk.file, "rb").open()
+                self._handles.append(handle)
+                self._files[chunk.file] = pq.ParquetFile(handle)
+            self._table = self._files[chunk.file].read_row_group(
+                chunk.row_group, columns=[S.ROW, S.COL, S.WEIGHT]
+            )
             self._key = key
         part = self._table.slice(chunk.start, chunk.stop - chunk.start)
         return (
@@ -126,6 +135,12 @@ class CooccurReader:
             part.column(S.COL).to_numpy().astype(np.int64),
             part.column(S.WEIGHT).to_numpy().astype(np.float32, copy=False),
         )
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        self._files.clear()
+        self._handles.clear()
 
 
 def read_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:

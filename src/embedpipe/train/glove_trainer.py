@@ -1,17 +1,24 @@
 """GloVe training (`train.model = "glove"`) on the `cooccur` table, with the sgns machinery.
 
-Each rank streams its share of the shards (`data.cooccur_chunks`: whole shards k with
-k % world == rank, or a split of the rows when there are fewer shards than ranks) in
-chunks of rows; a chunk's entries are shuffled by its own generator seeded by (seed,
-epoch, rank, chunk), and cut into batches of `batch_size` entries. The four tables are
-sparse embeddings, so DDP reduces the rows a step touched through `SparseRowsExchange`;
-ranks agree per chunk on their step count (`agree`) as in the skip-gram trainer, so an
-epoch ends for everyone when one rank's share is done (with unevenly sized shards, a few
-entries of the larger shares go unseen that epoch).
+Data order. The `cooccur` shards are sorted by row, so reading them in order would feed
+the optimiser one narrow band of words at a time. Each rank takes its share of the shards
+(`data.cooccur_chunks`: whole shards k with k % world == rank, or a split of the rows
+when there are fewer shards than ranks) as chunks of one row group each, visits them in a
+random order drawn from (seed, epoch, rank), and shuffles `POOL_CHUNKS` chunks at a time
+together (about 2M entries, 40 MB) before cutting them into batches of `batch_size`
+entries: a near-global shuffle, as the Stanford tool's `shuffle`, in bounded memory.
 
-The update is AdaGrad, hand-written on the touched rows: sums of squared gradients start
-at 1 (as the Stanford tool and `torch.optim.Adagrad(initial_accumulator_value=1)`), each
-step adds the squared gradient, then moves by -glove_lr * g / sqrt(sum) (torch's order).
+The step (`glove.glove_step`) is the Stanford tool's AdaGrad, entry by entry on copies of
+the rows the batch touches (on CPU; Hogwild threads with `train.threads` > 1). The ranks
+then sum their changes to the four tables and to their AdaGrad sums with one
+`SparseRowsExchange` (row-sparse all-reduce over the union of the rows touched: traffic
+is bounded by the batch, never the vocabulary), and every rank applies the same sum, so
+the replicas stay identical. A rank misses the other ranks' updates of the current step:
+bigger batches mean fewer exchanges but staler rows. Ranks agree per pool on their step
+count (`agree`) as in the skip-gram trainer, so an epoch ends for everyone when one
+rank's share is done (with unevenly sized shards, a few entries of the larger shares go
+unseen that epoch).
+
 The learning rate is constant (`train.glove_lr`, default 0.05 as the Stanford tool;
 `train.lr` / `min_lr` are not used). The sums are part of the state: checkpoints hold the
 four tables, their AdaGrad sums, and W + C under "input" (the published vectors), so a
@@ -31,13 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from embedpipe.config import TrainConfig, to_dict
 from embedpipe.corpus.stage import Workdir
-from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, CooccurReader, Prefetcher, cooccur_chunks, count_rows
-from embedpipe.train.glove import GloVe
+from embedpipe.train.glove import TABLES, GloVe, glove_step
 from embedpipe.train.trainer import (
     METRICS,
     PREFETCH,
@@ -46,59 +52,78 @@ from embedpipe.train.trainer import (
     SparseRowsExchange,
     agree,
     chunk_seed,
-    coalesced,
     gather_cursors,
     log_progress,
     setup_cluster,
-    sparse_rows_hook,
     training_fingerprint,
     write_loss_curve,
 )
+from embedpipe.train.windows import RowCompactor
 
-TABLES = ("word", "context", "word_bias", "context_bias")
+POOL_CHUNKS = 256  # chunks (row groups of 8,192 entries) shuffled together: ~2M entries
 
 
-def adagrad_(param: torch.Tensor, sums: torch.Tensor, lr: float) -> None:
-    """One AdaGrad step on the rows of `param`'s sparse gradient (then cleared)."""
-    grad = coalesced(param.grad)
-    rows, values = grad._indices()[0], grad._values()
-    total = sums.index_select(0, rows).addcmul_(values, values)
-    sums.index_copy_(0, rows, total)
-    param.index_add_(0, rows, values.div(total.sqrt_()).mul_(-lr))
-    param.grad = None
+def pool_order(config: TrainConfig, n_chunks: int, epoch: int, rank: int) -> list[list[int]]:
+    """A rank's chunks for one epoch, in a random order of (seed, epoch, rank), in pools."""
+    order = np.random.default_rng([config.seed, epoch, rank]).permutation(n_chunks).tolist()
+    return [order[i : i + POOL_CHUNKS] for i in range(0, n_chunks, POOL_CHUNKS)]
 
 
 def iter_glove_batches(
     config: TrainConfig, chunks: list[Chunk], epoch: int, rank: int, first: tuple[int, int]
 ) -> Iterator[list[Batch]]:
-    """A rank's batches of one epoch from cursor `first` = (chunk, batch) on, by chunk."""
+    """A rank's batches of one epoch from cursor `first` = (pool, batch) on, by pool."""
     read = CooccurReader()
-    first_chunk, first_batch = first
-    for index in range(first_chunk, len(chunks)):
-        rows, cols, x = read(chunks[index])
-        if len(rows) == 0:
-            continue
-        rng = np.random.default_rng(chunk_seed(config.seed, epoch, rank, index))
-        order = rng.permutation(len(rows))
-        rows, cols, x = rows[order], cols[order], x[order]
-        n_batches = max(1, math.ceil(len(rows) / config.batch_size))
-        batches = []
-        for b in range(first_batch if index == first_chunk else 0, n_batches):
-            sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
-            batches.append(
-                Batch(
-                    (
-                        torch.from_numpy(rows[sl]),
-                        torch.from_numpy(cols[sl]),
-                        torch.from_numpy(x[sl]),
-                    ),
-                    len(rows[sl]),
-                    len(rows) / n_batches,
-                    n_batches - b,
-                    (index, b + 1) if b + 1 < n_batches else (index + 1, 0),
+    try:
+        first_pool, first_batch = first
+        pools = pool_order(config, len(chunks), epoch, rank)
+        for index in range(first_pool, len(pools)):
+            # Read in table order (chunks sharing a row group read it once); shuffled next.
+            parts = [read(chunks[c]) for c in sorted(pools[index])]
+            rows, cols, x = (np.concatenate(column) for column in zip(*parts, strict=True))
+            if len(rows) == 0:
+                continue
+            rng = np.random.default_rng(chunk_seed(config.seed, epoch, rank, index))
+            order = rng.permutation(len(rows))
+            rows, cols, x = rows[order], cols[order], x[order]
+            n_batches = max(1, math.ceil(len(rows) / config.batch_size))
+            batches = []
+            for b in range(first_batch if index == first_pool else 0, n_batches):
+                sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
+                batches.append(
+                    Batch(
+                        (rows[sl], cols[sl], x[sl]),
+                        len(rows[sl]),
+                        len(rows) / n_batches,
+                        n_batches - b,
+                        (index, b + 1) if b + 1 < n_batches else (index + 1, 0),
+                    )
                 )
+            yield batches
+    finally:
+        read.close()
+
+
+def apply_changes(
+    params: list[torch.Tensor],
+    rows: list[torch.Tensor],
+    changes: list[torch.Tensor],
+    exchange: SparseRowsExchange | None,
+    bound: int,
+) -> None:
+    """Add every rank's changes of a step to `params` (the same sum on every rank)."""
+    if exchange is not None:
+        local = [
+            torch.sparse_coo_tensor(
+                r.unsqueeze(0), c, p.shape, check_invariants=False, is_coalesced=True
             )
-        yield batches
+            for p, r, c in zip(params, rows, changes, strict=True)
+        ]
+        summed = exchange.exchange([(g, bound) for g in local])
+        rows = [g._indices()[0] for g in summed]  # averages over ranks: scale back to sums
+        changes = [g._values().mul_(exchange.world) for g in summed]
+    for p, r, c in zip(params, rows, changes, strict=True):
+        p.index_add_(0, r, c)
 
 
 def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
@@ -114,32 +139,18 @@ def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     checkpoints = out / "checkpoints"
 
     model = GloVe(vocab_size, config.dim, config.seed).to(cluster.device)
-    params = [getattr(model, name).weight for name in TABLES]
+    params = model.tables()
     sums = [torch.ones_like(p) for p in params]
     state: dict[str, Any] = {"epoch": 0, "cursors": [[0, 0]] * cluster.world, "words": 0, "step": 0}
-    resume_from = latest_checkpoint(checkpoints)
-    if resume_from is not None:
-        tensors, state = load_checkpoint(resume_from)
-        if state.get("fingerprint") != run_fingerprint:
-            raise RuntimeError(
-                f"{resume_from} belongs to another training run (fingerprint "
-                f"{state.get('fingerprint')}, this run's is {run_fingerprint}: the config or "
-                f"the input tables changed); clear {checkpoints} to start afresh"
-            )
-        if state["world"] != cluster.world:
-            raise RuntimeError(
-                f"{resume_from} was written by {state['world']} ranks; resume with as many"
-            )
+    resumed = resume_checkpoint(checkpoints, run_fingerprint, cluster.world)
+    if resumed is not None:
+        _, tensors, state = resumed
         with torch.no_grad():
             for name, p, s in zip(TABLES, params, sums, strict=True):
                 p.copy_(tensors[name])
                 s.copy_(tensors[f"adagrad.{name}"])
-    ddp, exchange = model, None
-    if cluster.world > 1:
-        ddp = DistributedDataParallel(model)
-        bounds = {p: config.batch_size for p in params}
-        exchange = SparseRowsExchange(bounds, cluster.world)
-        ddp.register_comm_hook(exchange, sparse_rows_hook)
+    exchange = SparseRowsExchange({}, cluster.world) if cluster.world > 1 else None
+    compact = RowCompactor(vocab_size)
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / METRICS).open("a") if cluster.is_main else None
@@ -180,15 +191,18 @@ def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
                     break
                 for _ in range(agreed):
                     batch = next(stream)
-                    rows, cols, x = (t.to(cluster.device) for t in batch.tensors())
-                    loss = ddp(rows, cols, x, config.x_max, config.alpha)
-                    (loss * cluster.world).backward()
                     with torch.no_grad():
-                        for p, s in zip(params, sums, strict=True):
-                            adagrad_(p, s, config.glove_lr)
+                        result = glove_step(
+                            params, sums, *batch.tensors(), config.x_max, config.alpha,
+                            config.glove_lr, config.threads, compact,
+                        )  # fmt: skip
+                        apply_changes(
+                            [*params, *sums], result.rows, result.changes, exchange,
+                            config.batch_size,
+                        )  # fmt: skip
                     step += 1
                     done += step_entries
-                    loss_sum += loss.item()
+                    loss_sum += result.loss
                     count += batch.pairs
                     if cluster.is_main and step % config.log_every == 0:
                         log_progress(

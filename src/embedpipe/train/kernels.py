@@ -186,3 +186,61 @@ def cbow_window_sgd(
         measured += examples % every == 0
         examples += 1
     return loss * examples / max(measured, 1), examples
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def glove_adagrad(
+    word: np.ndarray,
+    context: np.ndarray,
+    word_bias: np.ndarray,
+    context_bias: np.ndarray,
+    word_sq: np.ndarray,
+    context_sq: np.ndarray,
+    word_bias_sq: np.ndarray,
+    context_bias_sq: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    x: np.ndarray,
+    x_max: float,
+    alpha: float,
+    lr: float,
+) -> float:
+    """GloVe's AdaGrad, entry by entry and in place, as the Stanford tool's inner loop.
+
+    word / context (R, d) and (C, d), the biases (R, 1) / (C, 1) and their squared-gradient
+    sums of the same shapes: the rows the entries touch; rows[e] / cols[e] index them.
+    For an entry with diff = w . c + b + b~ - log x and g = lr * f(x) * diff, each
+    parameter moves by -g * (its partner's value) / sqrt(its sum so far), then its sum
+    grows by that step's squared numerator: the sums hold (lr * gradient)^2, starting at
+    1, so early steps are nearly plain SGD at lr. Returns the summed weighted loss
+    0.5 f(x) diff^2 of the entries, each measured before its update.
+    """
+    d = word.shape[1]
+    step_w = np.zeros(d, dtype=word.dtype)
+    step_c = np.zeros(d, dtype=word.dtype)
+    loss = 0.0
+    for e in range(len(rows)):
+        i, j, xe = rows[e], cols[e], x[e]
+        diff = np.float32(0.0)
+        for t in range(d):
+            diff += word[i, t] * context[j, t]
+        diff += word_bias[i, 0] + context_bias[j, 0] - np.float32(math.log(xe))
+        weight = np.float32(1.0) if xe > x_max else np.float32((xe / x_max) ** alpha)
+        fdiff = weight * diff
+        loss += 0.5 * fdiff * diff
+        g = fdiff * np.float32(lr)
+        for t in range(d):
+            gw = g * context[j, t]
+            gc = g * word[i, t]
+            step_w[t] = gw / math.sqrt(word_sq[i, t])
+            step_c[t] = gc / math.sqrt(context_sq[j, t])
+            word_sq[i, t] += gw * gw
+            context_sq[j, t] += gc * gc
+        for t in range(d):
+            word[i, t] -= step_w[t]
+            context[j, t] -= step_c[t]
+        word_bias[i, 0] -= g / math.sqrt(word_bias_sq[i, 0])
+        context_bias[j, 0] -= g / math.sqrt(context_bias_sq[j, 0])
+        word_bias_sq[i, 0] += g * g
+        context_bias_sq[j, 0] += g * g
+    return loss

@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from embedpipe.config import MLMConfig, TrainConfig, to_dict
 from embedpipe.corpus.stage import Workdir
 from embedpipe.train.buckets import iter_heldout_batches, iter_mlm_batches, rank_bucket_chunks
-from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, Prefetcher, count_rows
 from embedpipe.train.mlm import IGNORE, EncoderConfig, MaskedLM, decay_groups, perplexity
 from embedpipe.train.trainer import (
@@ -190,19 +190,9 @@ def train_mlm(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     state: dict[str, Any] = {
         "epoch": 0, "cursors": [[0, 0]] * cluster.world, "words": 0.0, "step": 0, "heldout": [],
     }  # fmt: skip
-    resume_from = latest_checkpoint(checkpoints)
-    if resume_from is not None:
-        tensors, state = load_checkpoint(resume_from)
-        if state.get("fingerprint") != run_fingerprint:
-            raise RuntimeError(
-                f"{resume_from} belongs to another training run (fingerprint "
-                f"{state.get('fingerprint')}, this run's is {run_fingerprint}: the config or "
-                f"the input tables changed); clear {checkpoints} to start afresh"
-            )
-        if state["world"] != cluster.world:
-            raise RuntimeError(
-                f"{resume_from} was written by {state['world']} ranks; resume with as many"
-            )
+    resumed = resume_checkpoint(checkpoints, run_fingerprint, cluster.world)
+    if resumed is not None:
+        _, tensors, state = resumed
         model.load_state_dict(
             {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         )
@@ -279,7 +269,7 @@ def train_mlm(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
             )
 
     last_lr = learning_rate(mlm, step, tokens_done / total_tokens, decay_from or 0.0)
-    if resume_from is None:
+    if resumed is None:
         evaluate(0)  # the starting point: the held-out loss of the untrained model
     for epoch in range(state["epoch"], config.epochs):
         cursor = state["cursors"][cluster.rank] if epoch == state["epoch"] else (0, 0)

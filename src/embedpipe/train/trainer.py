@@ -60,7 +60,7 @@ from embedpipe import schemas as S
 from embedpipe.config import TrainConfig, fingerprint, to_dict
 from embedpipe.corpus.stage import Workdir
 from embedpipe.train.cbow import CBOW
-from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, ChunkReader, Prefetcher, rank_chunks
 from embedpipe.train.sgns import SkipGram
 from embedpipe.train.windows import (
@@ -135,10 +135,11 @@ def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
 class Batch(NamedTuple):
     """One step's examples, and where the data cursor stands.
 
-    `data`: a `windows.WindowBatch` (sgns, cbow) or (rows, cols, x) of `cooccur` (glove).
+    `data`: a `windows.WindowBatch` (sgns, cbow) or (rows, cols, x) arrays of `cooccur`
+    (glove).
     """
 
-    data: tuple[torch.Tensor, ...]
+    data: tuple[Any, ...]
     pairs: int  # examples: (context, centre) pairs (sgns) or centre words with contexts (cbow)
     words: float  # corpus words this batch stands for
     remaining: int  # batches left in its chunk, this one included
@@ -176,19 +177,9 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     table = CBOW if config.model == "cbow" else SkipGram
     model = table(len(keep_prob), config.dim, config.seed, config.threads).to(cluster.device)
     state: dict[str, Any] = {"epoch": 0, "cursors": [[0, 0]] * cluster.world, "words": 0, "step": 0}
-    resume_from = latest_checkpoint(checkpoints)
-    if resume_from is not None:
-        tensors, state = load_checkpoint(resume_from)
-        if state.get("fingerprint") != run_fingerprint:
-            raise RuntimeError(
-                f"{resume_from} belongs to another training run (fingerprint "
-                f"{state.get('fingerprint')}, this run's is {run_fingerprint}: the config or "
-                f"the input tables changed); clear {checkpoints} to start afresh"
-            )
-        if state["world"] != cluster.world:
-            raise RuntimeError(
-                f"{resume_from} was written by {state['world']} ranks; resume with as many"
-            )
+    resumed = resume_checkpoint(checkpoints, run_fingerprint, cluster.world)
+    if resumed is not None:
+        _, tensors, state = resumed
         with torch.no_grad():
             model.input.weight.copy_(tensors["input"])
             model.output.weight.copy_(tensors["output"])
