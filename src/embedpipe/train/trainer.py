@@ -18,8 +18,8 @@ own.
 `train.model` picks the objective: "sgns" (skip-gram: each context predicts the centre
 word), "cbow" (the mean of the contexts predicts it, gensim's cbow_mean=1), both over the
 same window batches (`batch_size` counts centre words), or "glove"
-(`glove_trainer.train_glove`: AdaGrad on the `cooccur` table, same cursor, agreement,
-hook and checkpoint layout).
+(`glove_trainer.train_glove`: the Stanford tool's AdaGrad on the `cooccur` table, same
+cursor, agreement, row exchange and checkpoint layout).
 
 Ranks agree once per chunk, not per step, on how many steps all of them can take (the
 fewest batches left in any rank's current chunk; 0 ends the epoch for everyone) and on the
@@ -396,7 +396,8 @@ def agree(batch: Batch | None, cluster: Cluster) -> tuple[int, float]:
 class SparseRowsExchange:
     """One all-reduce per step for all sparse tables, over the union of the rows ranks touched.
 
-    State of `sparse_rows_hook`, a DDP communication hook. Gloo's own sparse all-reduce
+    State of `sparse_rows_hook`, a DDP communication hook (GloVe, which exchanges changes
+    rather than gradients, calls `exchange` itself). Gloo's own sparse all-reduce
     costs three all-gathers per table (sizes, indices, values) and a re-sort of the
     gathered rows; here the ranks all-gather every table's row ids at once (int32, padded
     to a per-table bound known in advance: rows a batch can touch), each takes the sorted
