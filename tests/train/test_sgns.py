@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from embedpipe import schemas as S
+from embedpipe.train.cbow import CBOW
 from embedpipe.train.kernels import sgns_window_sgd
 from embedpipe.train.sgns import SkipGram, kernel_step, reference_loss, sgns_step
 from embedpipe.train.windows import (
@@ -306,14 +307,38 @@ def test_skipgram_initialisation_is_word2vecs() -> None:
 
 
 def test_kernel_threads_train_the_same_examples(kit: SimpleNamespace) -> None:
-    """Hogwild threads: the same updates up to their interleaving (tiny differences)."""
+    """Hogwild threads: the same updates up to their interleaving. At a small learning rate
+    the order of the updates changes the result only at second order, whatever the timing
+    of the threads (30 rows: every row is shared by both threads)."""
     batch = kit.window_fixture(seed=4)
     w_in, w_out = (t.float() for t in kit.tables())
-    one = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=0.01, threads=1)
-    two = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=0.01, threads=2)
-    # The loss is a sample (every LOSS_EVERY-th centre word of each thread's run), and the
-    # interleaving moves it further: loosely equal only.
-    assert two[0].item() == pytest.approx(one[0].item(), rel=0.5)
+    one = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=1e-4, threads=1)
+    two = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=1e-4, threads=2)
+    # The loss is a sample (every LOSS_EVERY-th centre word of each thread's run).
+    assert two[0].item() == pytest.approx(one[0].item(), rel=0.25)
     for x, y in zip(one[1:], two[1:], strict=True):
         assert x.abs().sum() > 0
-        torch.testing.assert_close(x, y, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(x, y, rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("model_class", [SkipGram, CBOW])
+def test_training_in_place_equals_the_step_on_copies(
+    kit: SimpleNamespace, model_class: type[SkipGram]
+) -> None:
+    """The single-process path (kernel straight on the tables, global ids) against the
+    DDP path (kernel on copies of the touched rows, then the SGD update)."""
+    batch = kit.window_fixture(seed=5)
+    in_place, on_copies = (model_class(30, 8, seed=0) for _ in range(2))
+    with torch.no_grad():
+        on_copies.output.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        in_place.output.weight.copy_(on_copies.output.weight)
+    loss = in_place.train_in_place(batch, 0.05)
+    want = on_copies(batch, 0.05)
+    want.backward()
+    with torch.no_grad():
+        for p in (on_copies.input.weight, on_copies.output.weight):
+            p.index_add_(0, p.grad._indices()[0], p.grad._values() * -0.05)
+    assert loss == pytest.approx(want.item(), rel=1e-5)
+    for a, b in ((in_place.input, on_copies.input), (in_place.output, on_copies.output)):
+        torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(in_place.input.weight, model_class(30, 8, seed=0).input.weight)

@@ -157,18 +157,7 @@ def kernel_step(
     per_centre += [batch.centre_out.numpy(), batch.neg_out.numpy()]
     if lr > 0:
         before_in, before_out = rows_in.clone(), rows_out.clone()
-        no_grad = np.empty((0, rows_in.shape[1]), dtype=rows_in.numpy().dtype)
-        tables = (rows_in.numpy(), rows_out.numpy(), span)
-        n = len(per_centre[0])
-        cuts = np.linspace(0, n, min(threads, max(n, 1)) + 1).astype(int)
-        runs = [[a[lo:hi] for a in per_centre] for lo, hi in itertools.pairwise(cuts)]
-        if len(runs) == 1:
-            loss, _ = kernel(*tables, *runs[0], lr, no_grad, no_grad)
-        else:
-            results = kernel_pool(threads).map(
-                lambda run: kernel(*tables, *run, lr, no_grad, no_grad), runs
-            )
-            loss = sum(part for part, _ in results)
+        loss = run_sgd(kernel, rows_in.numpy(), rows_out.numpy(), span, per_centre, lr, threads)
         grad_in, grad_out = before_in.sub_(rows_in).div_(lr), before_out.sub_(rows_out).div_(lr)
     else:
         grad_in, grad_out = torch.zeros_like(rows_in), torch.zeros_like(rows_out)
@@ -177,6 +166,29 @@ def kernel_step(
             grad_in.numpy(), grad_out.numpy(),
         )  # fmt: skip
     return torch.tensor(loss, dtype=torch.float64), grad_in, grad_out
+
+
+def run_sgd(
+    kernel: Callable[..., tuple[float, int]],
+    w_in: np.ndarray,
+    w_out: np.ndarray,
+    span: np.ndarray,
+    per_centre: list[np.ndarray],
+    lr: float,
+    threads: int,
+) -> float:
+    """SGD by `kernel` on `w_in` / `w_out` in place; the centre words split into `threads`
+    runs trained at once, lock-free (Hogwild). Returns the (sampled) summed loss."""
+    no_grad = np.empty((0, w_in.shape[1]), dtype=w_in.dtype)
+    n = len(per_centre[0])
+    cuts = np.linspace(0, n, min(threads, max(n, 1)) + 1).astype(int)
+    runs = [[a[lo:hi] for a in per_centre] for lo, hi in itertools.pairwise(cuts)]
+    if len(runs) == 1:
+        return kernel(w_in, w_out, span, *runs[0], lr, no_grad, no_grad)[0]
+    results = kernel_pool(threads).map(
+        lambda run: kernel(w_in, w_out, span, *run, lr, no_grad, no_grad), runs
+    )
+    return sum(part for part, _ in results)
 
 
 @functools.cache
@@ -218,6 +230,16 @@ class SkipGram(nn.Module):
         if w_in.device.type == "cpu":
             return kernel_step(self.kernel, w_in, w_out, batch, lr, self.threads)
         return self.tensor_step(w_in, w_out, batch, lr)
+
+    def train_in_place(self, batch: WindowBatch, lr: float) -> float:
+        """SGD by the CPU kernel straight on the tables, as word2vec.c's threads do: no
+        copies of the touched rows and no gradients. Nothing is left to exchange, so this
+        is the single-process path (`trainer`); returns the (sampled) summed loss."""
+        w_in, w_out = self.input.weight.detach(), self.output.weight.detach()
+        span = batch.in_rows[batch.span].numpy()  # global ids instead of positions
+        per_centre = [t.numpy() for t in (batch.left, batch.right, batch.centre_span)]
+        per_centre += [batch.out_rows[t].numpy() for t in (batch.centre_out, batch.neg_out)]
+        return run_sgd(self.kernel, w_in.numpy(), w_out.numpy(), span, per_centre, lr, self.threads)
 
     def tensor_step(
         self, w_in: torch.Tensor, w_out: torch.Tensor, batch: WindowBatch, lr: float
