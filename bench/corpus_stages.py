@@ -190,6 +190,50 @@ class TreeSampler(threading.Thread):
         return peak
 
 
+class HeapPoller(threading.Thread):
+    """Polls the driver JVM's heap (JMX, through the Spark session's gateway): the largest
+    occupancy right after a garbage collection (the data the JVM keeps: what could grow
+    with the corpus) and the largest committed heap (which the GC grows lazily towards
+    -Xmx when there is more garbage, and which is most of the RSS)."""
+
+    def __init__(self, spark: Any, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.stop_event = threading.Event()
+        jvm = spark.sparkContext._jvm
+        factory = jvm.java.lang.management.ManagementFactory
+        self.memory = factory.getMemoryMXBean()
+        self.pools = [
+            pool for pool in factory.getMemoryPoolMXBeans() if str(pool.getType()) == "Heap memory"
+        ]
+        self.max_bytes = self.memory.getHeapMemoryUsage().getMax()
+        self.after_gc = self.committed = 0
+
+    def sample(self) -> None:
+        used = 0
+        for pool in self.pools:
+            usage = pool.getCollectionUsage()
+            used += usage.getUsed() if usage is not None else 0
+        self.after_gc = max(self.after_gc, used)
+        self.committed = max(self.committed, self.memory.getHeapMemoryUsage().getCommitted())
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - the gateway closes at the end of the run
+                return
+
+    def take(self) -> dict[str, float]:
+        self.stop_event.set()
+        self.sample()
+        return {
+            "heap_max_mb": _mb(self.max_bytes // 1024),
+            "heap_after_gc_mb": _mb(self.after_gc // 1024),
+            "heap_committed_mb": _mb(self.committed // 1024),
+        }
+
+
 def wait_quiet(max_wait: float, cores: float = 0.3, window: float = 3.0) -> float:
     """Wait (up to max_wait s) until other processes use under `cores` CPUs over `window` s."""
     started = time.perf_counter()
@@ -365,6 +409,8 @@ def ours_child(tok: Path, workdir: Path, oov: str, event_log: str | None) -> dic
         result["session_start_s"] = round(time.perf_counter() - started, 3)
     result["session_start_foreign_cpu_s"] = round(foreign.seconds, 2)
     result["session_peak"] = sampler.take()
+    heap = HeapPoller(spark)
+    heap.start()
     cpu_before = tree_cpu_seconds(os.getpid())
     for name, fn in STAGE_FUNCTIONS.items():
         with ForeignCpu() as foreign:
@@ -390,6 +436,7 @@ def ours_child(tok: Path, workdir: Path, oov: str, event_log: str | None) -> dic
         print(f"    {name:12s} {seconds:8.2f} s", file=sys.stderr, flush=True)
     stats = _all_stats()
     java = [p for p in _descendants(os.getpid(), stats) if stats[p][0] == "java"]
+    result["driver_jvm_heap"] = heap.take()
     result["java_vmhwm_kb"] = max((_status_kb(p, "VmHWM") for p in java), default=0)
     result["driver_vmhwm_kb"] = _status_kb(os.getpid(), "VmHWM")
     result["tree_cpu_s"] = round(tree_cpu_seconds(os.getpid()), 2)
@@ -560,6 +607,7 @@ def summarise(size: str, tok_info: dict, glove: dict, ours: dict, sanity: dict) 
             "all_stages_s": round(all_s, 3),
             "cpu_s_all_stages": round(sum(s["cpu_s"] for s in ours["stages"].values()), 2),
             "peak_driver_jvm_mb": _mb(ours["java_vmhwm_kb"]),
+            "driver_jvm_heap": ours.get("driver_jvm_heap"),
             "peak_driver_python_mb": _mb(ours["driver_vmhwm_kb"]),
             "peak_python_workers_mb": _mb(
                 max(s["peak_kb"]["workers_kb"] for s in ours["stages"].values())
@@ -690,6 +738,10 @@ def print_table(rows: list[dict]) -> None:
         [f"{r['ours']['cpu_s_all_stages']} / {r['glove']['cpu_s']}" for r in rows],
     )
     kv("peak driver JVM RSS MB", [r["ours"]["peak_driver_jvm_mb"] for r in rows])
+    heaps = [r["ours"].get("driver_jvm_heap") or {} for r in rows]
+    kv("driver JVM heap max (-Xmx) MB", [h.get("heap_max_mb", "-") for h in heaps])
+    kv("  peak heap after GC (kept) MB", [h.get("heap_after_gc_mb", "-") for h in heaps])
+    kv("  peak heap committed MB", [h.get("heap_committed_mb", "-") for h in heaps])
     kv("peak Python driver RSS MB", [r["ours"]["peak_driver_python_mb"] for r in rows])
     kv("peak Python workers RSS MB", [r["ours"]["peak_python_workers_mb"] for r in rows])
     kv("peak whole tree RSS MB", [r["ours"]["peak_tree_mb"] for r in rows])
@@ -748,6 +800,11 @@ def scaling(rows: list[dict]) -> dict[str, Any]:
     out["peak_driver_jvm"] = round(
         b["ours"]["peak_driver_jvm_mb"] / a["ours"]["peak_driver_jvm_mb"], 2
     )
+    heap_a, heap_b = a["ours"].get("driver_jvm_heap"), b["ours"].get("driver_jvm_heap")
+    if heap_a and heap_b and heap_a["heap_after_gc_mb"]:
+        out["peak_driver_jvm_heap_after_gc"] = round(
+            heap_b["heap_after_gc_mb"] / heap_a["heap_after_gc_mb"], 2
+        )
     return out
 
 

@@ -3,8 +3,9 @@
 Map side, one task per part file of the sequences table (`parts.map_parts`, read with
 pyarrow; `PairCounter`, compiled kernels in `pairs`): pairs of frequent ids are summed in
 a dense table, the rest sorted and reduced into runs; the task's sums leave as a few large
-binary blocks per (shard, group), each a sorted run of (row, col, units) in about 8 bytes
-an entry. Spark shuffles those blocks to one reduce task per (shard, group)
+binary blocks per (shard, group), each a sorted run of (row, col, units) as varints of
+gaps, about 3 bytes an entry (8 as fixed-width integers: the shuffle's bytes, moved through
+Arrow, the JVM and its compression twice, were a third of the stage's time). Spark shuffles those blocks to one reduce task per (shard, group)
 (`repartitionById`), which merges the runs and writes its slice of the table as one
 Parquet file. The JVM moves and stores blocks; it never sees a row per pair, and the
 driver receives one line of counts per file. (Measured on 10M tokens, 2 cores: Spark's
@@ -45,9 +46,11 @@ from embedpipe.corpus.parts import finish_table, map_parts, part_name, table_of,
 DENSE_CELLS = 1 << 24  # cells of a map task's dense table (uint32: 64 MiB)
 SPARSE_KEYS = 1 << 23  # raw sparse pairs buffered before a sort-and-reduce (64 MiB)
 MAX_SPARSE = 1 << 24  # distinct sparse pairs a map task holds before it emits its sums
-BLOCK_ENTRIES = 1 << 19  # entries per shuffled block (about 4 MiB)
+BLOCK_ENTRIES = 1 << 20  # entries per shuffled block (about 3 MiB)
 GROUP_ENTRIES = 1 << 24  # bound on the entries one reduce task merges
-ROW_GROUP_ROWS = 1 << 20  # Parquet row group size of the output files
+# Parquet row group size of the output files: GloVe training reads row groups in a random
+# order and shuffles pools of them (`train.glove_trainer`), so groups stay small.
+ROW_GROUP_ROWS = 1 << 13
 # Sorted row and col: delta encoding (standard Parquet, read by Spark 3.3+, DuckDB, pyarrow)
 # makes files ~20% smaller than dictionaries and writes faster; weights repeat: dictionary.
 PARQUET_OPTIONS = {
@@ -199,32 +202,14 @@ def group_bounds(
 
 
 def encode_block(keys: np.ndarray, units: np.ndarray) -> bytes:
-    """A sorted run of (row << 32 | col, units) as compact bytes (about 8 per entry).
-
-    Layout, little-endian: int64 n (entries), r (distinct rows), w (bytes per unit: 4 or 8),
-    0; int32 rows[r]; int32 entries per row[r]; int32 cols[n]; uint32 or int64 units[n].
-    """
-    rows = (keys >> 32).astype("<i4")
-    starts = (
-        np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.empty(0, np.int64)
-    )
-    lengths = np.diff(np.r_[starts, len(rows)]).astype("<i4")
-    wide = len(units) > 0 and int(units.max()) > 0xFFFFFFFF
-    packed = units.astype("<i8" if wide else "<u4")
-    header = np.array([len(keys), len(starts), 8 if wide else 4, 0], "<i8")
-    cols = (keys & 0xFFFFFFFF).astype("<i4")
-    return b"".join(a.tobytes() for a in (header, rows[starts], lengths, cols, packed))
+    """A sorted run of (row << 32 | col, units) as compact bytes (`pairs.encode_run`:
+    varints of row and col gaps and units, about 3 bytes an entry)."""
+    return pairs.encode_run(keys, units).tobytes()
 
 
 def decode_block(block: pa.Buffer | bytes) -> tuple[np.ndarray, np.ndarray]:
     """(keys, units) of an `encode_block` run."""
-    n, r, width, _ = np.frombuffer(block, "<i8", count=4).tolist()
-    rows = np.frombuffer(block, "<i4", count=r, offset=32)
-    lengths = np.frombuffer(block, "<i4", count=r, offset=32 + 4 * r)
-    cols = np.frombuffer(block, "<i4", count=n, offset=32 + 8 * r)
-    units = np.frombuffer(block, "<i8" if width == 8 else "<u4", count=n, offset=32 + 8 * r + 4 * n)
-    keys = (np.repeat(rows, lengths).astype(np.int64) << 32) | cols.astype(np.int64)
-    return keys, units.astype(np.int64)
+    return pairs.decode_run(np.frombuffer(block, np.uint8))
 
 
 def block_rows(

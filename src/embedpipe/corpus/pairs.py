@@ -248,3 +248,80 @@ def merge_runs(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
         merged = [merge_two(*runs[i], *runs[i + 1]) for i in range(0, len(runs) - 1, 2)]
         runs = merged + ([runs[-1]] if len(runs) % 2 else [])
     return runs[0]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _put_varint(out: np.ndarray, p: int, value: np.uint64) -> int:
+    """Write `value` at out[p:] as LEB128 (7 bits a byte, low first); returns the end."""
+    while value >= 0x80:
+        out[p] = (value & np.uint64(0x7F)) | np.uint64(0x80)
+        value >>= np.uint64(7)
+        p += 1
+    out[p] = value
+    return p + 1
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _get_varint(buf: np.ndarray, p: int) -> tuple[np.uint64, int]:
+    value = np.uint64(0)
+    shift = np.uint64(0)
+    while True:
+        byte = np.uint64(buf[p])
+        p += 1
+        value |= (byte & np.uint64(0x7F)) << shift
+        if byte < 0x80:
+            return value, p
+        shift += np.uint64(7)
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_run(keys: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """A sorted run of (row << 32 | col, units >= 0) as LEB128 varints (about 3 bytes an
+    entry instead of 8): the entries; then per row, the row's gap from the previous row and
+    its number of entries, and per entry the gap from the previous col (the col itself
+    first) and the units."""
+    n = len(keys)
+    out = np.empty(10 + 20 * n, np.uint8)  # room for the worst case
+    p = _put_varint(out, 0, np.uint64(n))
+    prev_row = np.int64(0)
+    i = 0
+    while i < n:
+        row = keys[i] >> 32
+        j = i + 1
+        while j < n and (keys[j] >> 32) == row:
+            j += 1
+        p = _put_varint(out, p, np.uint64(row - prev_row))
+        p = _put_varint(out, p, np.uint64(j - i))
+        prev_col = np.int64(0)
+        for k in range(i, j):
+            col = keys[k] & 0xFFFFFFFF
+            p = _put_varint(out, p, np.uint64(col - prev_col))
+            p = _put_varint(out, p, np.uint64(units[k]))
+            prev_col = col
+        prev_row = row
+        i = j
+    return out[:p].copy()
+
+
+@numba.njit(nogil=True, cache=True)
+def decode_run(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, units) of an `encode_run` buffer (uint8)."""
+    count, p = _get_varint(buf, 0)
+    n = np.int64(count)
+    keys = np.empty(n, np.int64)
+    units = np.empty(n, np.int64)
+    row = np.int64(0)
+    m = 0
+    while m < n:
+        gap, p = _get_varint(buf, p)
+        row += np.int64(gap)
+        entries, p = _get_varint(buf, p)
+        col = np.int64(0)
+        for _ in range(np.int64(entries)):
+            gap, p = _get_varint(buf, p)
+            col += np.int64(gap)
+            value, p = _get_varint(buf, p)
+            keys[m] = (row << 32) | col
+            units[m] = np.int64(value)
+            m += 1
+    return keys, units

@@ -214,19 +214,20 @@ def write_vocab(
         )  # the distinct tokens of this task, observed below
         yield from kept.to_batches()
 
-    def rank(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        counts = table_of(batches, COUNTS_SCHEMA)
-        yield from rank_words(counts, config).to_batches()
-
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = table_of(batches, _RANKED_SCHEMA)
-        counts = table.column(S.COUNT).to_numpy()
-        keep, noise = sampling_columns(counts, table.column(_WEIGHT).to_numpy(), config)
+    def rank_and_write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        summed = table_of(batches, _WEIGHTED_SCHEMA)
+        ranked = rank_words(summed.select([S.TOKEN, S.COUNT]), config)
+        # Each kept token's weight from its row; the specials (first, count 0) weigh 0.
+        n_special = len(S.SPECIAL_TOKENS)
+        rows = pc.index_in(ranked.column(S.TOKEN)[n_special:], value_set=summed.column(S.TOKEN))
+        weight = np.concatenate([np.zeros(n_special), summed.column(_WEIGHT).take(rows).to_numpy()])
+        counts = ranked.column(S.COUNT).to_numpy()
+        keep, noise = sampling_columns(counts, weight, config)
         vocab = pa.Table.from_arrays(
             [
-                table.column(S.ID),
-                table.column(S.TOKEN),
-                table.column(S.COUNT),
+                ranked.column(S.ID),
+                ranked.column(S.TOKEN),
+                ranked.column(S.COUNT),
                 pa.array(keep),
                 pa.array(noise),
             ],
@@ -246,15 +247,14 @@ def write_vocab(
         distinct,
         F.coalesce(F.sum(F.when(F.col(S.TOKEN).isNull(), F.col(S.COUNT))), F.lit(0)).alias("n"),
     )
-    ranked = (
-        summed.where(F.col(S.TOKEN).isNotNull())
-        .repartition(1)
-        .mapInArrow(rank, "id int, token string, count bigint")
-    )
-    weighted = ranked.withColumn(
+    # The noise weight count ** power is Spark's `pow` (see above), computed before the one
+    # task that ranks the kept tokens and writes the table (in the same Python function).
+    weighted = summed.where(F.col(S.TOKEN).isNotNull()).withColumn(
         _WEIGHT, F.pow(F.col(S.COUNT).cast("double"), F.lit(config.noise_power))
     )
-    written = weighted.mapInArrow(write, S.spark_ddl(_WRITTEN_SCHEMA)).collect()
+    written = (
+        weighted.repartition(1).mapInArrow(rank_and_write, S.spark_ddl(_WRITTEN_SCHEMA)).collect()
+    )
     if not written:  # no token at all: the specials alone (no weight to compute)
         empty = rank_words(COUNTS_SCHEMA.empty_table(), config)
         specials = [empty.column(c) for c in (S.ID, S.TOKEN, S.COUNT)]
@@ -271,9 +271,8 @@ def write_vocab(
 
 
 _WEIGHT = "noise_weight"
-_RANKED_SCHEMA = pa.schema(
+_WEIGHTED_SCHEMA = pa.schema(
     [
-        pa.field(S.ID, pa.int32()),
         pa.field(S.TOKEN, pa.string()),
         pa.field(S.COUNT, pa.int64()),
         pa.field(_WEIGHT, pa.float64()),

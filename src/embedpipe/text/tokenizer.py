@@ -24,7 +24,6 @@ from embedpipe.config import TokenizeConfig
 
 _SEPARATOR = r"[^\p{L}\p{M}\p{N}]+"
 _CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
-_NOT_SIMPLE = r"[^A-Za-z0-9 ]"  # a row without these splits at spaces alone
 # A URL runs to the first whitespace or non-ASCII character (the same in RE2 and Python).
 # Case is spelled out instead of (?i): RE2 and Python fold non-ASCII letters differently
 # under (?i) (Python's [!-~] matches "İ", U+0130, as "i"; RE2's does not).
@@ -67,8 +66,58 @@ def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[
 
 
 def tokenize_arrow(texts: pa.Array, config: TokenizeConfig = TokenizeConfig()) -> pa.ListArray:
-    """Tokens of every string in an Arrow array, as list<string>; null text gives []."""
-    texts = pc.fill_null(texts, "")
+    """Tokens of every string in an Arrow array, as list<string>; null text gives [].
+
+    Rows of ASCII text (most of an English corpus) take a byte-level path: NFKC leaves them
+    as they are, and case, digits and separators are single bytes, mapped by one table
+    lookup over the batch's bytes. The other rows go through Arrow's Unicode kernels and
+    RE2, their separators replaced by spaces. Then both are cut into runs of word bytes.
+    """
+    texts = pc.fill_null(texts, "").cast(pa.string())
+    is_ascii = pc.string_is_ascii(texts)
+    mapped = _map_ascii(texts, config)
+    if config.urls:
+        candidates = pc.and_(is_ascii, _may_hold_url(mapped, config))
+        if pc.any(candidates).as_py():
+            urls = pc.replace_substring_regex(
+                mapped.filter(candidates), URL_PATTERN, f" {URL_TOKEN} "
+            )
+            mapped = pc.replace_with_mask(mapped, candidates, _map_ascii(urls, config))
+    if pc.all(is_ascii).as_py() is False:
+        others = pc.invert(is_ascii)
+        normalised = _normalise_unicode(texts.filter(others), config)
+        mapped = pc.replace_with_mask(mapped, others, normalised)
+    return split_words(mapped)
+
+
+def _map_ascii(texts: pa.StringArray, config: TokenizeConfig) -> pa.StringArray:
+    """`texts` with every byte mapped through the ASCII table of `config` (same offsets):
+    lower-case, digits to "0"; bytes of multi-byte characters are left as they are."""
+    offsets, data = _string_buffers(texts)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    mapped = _ascii_table(config.lowercase, config.digits)[data[lo:hi]]
+    new_offsets = (offsets - lo).astype(np.int32)
+    return pa.StringArray.from_buffers(len(texts), pa.py_buffer(new_offsets), pa.py_buffer(mapped))
+
+
+def _ascii_table(lowercase: bool, digits: bool) -> np.ndarray:
+    table = np.arange(256, dtype=np.uint8)
+    if lowercase:
+        table[ord("A") : ord("Z") + 1] += 32
+    if digits:
+        table[ord("0") : ord("9") + 1] = ord("0")
+    return table
+
+
+def _may_hold_url(texts: pa.StringArray, config: TokenizeConfig) -> pa.BooleanArray:
+    """Rows that hold "://" or "www." (any case): the only ones URL_PATTERN can match."""
+    www = pc.match_substring(texts, "www.", ignore_case=not config.lowercase)
+    return pc.or_(pc.match_substring(texts, "://"), www)
+
+
+def _normalise_unicode(texts: pa.StringArray, config: TokenizeConfig) -> pa.StringArray:
+    """The steps of `tokenize_line` for any text, with every run of separators (anything
+    but letters, marks and digits) replaced by one space."""
     if config.nfkc:
         texts = pc.utf8_normalize(texts, form="NFKC")
     if config.lowercase:
@@ -79,29 +128,55 @@ def tokenize_arrow(texts: pa.Array, config: TokenizeConfig = TokenizeConfig()) -
         texts = pc.replace_substring_regex(texts, r"\p{Nd}", "0")
     if config.cjk_chars:
         texts = pc.replace_substring_regex(texts, f"({_CJK})", r" \1 ")
-    parts = split_separators(texts)
-    flat = pc.list_flatten(parts)
-    parents = pc.list_parent_indices(parts)
-    keep = pc.greater(pc.binary_length(flat), 0)
-    flat = flat.filter(keep)
-    counts = np.bincount(parents.filter(keep).to_numpy(), minlength=len(texts))
-    offsets = np.zeros(len(texts) + 1, dtype=np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), flat)
+    return pc.replace_substring_regex(texts, _SEPARATOR, " ").cast(pa.string())
 
 
-def split_separators(texts: pa.Array) -> pa.ListArray:
-    """Split at runs of separators (anything but letters, marks and digits); empty pieces
-    may remain. Rows of ASCII letters, digits and spaces only (most of an English corpus,
-    once normalised) are split at spaces, about three times faster than the Unicode regex,
-    which the other rows go through."""
-    simple = pc.invert(pc.match_substring_regex(texts, _NOT_SIMPLE))
-    if pc.all(simple).as_py() is not False:  # every row (or none at all)
-        return pc.ascii_split_whitespace(texts)
-    if not pc.any(simple).as_py():
-        return pc.split_pattern_regex(texts, pattern=_SEPARATOR)
-    others = pc.split_pattern_regex(pc.if_else(simple, "", texts), pattern=_SEPARATOR)
-    return pc.if_else(simple, pc.ascii_split_whitespace(texts), others)
+# Word bytes once separators are spaces: ASCII letters and digits, and every byte of a
+# multi-byte character (only letters, marks and digits are left by then).
+_WORD_BYTE = np.zeros(256, bool)
+for _lo, _hi in ("AZ", "az", "09"):
+    _WORD_BYTE[ord(_lo) : ord(_hi) + 1] = True
+_WORD_BYTE[0x80:] = True
+
+
+def split_words(texts: pa.StringArray) -> pa.ListArray:
+    """Maximal runs of word bytes of each string (ASCII letters and digits, multi-byte
+    characters), as list<string>: every other byte separates."""
+    offsets, data = _string_buffers(texts)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    body = data[lo:hi]
+    rows = (offsets - lo).astype(np.int64)
+    word = _WORD_BYTE[body]
+    # A token starts at a word byte that begins a row or follows a non-word byte, and ends
+    # (exclusive) after a word byte that ends a row or precedes a non-word byte.
+    before = np.empty(len(body), bool)
+    if len(body):
+        before[0] = False
+        before[1:] = word[:-1]
+        before[rows[:-1][rows[:-1] < len(body)]] = False
+    starts = np.flatnonzero(word & ~before)
+    after = np.empty(len(body), bool)
+    if len(body):
+        after[-1] = False
+        after[:-1] = word[1:]
+        after[rows[1:][rows[1:] > 0] - 1] = False
+    ends = np.flatnonzero(word & ~after) + 1
+    token_offsets = np.zeros(len(starts) + 1, np.int32)
+    np.cumsum(ends - starts, out=token_offsets[1:])
+    values = pa.StringArray.from_buffers(
+        len(starts), pa.py_buffer(token_offsets), pa.py_buffer(body[word])
+    )
+    list_offsets = np.searchsorted(starts, rows, side="left").astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(list_offsets), values)
+
+
+def _string_buffers(texts: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, data bytes) of a string array without nulls (offsets of its slice)."""
+    n = len(texts)
+    buffers = texts.buffers()
+    offsets = np.frombuffer(buffers[1], np.int32, count=n + 1, offset=4 * texts.offset)
+    data = buffers[2]
+    return offsets, (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8))
 
 
 def split_long_line(text: str, limit: int) -> list[str]:
