@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import numba
 import numpy as np
 import torch
 
@@ -85,10 +86,21 @@ def sample_alias(
     threshold: np.ndarray, alias: np.ndarray, size: int | tuple[int, ...], rng: np.random.Generator
 ) -> np.ndarray:
     """Draws from an alias table, one uniform double each (slot and coin from its bits)."""
-    x = rng.random(size) * len(threshold)
-    slot = x.astype(np.int64)
-    np.minimum(slot, len(threshold) - 1, out=slot)
-    return np.where(x - slot < threshold[slot], slot, alias[slot])
+    return _alias_draws(rng.random(size), threshold, alias)
+
+
+@numba.njit(nogil=True, cache=True)
+def _alias_draws(x: np.ndarray, threshold: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    """The alias table's draw for each uniform double of `x` (one pass, no temporaries:
+    the numpy form of this took a third of the data thread's time)."""
+    n = len(threshold)
+    flat = x.ravel()
+    out = np.empty(flat.size, np.int64)
+    for i in range(flat.size):
+        u = flat[i] * n
+        slot = min(np.int64(u), n - 1)
+        out[i] = slot if u - slot < threshold[slot] else alias[slot]
+    return out.reshape(x.shape)
 
 
 class RowCompactor:
@@ -145,8 +157,9 @@ def chunk_windows(
     reach = rng.integers(1, window + 1, size=len(ids))
     noise_ids = sample_alias(*noise, (len(ids), negatives), rng)
     position = np.arange(len(ids))
-    first = np.searchsorted(seq, seq, side="left")
-    last = np.searchsorted(seq, seq, side="right") - 1
+    # Each kept token's sequence spans [first, last] of the kept tokens (seq is sorted).
+    ends = np.cumsum(np.bincount(seq, minlength=len(offsets) - 1))
+    first, last = (ends - np.bincount(seq, minlength=len(offsets) - 1))[seq], ends[seq] - 1
     left = np.maximum(position - reach, first)
     right = np.minimum(position + reach, last)
     return ChunkWindows(ids, left, right, noise_ids)
