@@ -11,7 +11,14 @@ import torch
 from embedpipe import schemas as S
 from embedpipe.train.cbow import CBOW
 from embedpipe.train.kernels import sgns_window_sgd
-from embedpipe.train.sgns import SkipGram, kernel_step, reference_loss, sgns_step
+from embedpipe.train.sgns import (
+    InPlaceTrainer,
+    SkipGram,
+    kernel_step,
+    reference_loss,
+    run_sgd,
+    sgns_step,
+)
 from embedpipe.train.windows import (
     RowCompactor,
     WindowBatch,
@@ -306,10 +313,31 @@ def test_skipgram_initialisation_is_word2vecs() -> None:
     assert torch.equal(model.input.weight, SkipGram(50, 10, seed=3).input.weight)
 
 
+def test_kernel_threads_split_the_centre_words_between_them(kit: SimpleNamespace) -> None:
+    """Every centre word goes to exactly one thread's run, in order, over the same span."""
+    batch = kit.window_fixture(seed=4)
+    w_in, w_out = (t.float() for t in kit.tables())
+    span = batch.span.numpy()
+    per_centre = [t.numpy() for t in (batch.left, batch.right, batch.centre_span)]
+    per_centre += [batch.centre_out.numpy(), batch.neg_out.numpy()]
+    runs: list[tuple[np.ndarray, ...]] = []
+
+    def record(w_i, w_o, spans, *args):  # noqa: ANN001, ANN002, ANN202
+        assert spans is span and w_i is w_in_np
+        runs.append(args[:5])
+        return 1.5, 0
+
+    w_in_np = w_in.numpy()
+    loss = run_sgd(record, w_in_np, w_out.numpy(), span, per_centre, 1e-3, threads=2)
+    assert loss == 3.0 and len(runs) == 2
+    for column, whole in enumerate(per_centre):
+        np.testing.assert_array_equal(np.concatenate([run[column] for run in runs]), whole)
+
+
 def test_kernel_threads_train_the_same_examples(kit: SimpleNamespace) -> None:
-    """Hogwild threads: the same updates up to their interleaving. At a small learning rate
-    the order of the updates changes the result only at second order, whatever the timing
-    of the threads (30 rows: every row is shared by both threads)."""
+    """Hogwild threads: the same updates up to their interleaving, and up to the updates
+    the threads' races lose (30 rows, all shared: measured up to 11% of the summed change
+    in 300 runs). A thread that trained nothing, or twice, would be off by about half."""
     batch = kit.window_fixture(seed=4)
     w_in, w_out = (t.float() for t in kit.tables())
     one = kernel_step(sgns_window_sgd, w_in, w_out, batch, lr=1e-4, threads=1)
@@ -318,7 +346,32 @@ def test_kernel_threads_train_the_same_examples(kit: SimpleNamespace) -> None:
     assert two[0].item() == pytest.approx(one[0].item(), rel=0.25)
     for x, y in zip(one[1:], two[1:], strict=True):
         assert x.abs().sum() > 0
-        torch.testing.assert_close(x, y, rtol=0.02, atol=0.02)
+        assert ((x - y).abs().sum() / x.abs().sum()).item() < 0.25
+
+
+@pytest.mark.parametrize("model_class", [SkipGram, CBOW])
+def test_in_place_trainer_trains_every_batch_once(
+    kit: SimpleNamespace, model_class: type[SkipGram]
+) -> None:
+    """Two threads taking whole batches: each batch trained once and its loss counted
+    once (at a tiny learning rate the losses do not depend on the order)."""
+    batches = [kit.window_fixture(seed=s) for s in range(6)]
+
+    def run(threads: int) -> tuple[float, SkipGram]:
+        model = model_class(30, 8, seed=0)
+        with torch.no_grad():
+            model.output.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        runner = InPlaceTrainer(model, threads)
+        total = sum(runner.submit(batch, 1e-6) for batch in batches)
+        return total + runner.drain(), model
+
+    (one, sequential), (two, threaded) = run(1), run(2)
+    assert two == pytest.approx(one, rel=1e-4)
+    start = model_class(30, 8, seed=0).input.weight
+    moved = (sequential.input.weight - start).abs().sum()
+    assert moved > 0
+    diff = (threaded.input.weight - sequential.input.weight).abs().sum()
+    assert diff / moved < 0.25
 
 
 @pytest.mark.parametrize("model_class", [SkipGram, CBOW])

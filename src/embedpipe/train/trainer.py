@@ -8,7 +8,8 @@ touched rows, with the K negatives of a centre word shared by its contexts; on G
 same batch goes through blocked tensor operations. Either way the step returns
 (rows before - rows after) / lr as coalesced sparse gradients over the touched rows. A
 single process on CPU skips the copies: the kernel trains the tables in place
-(`SkipGram.train_in_place`, word2vec.c's way; measured 442k -> 595k words/s on one core).
+(`SkipGram.train_in_place`, word2vec.c's way; measured 442k -> 595k words/s on one core),
+and with `train.threads` > 1 its threads take whole batches at once (`InPlaceTrainer`).
 DistributedDataParallel reduces them through `SparseRowsExchange`, a communication hook
 that sums every table over the union of the rows the ranks touched in one all-reduce
 (plus one small all-gather of row ids): per-step traffic grows with the batch, never
@@ -64,7 +65,7 @@ from embedpipe.corpus.stage import Workdir
 from embedpipe.train.cbow import CBOW
 from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, ChunkReader, Prefetcher, rank_chunks
-from embedpipe.train.sgns import SkipGram
+from embedpipe.train.sgns import InPlaceTrainer, SkipGram
 from embedpipe.train.windows import (
     RowCompactor,
     WindowBatch,
@@ -202,6 +203,7 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     params = [model.input.weight, model.output.weight]
     # One process on CPU: the kernel trains the tables in place (nothing to exchange).
     in_place = cluster.world == 1 and cluster.device.type == "cpu"
+    runner = InPlaceTrainer(model, config.threads) if in_place else None
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / METRICS).open("a") if cluster.is_main else None
@@ -210,6 +212,9 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     loss_sum, pairs_sum = 0.0, 0
 
     def snapshot(epoch: int, cursor: tuple[int, int]) -> None:
+        nonlocal loss_sum
+        if runner is not None:  # the batches up to the cursor are all trained
+            loss_sum += runner.drain()
         cursors = gather_cursors(cursor, cluster)
         if cluster.is_main:
             save_checkpoint(
@@ -250,7 +255,7 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
                     lr = learning_rate(config, progress)
                     data = WindowBatch(*(t.to(cluster.device) for t in batch.tensors()))
                     if in_place:
-                        loss = model.train_in_place(data, lr)
+                        loss = runner.submit(data, lr)
                     else:
                         loss = ddp(data, lr)
                         # DDP averages gradients over ranks; scale so each rank's pairs count
