@@ -306,11 +306,12 @@ def test_skipgram_module_returns_coalesced_sparse_gradients(kit: SimpleNamespace
         torch.testing.assert_close(param.grad.to_dense(), ref.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_skipgram_initialisation_is_word2vecs() -> None:
-    model = SkipGram(50, 10, seed=3)
-    assert model.input.weight.abs().max() <= 0.5 / 10
+def test_skipgram_initialisation_is_gensims() -> None:
+    model = SkipGram(500, 10, seed=3)
+    assert model.input.weight.abs().max() <= 1 / 10
+    assert model.input.weight.abs().max() > 0.9 / 10  # the whole range, not word2vec.c's half
     assert torch.count_nonzero(model.output.weight) == 0
-    assert torch.equal(model.input.weight, SkipGram(50, 10, seed=3).input.weight)
+    assert torch.equal(model.input.weight, SkipGram(500, 10, seed=3).input.weight)
 
 
 def test_kernel_threads_split_the_centre_words_between_them(kit: SimpleNamespace) -> None:
