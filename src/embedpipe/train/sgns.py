@@ -257,10 +257,11 @@ class InPlaceTrainer:
     """`SkipGram.train_in_place` on `threads` batches at once, lock-free (Hogwild), as
     word2vec.c's threads each train their own part of the corpus on the shared tables.
 
-    Whole batches go to the threads, not halves of one batch: a step that waited for both
-    halves left a core idle at every step's end (measured, CBOW on 2 cores: two threads
-    1.75x one thread when splitting batches, 2.05x taking whole batches). One thread runs
-    inline, so a single-threaded run stays bit-reproducible. `submit` returns the loss of
+    Whole batches go to the threads, not halves of one batch, so no thread waits for the
+    other at a step's end (measured, CBOW kernel on 2 cores: two threads 1.73-1.80x one
+    thread on halves of each batch, 2.02-2.06x on whole batches; end to end, with the data
+    thread sharing the cores, 2.10M -> 2.15M words/s). One thread runs inline, so a
+    single-threaded run stays bit-reproducible. `submit` returns the loss of
     the batches finished meanwhile; `drain` waits for all (before a checkpoint).
     """
 
