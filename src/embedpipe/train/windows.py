@@ -158,8 +158,9 @@ def chunk_windows(
     noise_ids = sample_alias(*noise, (len(ids), negatives), rng)
     position = np.arange(len(ids))
     # Each kept token's sequence spans [first, last] of the kept tokens (seq is sorted).
-    ends = np.cumsum(np.bincount(seq, minlength=len(offsets) - 1))
-    first, last = (ends - np.bincount(seq, minlength=len(offsets) - 1))[seq], ends[seq] - 1
+    kept_per_sequence = np.bincount(seq, minlength=len(offsets) - 1)
+    ends = np.cumsum(kept_per_sequence)
+    first, last = (ends - kept_per_sequence)[seq], ends[seq] - 1
     left = np.maximum(position - reach, first)
     right = np.minimum(position + reach, last)
     return ChunkWindows(ids, left, right, noise_ids)
