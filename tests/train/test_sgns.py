@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -354,19 +355,29 @@ def test_kernel_threads_train_the_same_examples(kit: SimpleNamespace) -> None:
 def test_in_place_trainer_trains_every_batch_once(
     kit: SimpleNamespace, model_class: type[SkipGram]
 ) -> None:
-    """Two threads taking whole batches: each batch trained once and its loss counted
-    once (at a tiny learning rate the losses do not depend on the order)."""
+    """Two threads taking whole batches: each batch trained once, on a kernel thread, and
+    its loss counted once (at a tiny learning rate the losses do not depend on the order)."""
     batches = [kit.window_fixture(seed=s) for s in range(6)]
+    where: dict[int, set[str]] = {1: set(), 2: set()}
 
     def run(threads: int) -> tuple[float, SkipGram]:
         model = model_class(30, 8, seed=0)
         with torch.no_grad():
             model.output.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        train = model.train_in_place
+
+        def recorded(batch: WindowBatch, lr: float) -> float:
+            where[threads].add(threading.current_thread().name)
+            return train(batch, lr)
+
+        model.train_in_place = recorded  # type: ignore[method-assign]
         runner = InPlaceTrainer(model, threads)
         total = sum(runner.submit(batch, 1e-6) for batch in batches)
         return total + runner.drain(), model
 
     (one, sequential), (two, threaded) = run(1), run(2)
+    assert where[1] == {threading.current_thread().name}
+    assert where[2] and all(name.startswith("kernel") for name in where[2])
     assert two == pytest.approx(one, rel=1e-4)
     start = model_class(30, 8, seed=0).input.weight
     moved = (sequential.input.weight - start).abs().sum()

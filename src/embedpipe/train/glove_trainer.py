@@ -54,6 +54,7 @@ from embedpipe.train.trainer import (
     chunk_seed,
     gather_cursors,
     log_progress,
+    set_kernel_threads,
     setup_cluster,
     training_fingerprint,
     write_loss_curve,
@@ -129,11 +130,7 @@ def apply_changes(
 def train_glove(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     """Train GloVe on `<workdir>/cooccur`; checkpoints and a summary go to `out`."""
     cluster = setup_cluster()
-    # On CPU the compiled kernels run their own `train.threads` threads; torch only does
-    # small index operations here, and its OpenMP workers spin-wait after each one, taking
-    # the cores from the kernel threads (measured, CBOW on 2 cores: 2 Hogwild threads ran
-    # 1.04x one thread with torch at 2 threads, 2.05x with torch at 1).
-    torch.set_num_threads(1 if cluster.device.type == "cpu" else config.threads)
+    set_kernel_threads(cluster, config.threads)
     wd = Workdir(workdir)
     cooccur, vocab_manifest = wd.require("cooccur"), wd.require("vocab")
     run_fingerprint = training_fingerprint(config, wd)

@@ -110,6 +110,15 @@ def setup_cluster() -> Cluster:
     return Cluster(rank, world, local_rank, device)
 
 
+def set_kernel_threads(cluster: Cluster, threads: int) -> None:
+    """Torch's intra-op threads for the word2vec and GloVe trainers: 1 on CPU, where the
+    compiled kernels run their own `threads` threads and torch only does small index
+    operations, whose spin-waiting OpenMP workers took the cores from the kernel threads
+    (measured, CBOW on 2 cores: 2 Hogwild threads ran 1.04x one thread with torch at 2
+    threads, 2.05x with torch at 1)."""
+    torch.set_num_threads(1 if cluster.device.type == "cpu" else threads)
+
+
 def chunk_seed(seed: int, epoch: int, rank: int, chunk: int) -> list[int]:
     return [seed, epoch, rank, chunk]
 
@@ -163,11 +172,7 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
 
         return train_mlm(config, workdir, out)
     cluster = setup_cluster()
-    # On CPU the compiled kernels run their own `train.threads` threads; torch only does
-    # small index operations here, and its OpenMP workers spin-wait after each one, taking
-    # the cores from the kernel threads (measured, CBOW on 2 cores: 2 Hogwild threads ran
-    # 1.04x one thread with torch at 2 threads, 2.05x with torch at 1).
-    torch.set_num_threads(1 if cluster.device.type == "cpu" else config.threads)
+    set_kernel_threads(cluster, config.threads)
     wd = Workdir(workdir)
     sequences, vocab_manifest = wd.require("sequences"), wd.require("vocab")
     run_fingerprint = training_fingerprint(config, wd)
