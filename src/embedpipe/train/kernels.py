@@ -19,6 +19,13 @@ skipped, as word2vec.c and gensim do. In SGD mode the loss is measured on every
 `LOSS_EVERY`-th centre word and scaled to the batch: the logarithms cost a fifth of the
 step otherwise (measured: 614k vs 757k words/s on one core), and a progress line needs
 an estimate, not every term.
+
+The rows a centre word touches are scattered over tables far larger than the caches, so
+the kernels are bound by memory latency (measured, CBOW on 10.5M tokens: 700 ns a centre
+word on the real rows, 385 ns with every row in cache). While one centre word trains, the
+rows of the one `AHEAD` positions later are prefetched (`prefetch_row`): its output row,
+its negatives and the input row entering its window. Same arithmetic, same results;
+CBOW's kernel 705 -> 485 ns a centre word.
 """
 
 from __future__ import annotations
@@ -27,8 +34,66 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import binding, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 LOSS_EVERY = 8  # in SGD mode the loss is measured on every 8th centre word (a sample)
+AHEAD = 2  # centre words between a prefetch and the use of its rows (2: best of 1-4 measured)
+# LLVM's name of its prefetch intrinsic: by pointer type, typed before LLVM 17.
+_PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def prefetch_row(typingctx, table, row):  # noqa: ANN001, ANN201, ARG001 - numba's signature
+    """Ask the CPU to bring row `row` of a C-contiguous 2-D table into cache (a hint:
+    nothing is read, so the row may be written meanwhile). One prefetch per 64-byte line."""
+    signature = types.void(table, row)
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        array = context.make_array(sig.args[0])(context, builder, args[0])
+        shape = cgutils.unpack_tuple(builder, array.shape)
+        zero = context.get_constant(types.intp, 0)
+        start = cgutils.get_item_pointer2(
+            context, builder, data=array.data, shape=shape,
+            strides=cgutils.unpack_tuple(builder, array.strides), layout=sig.args[0].layout,
+            inds=[args[1], zero], wraparound=False,
+        )  # fmt: skip
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), _PREFETCH
+        )
+        base = builder.bitcast(start, byte_ptr)
+        width = context.get_constant(types.intp, sig.args[0].dtype.bitwidth // 8)
+        size = builder.mul(shape[1], width)
+        line = context.get_constant(types.intp, 64)
+        with cgutils.for_range_slice(builder, zero, size, line) as (offset, _):
+            # (address, read, keep in all cache levels, data cache)
+            builder.call(fetch, [builder.gep(base, [offset]), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@numba.njit(inline="always")
+def _prefetch_centre(
+    w_in: np.ndarray,
+    w_out: np.ndarray,
+    span: np.ndarray,
+    right: np.ndarray,
+    centre_out: np.ndarray,
+    neg_out: np.ndarray,
+    c: int,
+) -> None:
+    """Prefetch the rows centre word `c` will train, if there is one: its output row, its
+    negatives and the input row its window reaches last (the others were in earlier ones)."""
+    if c < len(centre_out):
+        prefetch_row(w_out, centre_out[c])
+        for q in range(neg_out.shape[1]):
+            prefetch_row(w_out, neg_out[c, q])
+        prefetch_row(w_in, span[right[c]])
 
 
 @numba.njit(inline="always", fastmath=True)
@@ -75,6 +140,7 @@ def sgns_window_sgd(
     pairs = 0
     measured = 0
     for c in range(n):
+        _prefetch_centre(w_in, w_out, span, right, centre_out, neg_out, c + AHEAD)
         target = centre_out[c]
         measure = c % every == 0
         for j in range(left[c], right[c] + 1):
@@ -140,6 +206,7 @@ def cbow_window_sgd(
     examples = 0
     measured = 0
     for c in range(n):
+        _prefetch_centre(w_in, w_out, span, right, centre_out, neg_out, c + AHEAD)
         count = right[c] - left[c]  # the centre sits inside its own range
         if count == 0:
             continue
