@@ -16,12 +16,14 @@ from embedpipe import schemas as S
 from embedpipe.corpus.stage import MANIFEST
 from embedpipe.train.windows import (
     RowCompactor,
+    SpanBatch,
     WindowBatch,
     alias_table,
     chunk_windows,
+    compact_batch,
     keep_probabilities,
     noise_distribution,
-    window_batches,
+    span_batches,
 )
 
 WORDS = 40
@@ -106,19 +108,25 @@ def scatter(rows: torch.Tensor, values: torch.Tensor, vocab: int) -> torch.Tenso
     return dense
 
 
-def window_fixture(seed: int = 0, negatives: int = 4) -> WindowBatch:
-    """One window batch of a random chunk (vocab 30), some negatives equal to their centre."""
+def span_fixture(seed: int = 0, negatives: int = 4) -> SpanBatch:
+    """One batch of a random chunk (vocab 30), some negatives equal to their centre."""
     flat, offsets, keep = random_chunk(seed)
     noise = alias_table(noise_distribution(np.arange(30) + 1.0))
     windows = chunk_windows(flat, offsets, keep, 3, negatives, noise, np.random.default_rng(1))
     windows.negatives[::4, 1] = windows.ids[::4]  # skipped, as word2vec.c does
-    batch, _ = next(window_batches(windows, 10_000, 0, RowCompactor(30)))
+    batch, _ = next(span_batches(windows, 10_000, 0))
     return batch
+
+
+def window_fixture(seed: int = 0, negatives: int = 4) -> WindowBatch:
+    """`span_fixture` in compact form."""
+    return compact_batch(span_fixture(seed, negatives), RowCompactor(30))
 
 
 @pytest.fixture
 def kit() -> SimpleNamespace:
     """The helpers above, for the step tests."""
     return SimpleNamespace(
-        random_chunk=random_chunk, tables=tables, scatter=scatter, window_fixture=window_fixture
-    )
+        random_chunk=random_chunk, tables=tables, scatter=scatter,
+        span_fixture=span_fixture, window_fixture=window_fixture,
+    )  # fmt: skip

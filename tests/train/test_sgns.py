@@ -22,14 +22,18 @@ from embedpipe.train.sgns import (
 )
 from embedpipe.train.windows import (
     RowCompactor,
+    SpanBatch,
     WindowBatch,
     alias_probabilities,
     alias_table,
+    batch_count,
     chunk_windows,
+    compact_batch,
     compact_rows,
     keep_probabilities,
     noise_distribution,
     sample_alias,
+    span_batches,
     window_batches,
     window_contexts,
 )
@@ -149,6 +153,24 @@ def test_window_batches_resume_mid_chunk(kit: SimpleNamespace) -> None:
     assert len(later) == len(every) - 2
     for (a, _), (b, _) in zip(every[2:], later, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_span_batches_are_the_window_batches_over_global_ids(kit: SimpleNamespace) -> None:
+    """The in-place path's batches hold the same examples as the compact ones."""
+    flat, offsets, keep = kit.random_chunk(2)
+    noise = alias_table(noise_distribution(np.arange(30) + 1.0))
+    windows = chunk_windows(flat, offsets, keep, 3, 2, noise, np.random.default_rng(0))
+    spans = list(span_batches(windows, 7, 1))
+    compact = list(window_batches(windows, 7, 1, RowCompactor(30)))
+    assert len(spans) == len(compact) == batch_count(windows, 7) - 1 > 2
+    for (span, examples), (batch, count) in zip(spans, compact, strict=True):
+        assert examples == count
+        np.testing.assert_array_equal(batch.in_rows[batch.span].numpy(), span.span)
+        np.testing.assert_array_equal(batch.out_rows[batch.centre_out].numpy(), span.centres)
+        np.testing.assert_array_equal(batch.out_rows[batch.neg_out].numpy(), span.negatives)
+        for name in ("left", "right", "centre_span"):
+            np.testing.assert_array_equal(getattr(batch, name).numpy(), getattr(span, name))
+        assert span.span[span.centre_span].tolist() == span.centres.tolist()
 
 
 def test_compact_rows_is_unique_with_inverse() -> None:
@@ -357,7 +379,7 @@ def test_in_place_trainer_trains_every_batch_once(
 ) -> None:
     """Two threads taking whole batches: each batch trained once, on a kernel thread, and
     its loss counted once (at a tiny learning rate the losses do not depend on the order)."""
-    batches = [kit.window_fixture(seed=s) for s in range(6)]
+    batches = [kit.span_fixture(seed=s) for s in range(6)]
     where: dict[int, set[str]] = {1: set(), 2: set()}
 
     def run(threads: int) -> tuple[float, SkipGram]:
@@ -366,7 +388,7 @@ def test_in_place_trainer_trains_every_batch_once(
             model.output.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
         train = model.train_in_place
 
-        def recorded(batch: WindowBatch, lr: float) -> float:
+        def recorded(batch: SpanBatch, lr: float) -> float:
             where[threads].add(threading.current_thread().name)
             return train(batch, lr)
 
@@ -392,13 +414,13 @@ def test_training_in_place_equals_the_step_on_copies(
 ) -> None:
     """The single-process path (kernel straight on the tables, global ids) against the
     DDP path (kernel on copies of the touched rows, then the SGD update)."""
-    batch = kit.window_fixture(seed=5)
+    batch = kit.span_fixture(seed=5)
     in_place, on_copies = (model_class(30, 8, seed=0) for _ in range(2))
     with torch.no_grad():
         on_copies.output.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
         in_place.output.weight.copy_(on_copies.output.weight)
     loss = in_place.train_in_place(batch, 0.05)
-    want = on_copies(batch, 0.05)
+    want = on_copies(compact_batch(batch, RowCompactor(30)), 0.05)
     want.backward()
     with torch.no_grad():
         for p in (on_copies.input.weight, on_copies.output.weight):

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from embedpipe.train.kernels import sgns_window_sgd
-from embedpipe.train.windows import WindowBatch, window_contexts
+from embedpipe.train.windows import SpanBatch, WindowBatch, window_contexts
 
 BLOCK = 1024  # pairs per block of the step: (1 + K) x BLOCK x dim floats stay in L2/L3
 
@@ -234,16 +234,14 @@ class SkipGram(nn.Module):
             return kernel_step(self.kernel, w_in, w_out, batch, lr, self.threads)
         return self.tensor_step(w_in, w_out, batch, lr)
 
-    def train_in_place(self, batch: WindowBatch, lr: float) -> float:
+    def train_in_place(self, batch: SpanBatch, lr: float) -> float:
         """SGD by the CPU kernel straight on the tables, as a word2vec.c thread does: no
         copies of the touched rows and no gradients. Nothing is left to exchange, so this
         is the single-process path (`InPlaceTrainer` runs `threads` batches at once);
         returns the (sampled) summed loss."""
-        w_in, w_out = self.input.weight.detach(), self.output.weight.detach()
-        span = batch.in_rows[batch.span].numpy()  # global ids instead of positions
-        per_centre = [t.numpy() for t in (batch.left, batch.right, batch.centre_span)]
-        per_centre += [batch.out_rows[t].numpy() for t in (batch.centre_out, batch.neg_out)]
-        return run_sgd(self.kernel, w_in.numpy(), w_out.numpy(), span, per_centre, lr, 1)
+        w_in, w_out = self.input.weight.detach().numpy(), self.output.weight.detach().numpy()
+        per_centre = [batch.left, batch.right, batch.centre_span, batch.centres, batch.negatives]
+        return run_sgd(self.kernel, w_in, w_out, batch.span, per_centre, lr, 1)
 
     def tensor_step(
         self, w_in: torch.Tensor, w_out: torch.Tensor, batch: WindowBatch, lr: float
@@ -270,7 +268,7 @@ class InPlaceTrainer:
         self.threads = threads
         self.pending: collections.deque[Future[float]] = collections.deque()
 
-    def submit(self, batch: WindowBatch, lr: float) -> float:
+    def submit(self, batch: SpanBatch, lr: float) -> float:
         if self.threads == 1:
             return self.model.train_in_place(batch, lr)
         done = 0.0

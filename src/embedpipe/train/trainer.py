@@ -72,6 +72,7 @@ from embedpipe.train.windows import (
     alias_table,
     batch_count,
     chunk_windows,
+    span_batches,
     window_batches,
 )
 
@@ -147,8 +148,8 @@ def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
 class Batch(NamedTuple):
     """One step's examples, and where the data cursor stands.
 
-    `data`: a `windows.WindowBatch` (sgns, cbow) or (rows, cols, x) arrays of `cooccur`
-    (glove).
+    `data`: a `windows.SpanBatch` (sgns, cbow trained in place), a `windows.WindowBatch`
+    (sgns, cbow across ranks or on GPUs) or (rows, cols, x) arrays of `cooccur` (glove).
     """
 
     data: tuple[Any, ...]
@@ -242,8 +243,9 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
             state["cursors"][cluster.rank] if epoch == state["epoch"] else (0, 0)
         )
         batches = iter_batches(
-            config, chunks, epoch, cluster.rank, first_chunk, first_batch, keep_prob, noise
-        )
+            config, chunks, epoch, cluster.rank, first_chunk, first_batch, keep_prob, noise,
+            compact=not in_place,
+        )  # fmt: skip
         # A thread prepares the next chunk's batches while this one's train.
         with Prefetcher(batches, depth=PREFETCH) as ahead:
             stream = Prefetcher(itertools.chain.from_iterable(ahead), depth=0)
@@ -258,10 +260,10 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
                     batch = next(stream)
                     progress = min(1.0, words / total_words)
                     lr = learning_rate(config, progress)
-                    data = WindowBatch(*(t.to(cluster.device) for t in batch.tensors()))
                     if in_place:
-                        loss = runner.submit(data, lr)
+                        loss = runner.submit(batch.data, lr)
                     else:
+                        data = WindowBatch(*(t.to(cluster.device) for t in batch.tensors()))
                         loss = ddp(data, lr)
                         # DDP averages gradients over ranks; scale so each rank's pairs count
                         # fully, as word2vec's threads each apply their own updates.
@@ -365,14 +367,16 @@ def iter_batches(
     first_batch: int,
     keep_prob: np.ndarray,
     noise: tuple[np.ndarray, np.ndarray],
+    compact: bool = True,
 ) -> Iterator[list[Batch]]:
-    """The batches of one rank and epoch from cursor (first_chunk, first_batch) on, by chunk.
+    """The batches of one rank and epoch from cursor (first_chunk, first_batch) on, by chunk:
+    `WindowBatch`es, or with `compact=False` `SpanBatch`es (the in-place path).
 
     Everything random about a chunk (subsampling, windows, negatives) comes from its own
     generator seeded by (seed, epoch, rank, chunk), so any batch can be rebuilt.
     """
     read = ChunkReader()
-    compact = RowCompactor(len(keep_prob))
+    compactor = RowCompactor(len(keep_prob))
     for index in range(first_chunk, len(chunks)):
         flat, offsets = read(chunks[index])
         rng = np.random.default_rng(chunk_seed(config.seed, epoch, rank, index))
@@ -391,7 +395,10 @@ def iter_batches(
                 (index, b + 1) if b + 1 < n_batches else (index + 1, 0),
             )
             for b, (data, examples) in enumerate(
-                window_batches(windows, config.batch_size, first, compact), start=first
+                window_batches(windows, config.batch_size, first, compactor)
+                if compact
+                else span_batches(windows, config.batch_size, first),
+                start=first,
             )
         ]
         if batches:

@@ -3,8 +3,10 @@
 A chunk of sequences becomes its kept tokens (after subsampling), and per kept token a
 context range within its sequence (a dynamic window b ~ U{1..window} on both sides, after
 subsampling, as word2vec.c) and K negatives from the noise table. A batch is
-`batch_size` consecutive centre words with the span of tokens their windows reach, in
-compact form: the distinct rows it touches and positions in them. Skip-gram trains every
+`batch_size` consecutive centre words with the span of tokens their windows reach
+(`SpanBatch`, global ids: a single CPU process trains the tables in place from it), or in
+compact form, the distinct rows it touches and positions in them (`WindowBatch`: what
+ranks exchange and tensor hardware gathers). Skip-gram trains every
 (context, centre) pair of a window against the centre's K negatives; CBOW trains the mean
 of the contexts against them. Batches never cut a window: a batch's span reaches `window`
 tokens into its neighbours, so the examples do not depend on the batch size.
@@ -166,8 +168,24 @@ def chunk_windows(
     return ChunkWindows(ids, left, right, noise_ids)
 
 
+class SpanBatch(NamedTuple):
+    """One step's centre words over global ids: what the in-place CPU kernels take.
+
+    The span is the run of kept tokens the batch's windows reach; positions index it.
+    """
+
+    span: np.ndarray  # (m,) int64 token ids of the span (input table rows)
+    left: np.ndarray  # (n,) first context position in the span, per centre word
+    right: np.ndarray  # (n,) last context position in the span (inclusive)
+    centre_span: np.ndarray  # (n,) the centre word's own position in the span
+    centres: np.ndarray  # (n,) centre word ids (output table rows)
+    negatives: np.ndarray  # (n, K) noise ids (output table rows)
+
+
 class WindowBatch(NamedTuple):
-    """One step's centre words in compact form (the arguments of `kernels.*_window_sgd`)."""
+    """One step's centre words in compact form (the arguments of `kernels.*_window_sgd`
+    on copies of the touched rows, and of the tensor steps): `compact_batch` of a
+    `SpanBatch`."""
 
     in_rows: torch.Tensor  # (R_in,) distinct ids of the span's tokens (input table)
     span: torch.Tensor  # (m,) each span token's position in in_rows
@@ -179,33 +197,48 @@ class WindowBatch(NamedTuple):
     neg_out: torch.Tensor  # (n, K) its negatives' positions in out_rows
 
 
-def window_batches(
-    windows: ChunkWindows, batch_size: int, first_batch: int, compact: RowCompactor
-) -> Iterator[tuple[WindowBatch, int]]:
+def span_batches(
+    windows: ChunkWindows, batch_size: int, first_batch: int
+) -> Iterator[tuple[SpanBatch, int]]:
     """(batch, examples in it) for batches `first_batch`.. of `batch_size` centre words."""
-    n, k = windows.negatives.shape
+    n = len(windows.ids)
     for lo in range(first_batch * batch_size, n, batch_size):
         hi = min(lo + batch_size, n)
         start, stop = int(windows.left[lo:hi].min()), int(windows.right[lo:hi].max()) + 1
-        in_rows, span = compact(windows.ids[start:stop])
-        targets = np.concatenate([windows.ids[lo:hi], windows.negatives[lo:hi].reshape(-1)])
-        out_rows, out_pos = compact(targets)
-        batch = WindowBatch(
-            *(
-                torch.from_numpy(a)
-                for a in (
-                    in_rows,
-                    span,
-                    windows.left[lo:hi] - start,
-                    windows.right[lo:hi] - start,
-                    np.arange(lo - start, hi - start),
-                    out_rows,
-                    out_pos[: hi - lo],
-                    out_pos[hi - lo :].reshape(hi - lo, k),
-                )
-            )
+        batch = SpanBatch(
+            windows.ids[start:stop],
+            windows.left[lo:hi] - start,
+            windows.right[lo:hi] - start,
+            np.arange(lo - start, hi - start),
+            windows.ids[lo:hi],
+            windows.negatives[lo:hi],
         )
         yield batch, int(windows.examples[lo:hi].sum())
+
+
+def compact_batch(batch: SpanBatch, compact: RowCompactor) -> WindowBatch:
+    """The batch over the distinct rows it touches: what ranks exchange, and what tensor
+    hardware gathers (the in-place path needs none of it)."""
+    n, k = batch.negatives.shape
+    in_rows, span = compact(batch.span)
+    out_rows, out_pos = compact(np.concatenate([batch.centres, batch.negatives.reshape(-1)]))
+    return WindowBatch(
+        *(
+            torch.from_numpy(a)
+            for a in (
+                in_rows, span, batch.left, batch.right, batch.centre_span,
+                out_rows, out_pos[:n], out_pos[n:].reshape(n, k),
+            )
+        )
+    )  # fmt: skip
+
+
+def window_batches(
+    windows: ChunkWindows, batch_size: int, first_batch: int, compact: RowCompactor
+) -> Iterator[tuple[WindowBatch, int]]:
+    """`span_batches` in compact form."""
+    for batch, examples in span_batches(windows, batch_size, first_batch):
+        yield compact_batch(batch, compact), examples
 
 
 def batch_count(windows: ChunkWindows, batch_size: int) -> int:
