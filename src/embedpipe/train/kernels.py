@@ -24,8 +24,9 @@ The rows a centre word touches are scattered over tables far larger than the cac
 the kernels are bound by memory latency (measured, CBOW on 10.5M tokens: 700 ns a centre
 word on the real rows, 385 ns with every row in cache). While one centre word trains, the
 rows of the one `AHEAD` positions later are prefetched (`prefetch_row`): its output row,
-its negatives and the input row entering its window. Same arithmetic, same results;
-CBOW's kernel 705 -> 485 ns a centre word.
+its negatives and the input row entering its window; GloVe's kernel prefetches the four
+rows of the entry AHEAD later. Same arithmetic, same results; measured on 10.5M tokens:
+CBOW's kernel 705 -> 531 ns a centre word, GloVe 2.45M -> 3.12M entries/s on 2 threads.
 """
 
 from __future__ import annotations
@@ -287,6 +288,12 @@ def glove_adagrad(
     step_c = np.zeros(d, dtype=word.dtype)
     loss = 0.0
     for e in range(len(rows)):
+        if e + AHEAD < len(rows):  # the rows of the entry AHEAD later (see the module doc)
+            ahead_i, ahead_j = rows[e + AHEAD], cols[e + AHEAD]
+            prefetch_row(word, ahead_i)
+            prefetch_row(word_sq, ahead_i)
+            prefetch_row(context, ahead_j)
+            prefetch_row(context_sq, ahead_j)
         i, j, xe = rows[e], cols[e], x[e]
         diff = np.float32(0.0)
         for t in range(d):
