@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from embedpipe.config import MLMConfig, load_config
-from embedpipe.corpus.stage import Workdir
 from embedpipe.train.buckets import (
     MLMBatch,
     cut_long,
@@ -50,6 +49,7 @@ from embedpipe.train.buckets import (
 from embedpipe.train.data import Chunk, ChunkReader, count_rows
 from embedpipe.train.mlm import EncoderConfig, MaskedLM, decay_groups
 from embedpipe.train.mlm_trainer import ADAM_EPS
+from embedpipe.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "mlm_bucketing.json"

@@ -32,7 +32,6 @@ from prefect.states import State
 from embedpipe.artefacts import ArtefactStore, read_manifest
 from embedpipe.artefacts.publish import publish_training
 from embedpipe.config import RunConfig
-from embedpipe.corpus.stage import Workdir
 from embedpipe.orchestration import (
     STAGES,
     PretrainParameters,
@@ -45,6 +44,7 @@ from embedpipe.orchestration import (
 )
 from embedpipe.train.launch import run_training
 from embedpipe.train.trainer import training_fingerprint
+from embedpipe.workdir import Workdir
 
 HOUR = 3600
 
@@ -89,7 +89,7 @@ def train_embeddings(config: RunConfig) -> dict[str, Any]:
     """torchrun over `config.train.nproc` processes (x `launch.nnodes`); output to the run log."""
     logger = get_run_logger()
     expected = training_fingerprint(config.train, Workdir(config.workdir))
-    out = Path(config.workdir) / "train"
+    out = Workdir(config.workdir).train_dir
     return run_training(config, out, expected, log=logger.info)
 
 
@@ -97,7 +97,7 @@ def train_embeddings(config: RunConfig) -> dict[str, Any]:
 def publish_embeddings(config: RunConfig) -> str:
     """Evaluate and publish the trained vectors; returns the version directory."""
     store = ArtefactStore(config.store)
-    return str(publish_training(config, Path(config.workdir) / "train", store))
+    return str(publish_training(config, Workdir(config.workdir).train_dir, store))
 
 
 @task(timeout_seconds=HOUR, cache_policy=NO_CACHE)
@@ -107,7 +107,7 @@ def write_artefact_report(config: RunConfig, artefact: str) -> str:
     history = [read_manifest(store.resolve(config.name, v)) for v in store.versions(config.name)]
     # `artefact` may be an fsspec URL (the store's root): keep it a string, never a Path.
     version = read_manifest(artefact)["version"]
-    out = Path(config.workdir) / "reports" / config.name / version
+    out = Workdir(config.workdir).report_dir(config.name, version)
     return str(write_report_file(artefact, out, history))
 
 

@@ -56,24 +56,26 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from embedpipe.corpus.stage import Workdir
     from embedpipe.train.launch import run_training
     from embedpipe.train.trainer import training_fingerprint
+    from embedpipe.workdir import Workdir
 
     config = config_of(args)
     if args.nproc:
         config = load_config(args.config, [*args.set, f"train.nproc={args.nproc}"])
     expected = training_fingerprint(config.train, Workdir(config.workdir))
-    summary = run_training(config, Path(config.workdir) / "train", expected)
+    summary = run_training(config, Workdir(config.workdir).train_dir, expected)
     print_json({k: summary[k] for k in ("steps", "seconds", "words_per_sec", "skipped")})
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
     from embedpipe.artefacts import ArtefactStore
     from embedpipe.artefacts.publish import publish_training
+    from embedpipe.workdir import Workdir
 
     config = config_of(args)
-    print(publish_training(config, Path(config.workdir) / "train", ArtefactStore(config.store)))
+    train_dir = Workdir(config.workdir).train_dir
+    print(publish_training(config, train_dir, ArtefactStore(config.store)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, get_type_hints
 
 import pydantic
@@ -32,8 +31,8 @@ from embedpipe.config import (
     parse_override,
     to_dict,
 )
-from embedpipe.corpus.stage import Workdir
 from embedpipe.version import source_hash
+from embedpipe.workdir import Workdir
 
 
 def _parameter_fields() -> dict[str, Any]:
@@ -160,7 +159,7 @@ def training_output_matches(config: RunConfig, summary: dict[str, Any]) -> bool:
     """True when `<workdir>/train` still holds this training summary and its checkpoint."""
     from embedpipe.train.trainer import SUMMARY
 
-    out = Path(config.workdir) / "train"
+    out = Workdir(config.workdir).train_dir
     path = out / SUMMARY
     if not path.is_file():
         return False

@@ -21,10 +21,10 @@ from embedpipe.artefacts import ArtefactStore, verify
 from embedpipe.artefacts.publish import LIBRARIES, publish_training
 from embedpipe.artefacts.store import filesystem
 from embedpipe.config import RunConfig, TrainConfig, to_dict
-from embedpipe.corpus.stage import MANIFEST as STAGE_MANIFEST
 from embedpipe.corpus.stages import TABLES
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint
 from embedpipe.train.trainer import train
+from embedpipe.workdir import MANIFEST as STAGE_MANIFEST
 
 TRAIN_CONFTEST = Path(__file__).resolve().parents[1] / "train" / "conftest.py"
 

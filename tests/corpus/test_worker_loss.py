@@ -96,6 +96,6 @@ def test_a_killed_worker_does_not_change_the_table(spark, tmp_path: Path) -> Non
 
 
 def local_manifest_of(workdir: Path) -> dict:
-    from embedpipe.corpus.stage import Workdir
+    from embedpipe.workdir import Workdir
 
     return Workdir(str(workdir)).require("cooccur")

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from embedpipe import schemas as S
-from embedpipe.corpus.stage import MANIFEST
 from embedpipe.train.windows import (
     RowCompactor,
     SpanBatch,
@@ -25,6 +24,7 @@ from embedpipe.train.windows import (
     noise_distribution,
     span_batches,
 )
+from embedpipe.workdir import MANIFEST
 
 WORDS = 40
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedpipe import schemas as S
-from embedpipe.corpus.stage import MANIFEST
+from embedpipe.workdir import MANIFEST
 
 WORDS = 30
 GROUP = 5  # words per topic: a masked word is one of its sequence's topic

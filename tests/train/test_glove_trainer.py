@@ -20,7 +20,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from embedpipe import schemas as S
 from embedpipe.config import ConfigError, TrainConfig
-from embedpipe.corpus.stage import MANIFEST
 from embedpipe.train.checkpoint import (
     STATE,
     complete_checkpoints,
@@ -31,6 +30,7 @@ from embedpipe.train.data import CooccurReader, cooccur_chunks, rank_chunks, rea
 from embedpipe.train.glove import GloVe
 from embedpipe.train.glove_trainer import POOL_CHUNKS, TABLES, pool_order
 from embedpipe.train.trainer import SUMMARY, SparseRowsExchange, sparse_rows_hook, train
+from embedpipe.workdir import MANIFEST
 
 
 def write_cooccur(workdir: Path, shards: int, window: int = 3) -> Path:

@@ -17,7 +17,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from embedpipe.config import TrainConfig
-from embedpipe.corpus.stage import MANIFEST, Workdir
 from embedpipe.train.checkpoint import (
     STATE,
     complete_checkpoints,
@@ -34,6 +33,7 @@ from embedpipe.train.trainer import (
     training_fingerprint,
 )
 from embedpipe.train.windows import RowCompactor, alias_table, chunk_windows, window_batches
+from embedpipe.workdir import MANIFEST, Workdir
 
 CONFIG = TrainConfig(
     dim=8, window=3, negatives=3, epochs=2, batch_size=48, checkpoint_every=3,

@@ -25,13 +25,12 @@ from embedpipe.artefacts.export import write_word2vec_text
 from embedpipe.artefacts.loader import TOKENIZER_FILE, VECTORS_FILE, VOCAB_FILE
 from embedpipe.artefacts.store import ArtefactStore, Location
 from embedpipe.config import RunConfig
-from embedpipe.corpus.stage import Workdir
 from embedpipe.corpus.stages import TABLES
 from embedpipe.evaluate import PROBE_WORDS, evaluate_all, nearest_neighbours
-from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
 from embedpipe.train.checkpoint import load_checkpoint
 from embedpipe.train.trainer import METRICS, SUMMARY
 from embedpipe.version import code_version
+from embedpipe.workdir import Workdir
 
 WORD2VEC_FILE = "vectors.w2v.txt"
 LIBRARIES = (
@@ -108,7 +107,7 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
     if config.train.model == "mlm":  # held-out masked-LM loss + the input matrix's scores
         from embedpipe.artefacts.encoder import evaluate_mlm
 
-        sp_model = Path(wd.path("tokens")) / SP_MODEL_FILE
+        sp_model = Path(wd.tokenizer_model)
         metrics = evaluate_mlm(summary, vectors, tokens, config.to_dict()["tokenize"], sp_model)
     else:
         metrics = evaluate_vectors(vectors, tokens)
@@ -118,7 +117,7 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
         stages[table] = {
             k: m.get(k) for k in ("fingerprint", "config", "counts", "inputs", "seconds")
         }
-    tokenizer_model = Path(wd.path("tokens")) / SP_MODEL_FILE
+    tokenizer_model = Path(wd.tokenizer_model)
     manifest = {
         "model": {"kind": config.train.model, "hyperparameters": summary["config"]},
         "tokenizer": {

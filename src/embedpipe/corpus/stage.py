@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,34 +19,7 @@ import fsspec
 
 from embedpipe.config import fingerprint
 from embedpipe.version import code_version
-
-MANIFEST = "_MANIFEST.json"
-
-
-@dataclass(frozen=True)
-class Workdir:
-    """The directory (local path or fsspec URL) that holds every stage's table."""
-
-    root: str
-
-    def path(self, stage: str) -> str:
-        return f"{self.root.rstrip('/')}/{stage}"
-
-    def read_manifest(self, stage: str) -> dict[str, Any] | None:
-        """The stage's manifest, or None when the stage has no complete output."""
-        fs, path = fsspec.core.url_to_fs(f"{self.path(stage)}/{MANIFEST}")
-        if not fs.exists(path):
-            return None
-        with fs.open(path, "r") as f:
-            return json.load(f)
-
-    def require(self, stage: str) -> dict[str, Any]:
-        manifest = self.read_manifest(stage)
-        if manifest is None:
-            raise FileNotFoundError(
-                f"{self.path(stage)} has no complete output (no {MANIFEST}): run the {stage} stage"
-            )
-        return manifest
+from embedpipe.workdir import MANIFEST, Workdir
 
 
 def run_stage(

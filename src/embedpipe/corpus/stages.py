@@ -28,11 +28,12 @@ from embedpipe.corpus.sources import (
     list_input_files,
     read_lines,
 )
-from embedpipe.corpus.stage import Workdir, run_stage
+from embedpipe.corpus.stage import run_stage
 from embedpipe.corpus.tokenize import sample_text, write_tokens
 from embedpipe.corpus.vocab import write_vocab
 from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
 from embedpipe.text.sentencepiece import train_sentencepiece
+from embedpipe.workdir import Workdir
 
 REJECTS = "_rejects"  # tokens/_rejects/: hidden from readers of tokens/ (leading underscore)
 

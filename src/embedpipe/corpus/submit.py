@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from embedpipe.config import RunConfig, save_config
-from embedpipe.corpus.stage import Workdir
 from embedpipe.processes import run_logged
 from embedpipe.version import source_hash
+from embedpipe.workdir import Workdir
 
 JOBS_DIR = Path(__file__).resolve().parents[3] / "jobs"
 # Stage name -> the table it writes (as corpus.stages.TABLES, without importing pyspark).

@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 import sentencepiece as spm
 
 from embedpipe.config import TokenizeConfig
+from embedpipe.workdir import TOKENIZER_MODEL
 
-MODEL_FILE = "_sentencepiece.model"
+MODEL_FILE = TOKENIZER_MODEL  # beside the tokens table
 
 
 def normalize_arrow(texts: pa.Array, config: TokenizeConfig) -> pa.Array:

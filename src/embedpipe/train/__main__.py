@@ -7,6 +7,7 @@ from pathlib import Path
 
 from embedpipe.config import load_config
 from embedpipe.train.trainer import train
+from embedpipe.workdir import Workdir
 
 
 def main() -> None:
@@ -16,7 +17,7 @@ def main() -> None:
     parser.add_argument("--out", help="training directory (default <workdir>/train)")
     args = parser.parse_args()
     config = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path(config.workdir) / "train"
+    out = Path(args.out) if args.out else Workdir(config.workdir).train_dir
     train(config.train, config.workdir, out)
 
 

@@ -40,7 +40,6 @@ import torch
 import torch.distributed as dist
 
 from embedpipe.config import TrainConfig, to_dict
-from embedpipe.corpus.stage import Workdir
 from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, CooccurReader, Prefetcher, cooccur_chunks, count_rows
 from embedpipe.train.glove import TABLES, GloVe, glove_step
@@ -60,6 +59,7 @@ from embedpipe.train.trainer import (
     write_loss_curve,
 )
 from embedpipe.train.windows import RowCompactor
+from embedpipe.workdir import Workdir
 
 POOL_CHUNKS = 256  # chunks (row groups of 8,192 entries) shuffled together: ~2M entries
 

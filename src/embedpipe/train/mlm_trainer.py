@@ -45,7 +45,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from embedpipe.config import MLMConfig, TrainConfig, to_dict
-from embedpipe.corpus.stage import Workdir
 from embedpipe.train.buckets import iter_heldout_batches, iter_mlm_batches, rank_bucket_chunks
 from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, Prefetcher, count_rows
@@ -62,6 +61,7 @@ from embedpipe.train.trainer import (
     training_fingerprint,
     write_loss_curve,
 )
+from embedpipe.workdir import Workdir
 
 ADAM_EPS = 1e-6
 MOMENTS = ("exp_avg", "exp_avg_sq", "step")

@@ -63,7 +63,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from embedpipe import schemas as S
 from embedpipe.config import TrainConfig, fingerprint, to_dict
-from embedpipe.corpus.stage import Workdir
 from embedpipe.train.cbow import CBOW
 from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Chunk, ChunkReader, Prefetcher, rank_chunks
@@ -77,6 +76,7 @@ from embedpipe.train.windows import (
     span_batches,
     window_batches,
 )
+from embedpipe.workdir import Workdir
 
 SUMMARY = "_TRAINED.json"
 METRICS = "metrics.jsonl"  # one JSON record per logged step (rank 0); loss.png plots it
