@@ -25,10 +25,10 @@ import pydantic
 
 from embedpipe.config import (
     RunConfig,
+    apply_overrides,
     fingerprint,
     from_dict,
     load_config,
-    parse_override,
     to_dict,
 )
 from embedpipe.version import source_hash
@@ -36,26 +36,48 @@ from embedpipe.workdir import Workdir
 
 
 def _parameter_fields() -> dict[str, Any]:
+    """One pydantic field per RunConfig field, typed as the config declares it; a section
+    that reads its own table (`from_table`, e.g. train's per-model sections) is a plain table."""
     hints = get_type_hints(RunConfig)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(RunConfig):
+        own_table = hasattr(hints[f.name], "from_table")
+        hint = dict[str, Any] if own_table else hints[f.name]
         if f.default_factory is not dataclasses.MISSING:
-            fields[f.name] = (hints[f.name], pydantic.Field(default_factory=f.default_factory))
+            factory = f.default_factory
+            if own_table:
+                factory = lambda make=factory: to_dict(make())  # noqa: E731
+            fields[f.name] = (hint, pydantic.Field(default_factory=factory))
         else:
-            fields[f.name] = (hints[f.name], f.default)
+            fields[f.name] = (hint, f.default)
     return fields
 
 
 class _ParametersBase(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _check_as_config(cls, data: Any) -> Any:
+        """Every value goes through the config's own loader first (types, ranges, unknown
+        keys), so a deployment's parameters fail exactly as the same config file would."""
+        if isinstance(data, dict):
+            from_dict(RunConfig, json.loads(json.dumps(data, default=_jsonable)))
+        return data
+
     def to_run_config(self) -> RunConfig:
-        """The RunConfig these parameters describe (validated again by its own checks)."""
-        return RunConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)})
+        """The RunConfig these parameters describe."""
+        return from_dict(RunConfig, self.model_dump(mode="json"))
 
     @classmethod
     def from_run_config(cls, config: RunConfig) -> PretrainParameters:
         return cls.model_validate(to_dict(config))
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    raise TypeError(f"not a config value: {value!r}")
 
 
 PretrainParameters = pydantic.create_model(
@@ -79,16 +101,7 @@ def resolve_config(
         return load_config(config_path, overrides or [])
     if isinstance(params, dict):
         params = PretrainParameters.model_validate(params)
-    if not overrides:
-        return params.to_run_config()
-    # Overrides apply to the plain data, which goes through the same validation again.
-    data = params.model_dump(mode="json")
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
+    data = apply_overrides(params.model_dump(mode="json"), overrides or [])
     return from_dict(RunConfig, data)
 
 

@@ -1,0 +1,95 @@
+"""The typed config loader: every value checked against its type, one override path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from embedpipe.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    to_dict,
+)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("vocab.min_count=1.5", "vocab.min_count: expected an integer, got 1.5"),
+        ("train.epochs=2.7", "train.epochs: expected an integer, got 2.7"),
+        ('vocab.min_count="x"', "vocab.min_count: expected an integer, got 'x'"),
+        ("vocab.min_count=true", "vocab.min_count: expected an integer, got True"),
+        ("tokenize.lowercase=maybe", "tokenize.lowercase: expected a boolean"),
+        ("corpus.paths=a.txt", r'corpus.paths: expected a list of str \(write \["a.txt"\]\)'),
+        ("corpus.paths=[1]", r"corpus.paths\[0\]: expected a string, got 1"),
+        ("corpus.format=xml", "corpus.format: 'xml' is not one of 'text', 'jsonl', 'parquet'"),
+        ("vocab.sample=often", "vocab.sample: expected a number, got 'often'"),
+        ("name=7", "name: expected a string, got 7"),
+        ("spark.conf=[1]", "spark.conf: expected a table"),
+        ("vocab=3", "vocab must be a table"),
+        ("vocab.min_count.x=1", "vocab.min_count: expected an integer"),
+        ("vocab.colour=red", "unknown config key.*vocab.colour"),
+        ("bucket.boundaries=[3, 2]", "bucket.boundaries must be strictly increasing"),
+    ],
+)
+def test_a_wrong_value_names_its_key_value_and_type(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("False", False), ("false", False), ("TRUE", True), ("true", True)]
+)
+def test_booleans_parse_from_text(text: str, expected: bool) -> None:
+    assert load_config(None, [f"tokenize.lowercase={text}"]).tokenize.lowercase is expected
+
+
+def test_values_arrive_as_their_declared_types() -> None:
+    config = load_config(
+        None,
+        [
+            'corpus.paths=["a.txt", "b.txt"]',
+            "vocab.sample=1e-4",  # JSON number
+            "cooccur.min_weight=2",  # an int where a float belongs is widened
+            "vocab.max_size=null",
+            'spark.conf={"spark.executor.instances": 2, "spark.x.enabled": true}',
+        ],
+    )
+    assert config.corpus.paths == ("a.txt", "b.txt")
+    assert config.vocab.sample == 1e-4 and config.vocab.max_size is None
+    assert isinstance(config.cooccur.min_weight, float) and config.cooccur.min_weight == 2.0
+    # Spark properties are strings on the command line: numbers and booleans become text.
+    assert config.spark.conf == {"spark.executor.instances": "2", "spark.x.enabled": "true"}
+
+
+def test_yaml_scientific_notation_reads_as_a_number(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; a float field takes it as the number.
+    path = tmp_path / "run.yaml"
+    path.write_text("vocab:\n  sample: 1e-4\n  min_count: 2\n")
+    config = load_config(path)
+    assert config.vocab.sample == 1e-4 and config.vocab.min_count == 2
+
+
+def test_a_broken_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("[vocab\nmin_count = 2\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid toml"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_overrides_apply_to_nested_tables_and_create_them() -> None:
+    data = apply_overrides({"vocab": {"min_count": 3}}, ["vocab.sample=0", "tokenize.kind=word"])
+    assert data == {"vocab": {"min_count": 3, "sample": 0}, "tokenize": {"kind": "word"}}
+
+
+def test_a_config_round_trips_through_json() -> None:
+    config = load_config(None, ['corpus.paths=["x.txt"]', "vocab.min_count=2"])
+    again = from_dict(RunConfig, json.loads(json.dumps(to_dict(config))))
+    assert again == config
