@@ -93,3 +93,46 @@ def test_a_config_round_trips_through_json() -> None:
     config = load_config(None, ['corpus.paths=["x.txt"]', "vocab.min_count=2"])
     again = from_dict(RunConfig, json.loads(json.dumps(to_dict(config))))
     assert again == config
+
+
+@pytest.mark.parametrize(
+    "key, secret",
+    [
+        ("spark.hadoop.fs.s3a.secret.key", True),
+        ("spark.hadoop.fs.s3a.access.key", True),
+        ("fs.azure.account.key.mine.dfs.core.windows.net", True),
+        ("spark.hadoop.fs.gs.auth.service.account.private.key", True),
+        ("db_password", True),
+        ("hf.api.token", True),
+        ("spark.hadoop.fs.s3a.session.token", True),
+        ("random_token_prob", False),
+        ("max_tokens", False),
+        ("sp_vocab_size", False),
+        ("spark.hadoop.fs.s3a.endpoint", False),
+        ("keep_checkpoints", False),
+    ],
+)
+def test_secret_keys_are_recognised_by_their_words(key: str, secret: bool) -> None:
+    from embedpipe.config import is_secret_key
+
+    assert is_secret_key(key) is secret
+
+
+def test_redacted_hides_secret_values_and_keeps_the_rest() -> None:
+    from embedpipe.config import REDACTED, redacted
+
+    config = load_config(
+        None,
+        [
+            'spark.conf={"spark.hadoop.fs.s3a.secret.key": "s3cr3t", '
+            '"spark.hadoop.fs.s3a.endpoint": "http://minio:9000"}'
+        ],
+    )
+    shown = redacted(config)
+    assert shown["spark"]["conf"] == {
+        "spark.hadoop.fs.s3a.secret.key": REDACTED,
+        "spark.hadoop.fs.s3a.endpoint": "http://minio:9000",
+    }
+    assert "s3cr3t" not in json.dumps(shown)
+    assert shown["vocab"] == to_dict(config)["vocab"]
+    assert config.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t"  # config untouched

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -531,6 +532,38 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     """Load a RunConfig from TOML, YAML or JSON (or defaults) and apply `a.b=value` overrides."""
     data = read_config_file(path) if path is not None else {}
     return from_dict(RunConfig, apply_overrides(data, overrides))
+
+
+REDACTED = "***"
+_SECRET_WORDS = {"secret", "password", "passwd", "pwd", "credential", "credentials", "apikey"}
+_KEY_OWNERS = {"access", "secret", "private", "api", "session", "auth", "sas", "account"}
+
+
+def is_secret_key(key: str) -> bool:
+    """True for setting names that hold credentials (`spark.hadoop.fs.s3a.secret.key`,
+    `fs.azure.account.key.NAME...`, `db_password`, `hf.api.token`), by their words."""
+    words = re.split(r"[._\-]", key.lower())
+    if _SECRET_WORDS & set(words):
+        return True
+    pairs = zip(words, words[1:], strict=False)
+    return any(a in _KEY_OWNERS and b in ("key", "token") for a, b in pairs) or (
+        len(words) > 1 and words[-1] == "token"
+    )
+
+
+def redacted(data: Any) -> Any:
+    """`data` (a config or its dict) with every string under a secret-looking key replaced
+    by "***": what manifests, logs, saved run configs and the Prefect UI may show."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = to_dict(data)
+    if isinstance(data, dict):
+        return {
+            k: REDACTED if is_secret_key(str(k)) and isinstance(v, str) else redacted(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [redacted(v) for v in data]
+    return data
 
 
 def fingerprint(*parts: Any) -> str:
