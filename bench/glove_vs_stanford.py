@@ -109,10 +109,10 @@ def run_embedpipe(
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "embedpipe.train", "--out", str(out), "--set", f"workdir={workdir}",
         "--set", "train.model=glove", "--set", f"train.epochs={s['iterations']}",
-        "--set", f"train.dim={s['dim']}", "--set", f"train.x_max={s['x_max']}",
-        "--set", f"train.alpha={s['alpha']}", "--set", f"train.glove_lr={s['eta']}",
+        "--set", f"train.glove.dim={s['dim']}", "--set", f"train.glove.x_max={s['x_max']}",
+        "--set", f"train.glove.alpha={s['alpha']}", "--set", f"train.glove.lr={s['eta']}",
         "--set", "train.log_every=1000000", "--set", f"train.threads={threads}",
-        "--set", f"train.batch_size={batch_size}", "--set", "train.checkpoint_every=0",
+        "--set", f"train.glove.batch_size={batch_size}", "--set", "train.checkpoint_every=0",
         "--set", f"train.seed={seed}",
     ]  # fmt: skip
     subprocess.run(["rm", "-rf", str(out)], check=True)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedpipe.config import MLMConfig, load_config
+from embedpipe.config import load_config
 from embedpipe.train.buckets import (
     MLMBatch,
     cut_long,
@@ -48,7 +48,8 @@ from embedpipe.train.buckets import (
 )
 from embedpipe.train.data import Chunk, ChunkReader, count_rows
 from embedpipe.train.mlm import EncoderConfig, MaskedLM, decay_groups
-from embedpipe.train.mlm_trainer import ADAM_EPS
+from embedpipe.train.registry import MLMConfig
+from embedpipe.train.specs.mlm import ADAM_EPS
 from embedpipe.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run = load_config(args.config, args.set)
-    config = dataclasses.replace(run.train.mlm, heldout=0.0)  # every sequence trains
+    config = dataclasses.replace(run.train.options, heldout=0.0)  # every sequence trains
     workdir = Workdir(args.workdir or run.workdir)
     table = workdir.path("buckets")
     manifest = workdir.require("buckets")

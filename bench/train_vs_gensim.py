@@ -18,7 +18,7 @@ than the 0.01 the scores are held to, so the means are compared, and every run i
 
 Usage: python bench/train_vs_gensim.py --corpus /work/bench-data/corpus-10m.txt \
            [--workdir /work/bench-data/train-work] [--models sgns cbow] [--epochs 5] [--nproc 2] \
-           [--seeds 3] [--scaling] [--set train.batch_size=N]
+           [--seeds 3] [--scaling] [--set train.MODEL.batch_size=N]
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ def run_embedpipe(
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "embedpipe.train", "--out", str(out), "--set", f"workdir={workdir}",
         "--set", f"train.model={model}", "--set", f"train.epochs={epochs}",
-        "--set", f"train.dim={SETTINGS['dim']}", "--set", f"train.window={SETTINGS['window']}",
-        "--set", f"train.negatives={SETTINGS['negatives']}", "--set", "train.log_every=1000000",
+        "--set", f"train.{model}.dim={SETTINGS['dim']}",
+        "--set", f"train.{model}.window={SETTINGS['window']}",
+        "--set", f"train.{model}.negatives={SETTINGS['negatives']}", "--set", "train.log_every=1000000",
         *(arg for item in extra for arg in ("--set", item)),
     ]  # fmt: skip
     subprocess.run(["rm", "-rf", str(out)], check=True)

@@ -43,7 +43,7 @@ from embedpipe.orchestration import (
     upstream_fingerprints,
 )
 from embedpipe.train.launch import run_training
-from embedpipe.train.trainer import training_fingerprint
+from embedpipe.train.loop import training_fingerprint
 from embedpipe.workdir import Workdir
 
 HOUR = 3600

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import get_args, get_type_hints
 
 import pydantic
 import pytest
 
-from embedpipe.config import RunConfig, TrainConfig, load_config
+from embedpipe.config import RunConfig, load_config
 from embedpipe.orchestration import (
     STAGES,
     PretrainParameters,
@@ -20,17 +19,18 @@ from embedpipe.orchestration import (
     training_output_matches,
     upstream_fingerprints,
 )
-from embedpipe.train.trainer import SUMMARY
+from embedpipe.train.loop import SUMMARY
+from embedpipe.train.registry import GloVeConfig, model_names
 
 
 def test_parameters_have_every_section_of_the_run_config() -> None:
     assert list(PretrainParameters.model_fields) == [f.name for f in dataclasses.fields(RunConfig)]
     params = PretrainParameters.model_validate(
-        {"name": "news", "corpus": {"paths": ["a.txt", "b.txt"]}, "train": {"dim": 32}}
+        {"name": "news", "corpus": {"paths": ["a.txt", "b.txt"]}, "train": {"sgns": {"dim": 32}}}
     )
     config = params.to_run_config()
     assert isinstance(config, RunConfig)
-    assert config.corpus.paths == ("a.txt", "b.txt") and config.train.dim == 32
+    assert config.corpus.paths == ("a.txt", "b.txt") and config.train.options.dim == 32
     assert config.vocab == RunConfig().vocab
     assert PretrainParameters.from_run_config(config) == params
 
@@ -52,9 +52,11 @@ def test_bad_parameters_are_refused_naming_the_field(bad: dict, message: str) ->
 
 def test_the_json_schema_is_what_a_deployment_form_shows() -> None:
     schema = PretrainParameters.model_json_schema()
-    train = schema["$defs"]["TrainConfig"]["properties"]
-    models = list(get_args(get_type_hints(TrainConfig)["model"]))
-    assert train["model"]["enum"] == models and "sgns" in models
+    train = schema["properties"]["train"]
+    assert train["additionalProperties"] is False
+    assert train["properties"]["model"]["enum"] == model_names() and "sgns" in model_names()
+    # One table per model, with the model's own defaults ([train.glove] lr is not sgns' lr).
+    assert train["properties"]["glove"]["properties"]["lr"]["default"] == GloVeConfig().lr == 0.05
     assert schema["$defs"]["CorpusConfig"]["additionalProperties"] is False
     # JSON parameters (as a deployment stores them) round-trip.
     data = json.loads(PretrainParameters().model_dump_json())
@@ -67,8 +69,9 @@ def test_resolve_config_from_parameters_or_a_file(tmp_path: Path) -> None:
     assert (config.name, config.vocab.min_count, config.train.epochs) == ("a", 5, 2)
     assert resolve_config({"name": "b"}).name == "b"
     path = tmp_path / "run.toml"
-    path.write_text('name = "c"\n[train]\ndim = 8\n')
-    assert resolve_config(config_path=str(path), overrides=["train.dim=9"]).train.dim == 9
+    path.write_text('name = "c"\n[train.sgns]\ndim = 8\n')
+    overridden = resolve_config(config_path=str(path), overrides=["train.sgns.dim=9"])
+    assert overridden.train.options.dim == 9
     with pytest.raises(ValueError, match="not both"):
         resolve_config(params, config_path=str(path))
 

@@ -57,7 +57,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from embedpipe.train.launch import run_training
-    from embedpipe.train.trainer import training_fingerprint
+    from embedpipe.train.loop import training_fingerprint
     from embedpipe.workdir import Workdir
 
     config = config_of(args)

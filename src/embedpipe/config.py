@@ -207,105 +207,74 @@ class LaunchConfig:
 
 
 @dataclass(frozen=True)
-class MLMConfig:
-    """The masked language model (`train.model = "mlm"`): a small BERT-style encoder.
+class TrainConfig:
+    """`[train]`: what every model shares; `options` is the chosen model's section.
 
-    Trained on the `buckets` table: each batch holds examples of one length bucket, at most
-    `max_tokens` padded token slots per rank; examples are `[CLS] a [SEP]` or, with
-    probability `pair_prob`, `[CLS] a [SEP] b [SEP]` (two sequences of the same bucket).
-    AdamW at peak `lr` after `warmup_steps` of linear warm-up, then linear decay to 0 over
-    the run's tokens. `heldout` of the sequences (chosen by a hash of their ids) are never
-    trained on: their masked-LM loss is measured before training and after every epoch.
+    In TOML the section is the table `[train.<model>]` (e.g. `[train.sgns]`), whose dataclass
+    the model registers with `train.registry`; a section of another model, or a key no model
+    shares, is an error naming it. `to_dict` gives that nested shape back, and the training
+    fingerprint covers only the chosen model's section.
     """
 
-    layers: int = 2
-    heads: int = 4
-    width: int = 128  # hidden size = the published input embedding's dimension
-    ffn: int = 512  # feed-forward inner size
-    max_len: int = 128  # longest example, [CLS] and [SEP]s included; longer sequences are cut
-    max_tokens: int = 4096  # padded token slots per batch and rank (rows x longest row)
-    mask_prob: float = 0.15  # share of ordinary tokens chosen as targets
-    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
-    random_token_prob: float = 0.1  # ... by a random word; the rest are kept
-    pair_prob: float = 0.5
-    dropout: float = 0.1
-    lr: float = 1e-3  # peak learning rate
-    warmup_steps: int = 200
-    weight_decay: float = 0.01  # AdamW's; never on biases and LayerNorm weights
-    adam_betas: tuple[float, float] = (0.9, 0.98)
-    clip_norm: float = 1.0  # gradient norm clipping; 0 disables
-    tie_output: bool = True  # the output layer shares the input embedding matrix
-    heldout: float = 0.02
-    chunk_rows: int = 1024  # sequences read at once (a chunk's batches come from one bucket)
-    amp: bool = True  # bf16/fp16 autocast, on CUDA only
-
-    def __post_init__(self) -> None:
-        for name in ("layers", "heads", "width", "ffn", "max_tokens", "chunk_rows"):
-            _check(getattr(self, name) >= 1, f"train.mlm.{name} must be >= 1")
-        _check(self.width % self.heads == 0, "train.mlm.width must be a multiple of heads")
-        _check(self.max_len >= 4, "train.mlm.max_len must be >= 4")
-        _check(
-            self.max_tokens >= self.max_len,
-            "train.mlm.max_tokens must be >= max_len (one longest example per batch)",
-        )
-        _check(0 < self.mask_prob < 1, "train.mlm.mask_prob must be in (0, 1)")
-        _check(
-            self.mask_token_prob >= 0
-            and self.random_token_prob >= 0
-            and self.mask_token_prob + self.random_token_prob <= 1,
-            "train.mlm.mask_token_prob + random_token_prob must be in [0, 1]",
-        )
-        for name in ("pair_prob", "dropout"):
-            _check(0 <= getattr(self, name) < 1, f"train.mlm.{name} must be in [0, 1)")
-        _check(0 <= self.heldout < 1, "train.mlm.heldout must be in [0, 1)")
-        _check(self.lr > 0, "train.mlm.lr must be > 0")
-        _check(self.warmup_steps >= 0, "train.mlm.warmup_steps must be >= 0")
-        _check(self.weight_decay >= 0, "train.mlm.weight_decay must be >= 0")
-        _check(self.clip_norm >= 0, "train.mlm.clip_norm must be >= 0")
-        _check(
-            len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
-            "train.mlm.adam_betas must be two numbers in [0, 1)",
-        )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # sgns: skip-gram; cbow: CBOW with the mean of the context vectors (gensim's
-    # cbow_mean=1; word2vec's usual lr for CBOW is 0.05: set train.lr); glove: GloVe on the
-    # `cooccur` table with AdaGrad at glove_lr (constant; lr/min_lr are unused); mlm: a
-    # BERT-style masked LM on the `buckets` table, set in `train.mlm` (dim, window,
-    # negatives, lr, min_lr and batch_size are unused).
-    model: Literal["sgns", "cbow", "glove", "mlm"] = "sgns"
-    dim: int = 100
-    window: int = 5
-    negatives: int = 5
+    model: str = "sgns"  # a registered model: sgns, cbow, glove, mlm, or one of `plugins`
     epochs: int = 1
-    lr: float = 0.025
-    min_lr: float = 0.0001
-    batch_size: int = 16384  # per step and rank: centre words (sgns, cbow), entries (glove)
     seed: int = 1
-    nproc: int = 2
-    threads: int = 1  # torch intra-op threads per process
+    nproc: int = 2  # processes per node
+    threads: int = 1  # compute threads per process (kernel threads, or torch's intra-op)
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
     keep_checkpoints: int = 2
     log_every: int = 50
-    glove_lr: float = 0.05  # AdaGrad's learning rate (glove only)
-    x_max: float = 100.0  # GloVe weighting f(x) = min(1, (x / x_max) ** alpha)
-    alpha: float = 0.75
-    mlm: MLMConfig = field(default_factory=MLMConfig)
+    plugins: tuple[str, ...] = ()  # modules imported first: models registered outside embedpipe
+    options: Any = None  # the model's section; None: its defaults
 
     def __post_init__(self) -> None:
+        from embedpipe.train.registry import get_model, import_plugins
+
+        import_plugins(self.plugins)
+        section = get_model(self.model).section
+        if self.options is None:
+            object.__setattr__(self, "options", section())
         _check(
-            self.model in ("sgns", "cbow", "glove", "mlm"),
-            f"train.model: {self.model!r} is not supported",
+            type(self.options) is section,
+            f"train.options: a {type(self.options).__name__} is not {self.model}'s section "
+            f"({section.__name__})",
         )
-        _check(self.glove_lr > 0, "train.glove_lr must be > 0")
-        _check(self.x_max > 0, "train.x_max must be > 0")
-        _check(0 < self.alpha <= 1, "train.alpha must be in (0, 1]")
-        for name in ("dim", "window", "negatives", "epochs", "batch_size", "nproc", "threads"):
+        for name in ("epochs", "nproc", "threads", "log_every"):
             _check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
-        _check(0 < self.min_lr <= self.lr, "train.min_lr must be in (0, lr]")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+
+    @classmethod
+    def from_table(cls, data: Any, where: str = "train.") -> TrainConfig:
+        """Parse the `[train]` table: shared keys and the one `[train.<model>]` section."""
+        from embedpipe.train.registry import get_model, import_plugins, model_names
+
+        _check(isinstance(data, dict), f"{where.rstrip('.')} must be a table, not {data!r}")
+        hints = get_type_hints(cls)
+        shared = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        values = {k: check_value(hints[k], v, where + k) for k, v in data.items() if k in shared}
+        model = values.get("model", cls.model)
+        import_plugins(values.get("plugins", ()))  # they register their models
+        spec = get_model(model)
+        others = sorted(set(data) & (set(model_names()) - {model}))
+        _check(not others, f"{where}{', '.join(others)} is set but {where}model is {model!r}")
+        unknown = sorted(set(data) - shared - {model})
+        _check(not unknown, f"unknown config key(s): {', '.join(where + k for k in unknown)}")
+        try:
+            options = from_dict(spec.section, data.get(model, {}), f"{where}{model}.")
+        except ConfigError as e:  # a section's own checks name the field, not the section
+            named = f"{where}{model}" in str(e)
+            raise (e if named else ConfigError(f"{where}{model}.{e}")) from None
+        try:
+            return cls(**values, options=options)
+        except TypeError as e:
+            raise ConfigError(f"{where.rstrip('.')}: {e}") from e
+
+    def to_table(self) -> dict[str, Any]:
+        """The `[train]` table, JSON-ready: shared keys, the model's section under its name."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del shared["options"]
+        return to_dict(shared) | {self.model: to_dict(self.options)}
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def stage_output_matches(config: RunConfig, stage: str, manifest: dict[str, Any]
 def training_cache_key(config: RunConfig) -> str:
     """Key of the training task: the trainer's fingerprint (its config and input tables),
     the world size and the output directory."""
-    from embedpipe.train.trainer import training_fingerprint
+    from embedpipe.train.loop import training_fingerprint
 
     world = config.train.nproc * config.launch.nnodes
     expected = training_fingerprint(config.train, Workdir(config.workdir))
@@ -170,7 +170,7 @@ def training_cache_key(config: RunConfig) -> str:
 
 def training_output_matches(config: RunConfig, summary: dict[str, Any]) -> bool:
     """True when `<workdir>/train` still holds this training summary and its checkpoint."""
-    from embedpipe.train.trainer import SUMMARY
+    from embedpipe.train.loop import SUMMARY
 
     out = Workdir(config.workdir).train_dir
     path = out / SUMMARY

@@ -30,8 +30,8 @@ from embedpipe.artefacts.publish import publish_training
 from embedpipe.config import TokenizeConfig, load_config
 from embedpipe.text.sentencepiece import load_processor, train_sentencepiece
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from embedpipe.train.loop import SUMMARY, train
 from embedpipe.train.mlm import CLS_ID, SEP_ID, UNK_ID, EncoderConfig, MaskedLM
-from embedpipe.train.trainer import SUMMARY, train
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "train"
 SETTINGS = [

@@ -23,7 +23,8 @@ from embedpipe.artefacts.store import filesystem
 from embedpipe.config import RunConfig, TrainConfig, to_dict
 from embedpipe.corpus.stages import TABLES
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint
-from embedpipe.train.trainer import train
+from embedpipe.train.loop import train
+from embedpipe.train.registry import Word2VecConfig
 from embedpipe.workdir import MANIFEST as STAGE_MANIFEST
 
 TRAIN_CONFTEST = Path(__file__).resolve().parents[1] / "train" / "conftest.py"
@@ -56,7 +57,8 @@ def store_url() -> Iterator[str]:
 
 def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store_url: str) -> None:
     work = write_workdir(tmp_path / "work")
-    train_config = TrainConfig(dim=8, window=2, negatives=2, epochs=1, batch_size=64, log_every=1)
+    options = Word2VecConfig(dim=8, window=2, negatives=2, batch_size=64)
+    train_config = TrainConfig(epochs=1, log_every=1, options=options)
     summary = train(train_config, str(work), work / "train")
     config = RunConfig(name="tiny", workdir=str(work), store=store_url, train=train_config)
 

@@ -12,9 +12,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from embedpipe.config import MLMConfig
 from embedpipe.train.buckets import iter_mlm_batches, rank_bucket_chunks
-from embedpipe.train.trainer import Cluster, agree
+from embedpipe.train.distributed import Cluster, agree
+from embedpipe.train.registry import MLMConfig
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ from embedpipe.train.checkpoint import (
 )
 from embedpipe.train.data import rank_chunks, read_chunk
 from embedpipe.train.kernels import cbow_window_sgd
+from embedpipe.train.loop import METRICS, train
+from embedpipe.train.registry import Word2VecConfig
 from embedpipe.train.sgns import kernel_step
-from embedpipe.train.trainer import METRICS, train
 from embedpipe.train.windows import (
     RowCompactor,
     WindowBatch,
@@ -153,13 +154,14 @@ def test_blocked_step_applies_sequential_updates() -> None:
 
 
 CONFIG = TrainConfig(
-    model="cbow", dim=8, window=3, negatives=3, epochs=2, batch_size=24, checkpoint_every=4,
-    keep_checkpoints=100, log_every=3, lr=0.05,
+    model="cbow", epochs=2, checkpoint_every=4, keep_checkpoints=100, log_every=3,
+    options=Word2VecConfig(dim=8, window=3, negatives=3, batch_size=24, lr=0.05),
 )  # fmt: skip
 
 
 def test_training_lowers_the_loss(workdir: Path, tmp_path: Path) -> None:
-    config = dataclasses.replace(CONFIG, epochs=10, lr=0.2, checkpoint_every=0)
+    options = dataclasses.replace(CONFIG.options, lr=0.2)
+    config = dataclasses.replace(CONFIG, epochs=10, checkpoint_every=0, options=options)
     train(config, str(workdir), tmp_path / "full")
     records = [json.loads(line) for line in (tmp_path / "full" / METRICS).open()]
     assert records and {"step", "loss", "lr", "words_per_sec", "eta_sec"} <= set(records[0])
@@ -173,7 +175,7 @@ def test_training_lowers_the_loss(workdir: Path, tmp_path: Path) -> None:
     noise = alias_table(np.ones(vocab))
     windows = chunk_windows(flat, offsets, keep, 3, 3, noise, np.random.default_rng(0))
     batch, _ = next(window_batches(windows, len(flat), 0, RowCompactor(vocab)))
-    initial = CBOW(vocab, config.dim, config.seed)
+    initial = CBOW(vocab, options.dim, config.seed)
     before = initial.step(initial.input.weight.detach(), initial.output.weight.detach(), batch, 0.0)
     after = initial.step(expected["input"], expected["output"], batch, 0.0)
     before, after = before[0], after[0]

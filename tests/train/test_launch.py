@@ -17,12 +17,14 @@ from embedpipe.config import LaunchConfig, load_config, save_config
 from embedpipe.processes import descendants, end_tree
 from embedpipe.train.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint
 from embedpipe.train.launch import TORCHRUN_ENV, torchrun_command
-from embedpipe.train.trainer import METRICS, SUMMARY
+from embedpipe.train.loop import METRICS, SUMMARY
 
 from .conftest import write_workdir
 
 RDZV_PORT = 29640  # this area's rendezvous ports: 29640-29659
-TRAIN = ["train.dim=8", "train.window=3", "train.negatives=3", "train.batch_size=48"]
+TRAIN = [
+    "train.sgns.dim=8", "train.sgns.window=3", "train.sgns.negatives=3", "train.sgns.batch_size=48",
+]  # fmt: skip
 # Gloo and the rendezvous stay on loopback; the launch environment of launch.py.
 LOOPBACK = {**os.environ, **TORCHRUN_ENV, "GLOO_SOCKET_IFNAME": "lo"}
 

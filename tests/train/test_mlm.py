@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedpipe.config import ConfigError, MLMConfig, TrainConfig
+from embedpipe.config import ConfigError, TrainConfig
 from embedpipe.train.mlm import (
     CLS_ID,
     IGNORE,
@@ -23,6 +23,7 @@ from embedpipe.train.mlm import (
     pack,
     padding_mask,
 )
+from embedpipe.train.registry import MLMConfig
 
 VOCAB = 1000
 
@@ -217,7 +218,9 @@ def test_mlm_config_is_validated(overrides: dict, message: str) -> None:
 
 
 def test_train_config_accepts_mlm() -> None:
-    config = TrainConfig(model="mlm", mlm=MLMConfig(layers=1))
-    assert config.mlm.layers == 1
+    config = TrainConfig(model="mlm", options=MLMConfig(layers=1))
+    assert config.options.layers == 1
+    with pytest.raises(ConfigError, match="MLMConfig"):
+        TrainConfig(model="sgns", options=MLMConfig())
     with pytest.raises(ConfigError, match="train.model"):
         TrainConfig(model="bert")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from embedpipe.config import MLMConfig
 from embedpipe.train.buckets import (
     MLMBatch,
     cut_long,
@@ -27,6 +26,7 @@ from embedpipe.train.buckets import (
     visit_order,
 )
 from embedpipe.train.mlm import CLS_ID, IGNORE, SEP_ID
+from embedpipe.train.registry import MLMConfig
 
 HERE = Path(__file__).resolve().parent
 PORT = 29613  # this area's ports: 29610-29629

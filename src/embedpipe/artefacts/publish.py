@@ -28,7 +28,8 @@ from embedpipe.config import RunConfig
 from embedpipe.corpus.stages import TABLES
 from embedpipe.evaluate import PROBE_WORDS, evaluate_all, nearest_neighbours
 from embedpipe.train.checkpoint import load_checkpoint
-from embedpipe.train.trainer import METRICS, SUMMARY
+from embedpipe.train.loop import METRICS, SUMMARY
+from embedpipe.train.registry import get_model, resolve
 from embedpipe.version import code_version
 from embedpipe.workdir import Workdir
 
@@ -39,14 +40,14 @@ LIBRARIES = (
 )  # fmt: skip
 
 
-def read_trained(train_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """The training summary and the final input-embedding matrix of a training directory."""
+def read_trained(train_dir: Path, vectors: str = "input") -> tuple[dict[str, Any], np.ndarray]:
+    """The training summary and the final `vectors` tensor of a training directory."""
     summary_path = train_dir / SUMMARY
     if not summary_path.is_file():
         raise FileNotFoundError(f"{train_dir} holds no finished training run (no {SUMMARY})")
     summary = json.loads(summary_path.read_text())
     tensors, _ = load_checkpoint(train_dir / "checkpoints" / summary["checkpoint"])
-    return summary, tensors["input"].numpy().astype(np.float32, copy=False)
+    return summary, tensors[vectors].numpy().astype(np.float32, copy=False)
 
 
 def evaluate_vectors(vectors: np.ndarray, tokens: list[str]) -> dict[str, Any]:
@@ -95,7 +96,8 @@ def _memory_bytes() -> int | None:
 def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -> Location:
     """Evaluate the trained vectors and publish them as `<store>/<name>/vNNNN` (the store may
     be a path or an fsspec URL); returns the version's location."""
-    summary, vectors = read_trained(train_dir)
+    spec = get_model(config.train.model)
+    summary, vectors = read_trained(train_dir, spec.vectors)
     wd = Workdir(config.workdir)
     vocab = pq.read_table(wd.path("vocab")).select(S.VOCAB_SCHEMA.names).sort_by(S.ID)
     tokens = vocab.column(S.TOKEN).to_pylist()
@@ -104,11 +106,8 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
             f"{wd.path('vocab')} has {len(tokens)} tokens but the model has {len(vectors)} rows: "
             "the vocabulary changed after training"
         )
-    if config.train.model == "mlm":  # held-out masked-LM loss + the input matrix's scores
-        from embedpipe.artefacts.encoder import evaluate_mlm
-
-        sp_model = Path(wd.tokenizer_model)
-        metrics = evaluate_mlm(summary, vectors, tokens, config.to_dict()["tokenize"], sp_model)
+    if spec.evaluate is not None:  # the model's own metrics (mlm: + held-out loss)
+        metrics = resolve(spec.evaluate)(summary, vectors, tokens, config)
     else:
         metrics = evaluate_vectors(vectors, tokens)
     stages = {}
@@ -140,10 +139,8 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
         }
         if tokenizer_model.is_file():
             files[TOKENIZER_FILE] = tokenizer_model
-        if config.train.model == "mlm":
-            from embedpipe.artefacts.encoder import write_encoder_files
-
-            files |= write_encoder_files(train_dir, summary, Path(tmp))
+        if spec.files is not None:  # the model's own files (mlm: the encoder)
+            files |= resolve(spec.files)(train_dir, summary, Path(tmp))
         save_file({"vectors": vectors}, str(files[VECTORS_FILE]))
         pq.write_table(vocab.cast(S.VOCAB_SCHEMA), files[VOCAB_FILE])
         words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only

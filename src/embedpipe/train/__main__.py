@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from embedpipe.config import load_config
-from embedpipe.train.trainer import train
+from embedpipe.train.loop import train
 from embedpipe.workdir import Workdir
 
 

@@ -11,7 +11,7 @@ of at most `max_tokens` padded slots (`token_budget_batches`), which are then sh
 Everything random about a chunk comes from generators seeded by (seed, epoch, rank, bucket,
 chunk), so the cursor (position in the visit order, batch) is a complete data state. Ranks
 stay in step as the word2vec trainer's do: they agree per chunk on the steps all of them can
-take (`trainer.agree`), so every rank takes the same number of steps in an epoch.
+take (`distributed.agree`), so every rank takes the same number of steps in an epoch.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from embedpipe.config import MLMConfig
 from embedpipe.train.data import Chunk, ChunkReader, parquet_files, split_chunks
 from embedpipe.train.mlm import mask_tokens, pack, padding_mask
+from embedpipe.train.registry import MLMConfig
 
 _BUCKET = re.compile(r"bucket=(\d+)")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -36,7 +36,7 @@ HELDOUT_STREAM = 0x48454C44  # seeds the held-out batches apart from any epoch's
 class MLMBatch(NamedTuple):
     """One step's tensors (ids, segments, mask, labels) and where the data cursor stands.
 
-    Duck-types `trainer.Batch` for `trainer.agree` (`remaining`, `words`).
+    Duck-types `data.Batch` for the loop and `distributed.agree` (`remaining`, `words`, `cursor`).
     """
 
     data: tuple[torch.Tensor, ...]

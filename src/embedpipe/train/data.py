@@ -14,13 +14,35 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
 from embedpipe import schemas as S
+
+
+class Batch(NamedTuple):
+    """One step's examples, and where the data cursor stands (what the loop and `agree` read).
+
+    `data`: a `windows.SpanBatch` (sgns, cbow trained in place), a `windows.WindowBatch`
+    (sgns, cbow across ranks or on GPUs) or (rows, cols, x) arrays of `cooccur` (glove).
+    """
+
+    data: tuple[Any, ...]
+    pairs: int  # examples: (context, centre) pairs, centre words with contexts, entries
+    words: float  # corpus words (or entries) this batch stands for
+    remaining: int  # batches left in its chunk, this one included
+    cursor: tuple[int, int]  # (chunk, batch) after this one
+
+    def tensors(self) -> tuple[Any, ...]:
+        return self.data
+
+
+def chunk_seed(seed: int, epoch: int, rank: int, chunk: int) -> list[int]:
+    """The seed of everything random about one chunk of one rank and epoch."""
+    return [seed, epoch, rank, chunk]
 
 
 @dataclass(frozen=True)

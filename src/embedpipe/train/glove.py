@@ -8,7 +8,7 @@ AdaGrad as the Stanford tool runs it: entry by entry, each parameter moves by
 -lr * g / sqrt(G) and then G grows by (lr * g)^2, with G starting at 1 (so early steps are
 close to plain SGD at lr, and the step shrinks only once a parameter has moved a lot).
 `glove_step` applies it to a batch of entries on working copies of the rows they touch
-and returns the changes, which ranks sum (`glove_trainer`): on CPU entry by entry in a
+and returns the changes, which ranks sum (`specs.glove`): on CPU entry by entry in a
 compiled kernel (`kernels.glove_adagrad`, optionally in Hogwild threads as the Stanford
 tool's); on GPUs as one AdaGrad step on the batch's summed gradients (tensor operations),
 which equals the kernel when no two entries of a batch share a row (tested) and drifts

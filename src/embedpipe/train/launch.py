@@ -19,7 +19,7 @@ from typing import Any
 
 from embedpipe.config import LaunchConfig, RunConfig, save_config
 from embedpipe.processes import run_logged
-from embedpipe.train.trainer import SUMMARY
+from embedpipe.train.loop import SUMMARY
 
 # The environment every torchrun launch gets (the flow, the CLI, infra/ scripts, tests):
 # - unbuffered workers, so their lines reach the log (and the Prefect run log) as printed;

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedpipe import schemas as S
-from embedpipe.config import MLMConfig
+from embedpipe.train.registry import MLMConfig
 
 PAD_ID = S.PAD_ID
 UNK_ID = S.UNK_ID

@@ -1,4 +1,4 @@
-"""The masked-LM trainer: held-out loss goes down, exact resume, fingerprints, torchrun."""
+"""The masked-LM spec through the loop: held-out loss goes down, exact resume, fingerprints, torchrun."""
 
 from __future__ import annotations
 
@@ -14,16 +14,17 @@ from types import ModuleType
 import pytest
 import torch
 
-from embedpipe.config import MLMConfig, TrainConfig
+from embedpipe.config import TrainConfig
 from embedpipe.train.checkpoint import (
     STATE,
     complete_checkpoints,
     latest_checkpoint,
     load_checkpoint,
 )
+from embedpipe.train.loop import METRICS, SUMMARY, train
 from embedpipe.train.mlm import N_SPECIAL, EncoderConfig, MaskedLM, decay_groups
-from embedpipe.train.mlm_trainer import learning_rate, optimizer_tensors, restore_optimizer
-from embedpipe.train.trainer import METRICS, SUMMARY, train
+from embedpipe.train.registry import MLMConfig
+from embedpipe.train.specs.mlm import learning_rate, optimizer_tensors, restore_optimizer
 
 HERE = Path(__file__).resolve().parent
 PORT = 29615  # this area's ports: 29610-29629
@@ -45,7 +46,7 @@ TINY = MLMConfig(
 )  # fmt: skip
 CONFIG = TrainConfig(
     model="mlm", epochs=2, checkpoint_every=7, keep_checkpoints=100, log_every=10, threads=1,
-    mlm=TINY,
+    options=TINY,
 )  # fmt: skip
 
 
@@ -60,7 +61,7 @@ def final_tensors(out: Path) -> dict[str, torch.Tensor]:
 
 def test_a_tiny_run_lowers_the_heldout_loss(workdir: Path, tmp_path: Path) -> None:
     mlm = dataclasses.replace(TINY, width=32, ffn=64, max_tokens=256, lr=1e-2, dropout=0.0)
-    config = dataclasses.replace(CONFIG, epochs=5, checkpoint_every=0, mlm=mlm)
+    config = dataclasses.replace(CONFIG, epochs=5, checkpoint_every=0, options=mlm)
     summary = train(config, str(workdir), tmp_path / "out")
     losses = [h["loss"] for h in summary["heldout"]]
     assert [h["epoch"] for h in summary["heldout"]] == list(range(6))
@@ -121,7 +122,7 @@ def test_fingerprint_guards_resume(workdir: Path, tmp_path: Path) -> None:
     summary = train(config, str(workdir), out)
     assert json.loads((out / SUMMARY).read_text())["fingerprint"] == summary["fingerprint"]
     assert summary["inputs"] == {"buckets": "buckets-0", "vocab": "vocab-0"}
-    other = dataclasses.replace(config, mlm=dataclasses.replace(TINY, mask_prob=0.2))
+    other = dataclasses.replace(config, options=dataclasses.replace(TINY, mask_prob=0.2))
     with pytest.raises(RuntimeError, match="another training run"):
         train(other, str(workdir), out)
 
@@ -184,4 +185,4 @@ def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
     assert len(state["cursors"]) == 2
     assert torch.isfinite(tensors["input"]).all()
     # Only rank 0 logged; both ranks scored their held-out share (one figure per epoch).
-    assert proc.stdout.count("held-out after epoch 2") == 1
+    assert proc.stdout.count("evaluation after epoch 2") == 1

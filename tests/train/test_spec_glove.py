@@ -27,9 +27,11 @@ from embedpipe.train.checkpoint import (
     load_checkpoint,
 )
 from embedpipe.train.data import CooccurReader, cooccur_chunks, rank_chunks, read_chunk
-from embedpipe.train.glove import GloVe
-from embedpipe.train.glove_trainer import POOL_CHUNKS, TABLES, pool_order
-from embedpipe.train.trainer import SUMMARY, SparseRowsExchange, sparse_rows_hook, train
+from embedpipe.train.distributed import SparseRowsExchange, sparse_rows_hook
+from embedpipe.train.glove import TABLES, GloVe
+from embedpipe.train.loop import SUMMARY, train
+from embedpipe.train.registry import GloVeConfig
+from embedpipe.train.specs.glove import POOL_CHUNKS, pool_order
 from embedpipe.workdir import MANIFEST
 
 
@@ -63,8 +65,8 @@ def write_cooccur(workdir: Path, shards: int, window: int = 3) -> Path:
 
 
 CONFIG = TrainConfig(
-    model="glove", dim=8, epochs=2, batch_size=16, checkpoint_every=7, keep_checkpoints=100,
-    log_every=1000,
+    model="glove", epochs=2, checkpoint_every=7, keep_checkpoints=100, log_every=1000,
+    options=GloVeConfig(dim=8, batch_size=16),
 )  # fmt: skip
 
 
@@ -77,9 +79,12 @@ def all_entries(workdir: Path) -> tuple[torch.Tensor, ...]:
 def test_config_accepts_the_models_and_checks_glove_fields() -> None:
     for model in ("sgns", "cbow", "glove"):
         assert TrainConfig(model=model).model == model
-    for bad in ({"model": "fasttext"}, {"x_max": 0.0}, {"alpha": 0.0}, {"glove_lr": -1.0}):
-        with pytest.raises(ConfigError):
-            TrainConfig(**bad)
+    assert TrainConfig(model="glove").options == GloVeConfig()
+    with pytest.raises(ConfigError, match="fasttext"):
+        TrainConfig(model="fasttext")
+    for bad in ({"x_max": 0.0}, {"alpha": 0.0}, {"lr": -1.0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            GloVeConfig(**bad)
 
 
 def test_cooccur_chunks_split_shards_or_rows(workdir: Path) -> None:
@@ -108,12 +113,12 @@ def test_training_lowers_the_loss(workdir: Path, tmp_path: Path) -> None:
     entries = all_entries(workdir)
     assert summary["corpus_words"] == len(entries[0])
 
-    model = GloVe(len(tensors["word"]), config.dim, config.seed)
+    model = GloVe(len(tensors["word"]), config.options.dim, config.seed)
     with torch.no_grad():
-        before = model(*entries, config.x_max, config.alpha).item()
+        before = model(*entries, config.options.x_max, config.options.alpha).item()
         for name in ("word", "context", "word_bias", "context_bias"):
             getattr(model, name).weight.copy_(tensors[name])
-        after = model(*entries, config.x_max, config.alpha).item()
+        after = model(*entries, config.options.x_max, config.options.alpha).item()
     assert after < 0.5 * before
     torch.testing.assert_close(tensors["input"], model.vectors())
 
@@ -170,8 +175,8 @@ def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "embedpipe.train", "--set", f"workdir={workdir}", "--set", "train.model=glove",
-        "--set", "train.epochs=2", "--set", "train.dim=8", "--set", "train.batch_size=16",
-        "--set", "train.glove_lr=0.2",
+        "--set", "train.epochs=2", "--set", "train.glove.dim=8",
+        "--set", "train.glove.batch_size=16", "--set", "train.glove.lr=0.2",
         "--set", "train.checkpoint_every=4", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -195,9 +200,9 @@ def test_torchrun_two_ranks(workdir: Path, tmp_path: Path) -> None:
 
 def test_pools_visit_every_chunk_once_in_a_seeded_order() -> None:
     n = 3 * POOL_CHUNKS + 5
-    orders = [pool_order(CONFIG, n, epoch, rank) for epoch in (0, 1) for rank in (0, 1)]
+    orders = [pool_order(CONFIG.seed, n, epoch, rank) for epoch in (0, 1) for rank in (0, 1)]
     for pools in orders:
         assert sorted(c for pool in pools for c in pool) == list(range(n))
         assert [len(p) for p in pools] == [POOL_CHUNKS] * 3 + [5]
     assert len({str(o) for o in orders}) == 4  # each epoch and rank its own order
-    assert pool_order(CONFIG, n, 1, 0) == orders[2]
+    assert pool_order(CONFIG.seed, n, 1, 0) == orders[2]

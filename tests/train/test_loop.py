@@ -1,4 +1,5 @@
-"""The trainer: exact resume after a kill, run fingerprints, and a real 2-rank torchrun."""
+"""The training loop with the skip-gram spec: exact resume after a kill, run fingerprints,
+the row exchange, and a real 2-rank torchrun."""
 
 from __future__ import annotations
 
@@ -23,21 +24,16 @@ from embedpipe.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
+from embedpipe.train.distributed import SparseRowsExchange, coalesced, sparse_rows_hook
+from embedpipe.train.loop import SUMMARY, train, training_fingerprint
+from embedpipe.train.registry import Word2VecConfig
 from embedpipe.train.sgns import SkipGram
-from embedpipe.train.trainer import (
-    SUMMARY,
-    SparseRowsExchange,
-    coalesced,
-    sparse_rows_hook,
-    train,
-    training_fingerprint,
-)
 from embedpipe.train.windows import RowCompactor, alias_table, chunk_windows, window_batches
 from embedpipe.workdir import MANIFEST, Workdir
 
 CONFIG = TrainConfig(
-    dim=8, window=3, negatives=3, epochs=2, batch_size=48, checkpoint_every=3,
-    keep_checkpoints=100, log_every=10_000,
+    epochs=2, checkpoint_every=3, keep_checkpoints=100, log_every=10_000,
+    options=Word2VecConfig(dim=8, window=3, negatives=3, batch_size=48),
 )  # fmt: skip
 
 
@@ -64,7 +60,7 @@ def test_resume_after_a_kill_repeats_the_run_exactly(workdir: Path, tmp_path: Pa
         for name in ("input", "output"):
             assert torch.equal(expected[name], got[name]), (killed_at.name, name)
     # ... and training did move the vectors.
-    initial = SkipGram(len(expected["input"]), CONFIG.dim, CONFIG.seed).input.weight
+    initial = SkipGram(len(expected["input"]), CONFIG.options.dim, CONFIG.seed).input.weight
     assert not torch.equal(expected["input"], initial)
     assert torch.isfinite(expected["input"]).all()
 
@@ -81,8 +77,9 @@ def test_fingerprint_is_recorded_and_guards_resume(workdir: Path, tmp_path: Path
     assert state["fingerprint"] == expected
 
     # Another setting: the old checkpoint must not be resumed.
+    other = dataclasses.replace(config, options=dataclasses.replace(config.options, lr=0.05))
     with pytest.raises(RuntimeError, match=str(out / "checkpoints")):
-        train(dataclasses.replace(config, lr=0.05), str(workdir), out)
+        train(other, str(workdir), out)
 
     # Same settings, new upstream table: refused as well.
     manifest = workdir / "vocab" / MANIFEST
@@ -157,7 +154,8 @@ def test_torchrun_two_ranks(workdir: Path, tmp_path: Path, model: str) -> None:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "embedpipe.train", "--set", f"workdir={workdir}", "--set", "train.epochs=2",
         "--set", f"train.model={model}",
-        "--set", "train.dim=8", "--set", "train.batch_size=48", "--set", "train.negatives=3",
+        "--set", f"train.{model}.dim=8", "--set", f"train.{model}.batch_size=48",
+        "--set", f"train.{model}.negatives=3",
         "--set", "train.checkpoint_every=4", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,278 @@
+"""The one training loop: every model runs through `train`, alone or under torchrun.
+
+A model is a `ModelRun` (built by its `registry.ModelSpec`): its batches by chunk, its
+learning-rate schedule, its step, the tensors and state it checkpoints, its evaluation
+and summary extras. The loop owns the rest: the process group, the data cursor and the
+per-chunk agreement between ranks, progress (metrics.jsonl, loss.png), checkpoints and
+exact resume, the `_TRAINED.json` summary, teardown.
+
+Ranks agree once per chunk, not per step, on how many steps all of them can take (the
+fewest batches left in any rank's current chunk; 0 ends the epoch for everyone) and on
+the corpus words those steps cover, so they share one learning-rate schedule exactly.
+A thread prepares the next chunk's batches while the current ones train. Only rank 0
+logs and writes. A model draws all its randomness from (seed, epoch, rank, chunk) or the
+step, so the cursor (epoch, chunk, batch) with the model's tensors and state is the whole
+state: a resumed run repeats the uninterrupted one exactly. Checkpoints and the summary
+carry the run's fingerprint (the TrainConfig and the input tables' fingerprints); a
+checkpoint of another run is refused on resume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.distributed as dist
+
+from embedpipe.config import TrainConfig, fingerprint, to_dict
+from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
+from embedpipe.train.data import Prefetcher
+from embedpipe.train.distributed import Cluster, agree, gather_cursors, setup_cluster
+from embedpipe.train.registry import get_model, resolve
+from embedpipe.workdir import Workdir
+
+SUMMARY = "_TRAINED.json"
+METRICS = "metrics.jsonl"  # one JSON record per logged step (rank 0); loss.png plots it
+CHECKPOINTS = "checkpoints"
+PREFETCH = 1  # chunks the data thread may prepare ahead
+
+Resumed = tuple[dict[str, torch.Tensor], dict[str, Any]]  # a checkpoint's (tensors, state)
+
+
+class ModelRun(ABC):
+    """One model being trained: what the loop asks of it.
+
+    Built as `cls(config, workdir, cluster, resumed)` after the process group is up, with
+    `resumed` the newest checkpoint's (tensors, state) or None; it restores itself from
+    them before any collective (DDP broadcasts rank 0's weights when it wraps a module).
+    A batch is any object with `remaining`, `words` and `cursor` (`data.Batch`).
+    """
+
+    gpu_backend = "gloo"  # process group backend on GPUs ("cpu:gloo,cuda:nccl": dense models)
+    unit = "words"  # what `epoch_words` counts, for the progress line
+
+    epoch_words: float  # units one epoch covers over all ranks (progress, schedule)
+    corpus_words: int  # the input's size, reported in the summary
+
+    @abstractmethod
+    def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Any]]:
+        """This rank's batches of `epoch` from `cursor` on, one list per chunk."""
+
+    @abstractmethod
+    def learning_rate(self, step: int, progress: float) -> float:
+        """The schedule: lr of step `step` at `progress` (share of the run's words done)."""
+
+    @abstractmethod
+    def train_step(self, batch: Any, lr: float, step: int) -> tuple[float, int]:
+        """Train on one batch; (loss summed over examples, examples) for the progress line."""
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds of the model (`input`: the vectors publishing takes)."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON state a checkpoint holds besides the tensors and the loop's cursor."""
+        return {}
+
+    def drain(self) -> float:
+        """Finish steps still running (before a checkpoint); the loss they add."""
+        return 0.0
+
+    def evaluate(self, epoch: int, step: int) -> dict[str, Any] | None:
+        """Metrics measured before training and after each epoch (all ranks), or None."""
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """Entries the model adds to the summary (called on every rank)."""
+        return {}
+
+
+def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
+    """What a training run depends on: its config and the upstream tables' fingerprints."""
+    return fingerprint(config, input_fingerprints(config, workdir))
+
+
+def input_fingerprints(config: TrainConfig, workdir: Workdir) -> dict[str, str]:
+    """{table: fingerprint} of the model's table and the vocabulary."""
+    tables = (get_model(config.model).table, "vocab")
+    return {table: workdir.require(table)["fingerprint"] for table in tables}
+
+
+def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
+    """Train `config.model` on the workdir's tables; checkpoints, metrics and the summary go
+    to `out`; resumes from the newest checkpoint there. Returns the summary."""
+    run_class = resolve(get_model(config.model).trainer)
+    cluster = setup_cluster(run_class.gpu_backend)
+    wd = Workdir(workdir)
+    run_fingerprint = training_fingerprint(config, wd)
+    resumed = resume_checkpoint(out / CHECKPOINTS, run_fingerprint, cluster.world)
+    model = run_class(config, wd, cluster, resumed[1:] if resumed else None)
+    state = resumed[2] if resumed else {"epoch": 0, "cursors": [[0, 0]] * cluster.world}
+    out.mkdir(parents=True, exist_ok=True)
+    loop = Loop(config, cluster, model, out, run_fingerprint, state)
+    if resumed is None:
+        loop.evaluate(0)  # the starting point: the untrained model's metrics
+    for epoch in range(state["epoch"], config.epochs):
+        cursor = state["cursors"][cluster.rank] if epoch == state["epoch"] else (0, 0)
+        loop.run_epoch(epoch, (int(cursor[0]), int(cursor[1])))
+    summary = loop.summarise(input_fingerprints(config, wd))
+    loop.close(summary)
+    return summary
+
+
+class Loop:
+    """The loop's running state: step, words done, the pending loss, the metrics file."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        cluster: Cluster,
+        model: ModelRun,
+        out: Path,
+        run_fingerprint: str,
+        state: dict[str, Any],
+    ) -> None:
+        self.config, self.cluster, self.model, self.out = config, cluster, model, out
+        self.fingerprint = run_fingerprint
+        self.metrics: TextIO | None = (out / METRICS).open("a") if cluster.is_main else None
+        self.step, self.words = state.get("step", 0), state.get("words", 0)
+        self.total = max(1, model.epoch_words * config.epochs)
+        self.start_time, self.start_words = time.time(), self.words
+        self.loss_sum, self.examples = 0.0, 0
+        self.lr = model.learning_rate(self.step, min(1.0, self.words / self.total))
+
+    def run_epoch(self, epoch: int, cursor: tuple[int, int]) -> None:
+        """Train one epoch from `cursor`, then evaluate and checkpoint at its end."""
+        config, model, cluster = self.config, self.model, self.cluster
+        with Prefetcher(model.batches(epoch, cursor), depth=PREFETCH) as ahead:
+            stream = Prefetcher(itertools.chain.from_iterable(ahead), depth=0)
+            while True:
+                agreed, step_words = agree(stream.peek(), cluster)
+                if agreed == 0:
+                    break
+                for _ in range(agreed):
+                    batch = next(stream)
+                    progress = min(1.0, self.words / self.total)
+                    self.lr = model.learning_rate(self.step, progress)
+                    loss, examples = model.train_step(batch, self.lr, self.step)
+                    self.step += 1
+                    self.words += step_words
+                    self.loss_sum += loss
+                    self.examples += examples
+                    if cluster.is_main and self.step % config.log_every == 0:
+                        self.log(epoch, progress)
+                    if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                        self.snapshot(epoch, batch.cursor)
+        self.words = (epoch + 1) * model.epoch_words
+        self.evaluate(epoch + 1)
+        self.snapshot(epoch + 1, (0, 0))
+
+    def log(self, epoch: int, progress: float) -> None:
+        """Rank 0's progress line: one JSON record in metrics.jsonl and one line on stdout."""
+        rate = (self.words - self.start_words) / max(time.time() - self.start_time, 1e-9)
+        record = {
+            "step": self.step,
+            "epoch": epoch,
+            "progress": round(progress, 5),
+            "loss": self.loss_sum / max(self.examples, 1),
+            "lr": self.lr,
+            "words_per_sec": round(rate),
+            "eta_sec": round((self.total - self.words) / max(rate, 1e-9)),
+        }
+        self.write(record)
+        print(
+            f"step {self.step} epoch {epoch} {100 * progress:5.1f}% loss {record['loss']:.4f} "
+            f"lr {self.lr:.5f} {rate:,.0f} {self.model.unit}/s eta {record['eta_sec']}s",
+            flush=True,
+        )
+        self.loss_sum, self.examples = 0.0, 0
+
+    def evaluate(self, epoch: int) -> None:
+        """The model's evaluation (all ranks), logged by rank 0 with the pending loss."""
+        result = self.model.evaluate(epoch, self.step)
+        if result is None:
+            return
+        if self.cluster.is_main:
+            pending = self.loss_sum / self.examples if self.examples else None
+            progress = round(self.words / self.total, 5)
+            self.write(
+                {"step": self.step, "epoch": epoch, "progress": progress, "loss": pending}
+                | {"lr": self.lr, **result}
+            )
+            shown = ", ".join(f"{k} {v}" for k, v in result.items())
+            print(f"evaluation after epoch {epoch}: {shown}", flush=True)
+        self.loss_sum, self.examples = 0.0, 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        assert self.metrics is not None
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    def snapshot(self, epoch: int, cursor: tuple[int, int]) -> None:
+        """Checkpoint the model and every rank's cursor (rank 0 writes)."""
+        self.loss_sum += self.model.drain()  # the batches up to the cursor are all trained
+        cursors = gather_cursors(cursor, self.cluster)
+        if not self.cluster.is_main:
+            return
+        state = {
+            "epoch": epoch,
+            "cursors": cursors,
+            "words": self.words,
+            "world": self.cluster.world,
+            "config": to_dict(self.config),
+            "fingerprint": self.fingerprint,
+        }
+        save_checkpoint(
+            self.out / CHECKPOINTS,
+            self.step,
+            self.model.tensors(),
+            {**self.model.state(), **state},
+            self.config.keep_checkpoints,
+        )
+
+    def summarise(self, inputs: dict[str, str]) -> dict[str, Any]:
+        """The run's summary (`_TRAINED.json`): the model's entries, then the loop's."""
+        elapsed = time.time() - self.start_time
+        latest = latest_checkpoint(self.out / CHECKPOINTS) if self.cluster.is_main else None
+        return {
+            **self.model.summary(),
+            "model": self.config.model,
+            "config": to_dict(self.config),
+            "fingerprint": self.fingerprint,
+            "world_size": self.cluster.world,
+            "device": self.cluster.device.type,
+            "steps": self.step,
+            "seconds": round(elapsed, 3),
+            "corpus_words": self.model.corpus_words,
+            "words_per_sec": round((self.words - self.start_words) / max(elapsed, 1e-9)),
+            "checkpoint": latest.name if latest else None,
+            "inputs": inputs,
+        }
+
+    def close(self, summary: dict[str, Any]) -> None:
+        """Rank 0 writes the summary and the loss curve; then the process group ends."""
+        if self.cluster.is_main:
+            assert self.metrics is not None
+            self.metrics.close()
+            write_loss_curve(self.out)
+            (self.out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
+            shown = {k: summary[k] for k in ("steps", "seconds", "words_per_sec")}
+            print(json.dumps(shown), flush=True)
+        if self.cluster.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def write_loss_curve(out: Path) -> Path:
+    """`loss.png` beside metrics.jsonl: loss, learning rate and words/s by step."""
+    from embedpipe.evaluate.report import LOSS_PLOT, plot_training, read_training_metrics
+
+    path = out / LOSS_PLOT
+    plot_training(read_training_metrics(out / METRICS), path)
+    return path

@@ -1,0 +1,205 @@
+"""The models training can run, registered by name, with their `[train.<name>]` sections.
+
+A model is a `ModelSpec`: its config section (a frozen dataclass), the table it trains on,
+the spec that trains it (`loop.ModelRun`, built when training starts) and what publishing
+needs from it. `register_model` adds one; `get_model` finds one by `train.model`. Specs
+outside the package register themselves when their module is imported: list the module in
+`train.plugins`, which the config loader imports before it looks the model up (so a
+torchrun worker, which only reads the run's config, finds it too).
+
+This module does not import torch: parsing a config must stay cheap. Spec, evaluation and
+file hooks are given as "module:name" strings (or callables) and imported when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from embedpipe.config import ConfigError
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trainable model as the loop, the config loader and publishing see it."""
+
+    name: str
+    section: type  # its [train.<name>] dataclass; every field has a default
+    table: str  # the Workdir table it trains on (besides `vocab`)
+    trainer: (
+        str | Callable[..., Any]
+    )  # builds its `loop.ModelRun`: (config, workdir, cluster, resumed)
+    vectors: str = "input"  # checkpoint tensor published as the artefact's vectors
+    # (summary, vectors, tokens, RunConfig) -> metrics; None: the word-vector benchmarks
+    evaluate: str | Callable[..., Any] | None = None
+    # (train_dir, summary, folder) -> {file name: path}: files published beside the vectors
+    files: str | Callable[..., Any] | None = None
+
+
+def resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
+    """The callable a "module:name" reference names (a callable is returned as it is)."""
+    if callable(ref):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Make `spec` available as `train.model = spec.name`; re-registering a name replaces it."""
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def get_model(name: str) -> ModelSpec:
+    """The registered model `name`, or a ConfigError listing the known ones."""
+    if name not in _MODELS:
+        raise ConfigError(
+            f"train.model: {name!r} is not a registered model (known: {', '.join(model_names())};"
+            " a model of your own registers itself in a module listed in train.plugins)"
+        )
+    return _MODELS[name]
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+def import_plugins(modules: tuple[str, ...] | list[str]) -> None:
+    """Import the modules of `train.plugins` (each registers its models when imported)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"train.plugins: cannot import {module!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class Word2VecConfig:
+    """`[train.sgns]` and `[train.cbow]`: window batches of centre words, plain SGD.
+
+    sgns: each context predicts the centre word; cbow: the mean of the contexts predicts it
+    (gensim's cbow_mean=1; word2vec's usual lr for CBOW is 0.05). The learning rate decays
+    linearly from `lr` to `min_lr` over the run's words.
+    """
+
+    dim: int = 100
+    window: int = 5
+    negatives: int = 5
+    lr: float = 0.025
+    min_lr: float = 0.0001
+    batch_size: int = 16384  # centre words per step and rank
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "window", "negatives", "batch_size"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(0 < self.min_lr <= self.lr, "min_lr must be in (0, lr]")
+
+
+@dataclass(frozen=True)
+class GloVeConfig:
+    """`[train.glove]`: AdaGrad on the `cooccur` table (its window is `cooccur.window`).
+
+    Weighting f(x) = min(1, (x / x_max) ** alpha); constant learning rate `lr` (0.05, as the
+    Stanford tool).
+    """
+
+    dim: int = 100
+    batch_size: int = 16384  # co-occurrence entries per step and rank
+    lr: float = 0.05
+    x_max: float = 100.0
+    alpha: float = 0.75
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "batch_size"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(self.lr > 0, "lr must be > 0")
+        _check(self.x_max > 0, "x_max must be > 0")
+        _check(0 < self.alpha <= 1, "alpha must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class MLMConfig:
+    """`[train.mlm]`: a small BERT-style masked language model on the `buckets` table.
+
+    Each batch holds examples of one length bucket, at most `max_tokens` padded token slots
+    per rank; examples are `[CLS] a [SEP]` or, with probability `pair_prob`,
+    `[CLS] a [SEP] b [SEP]` (two sequences of the same bucket). AdamW at peak `lr` after
+    `warmup_steps` of linear warm-up, then linear decay to 0 over the run's tokens.
+    `heldout` of the sequences (chosen by a hash of their ids) are never trained on: their
+    masked-LM loss is measured before training and after every epoch.
+    """
+
+    layers: int = 2
+    heads: int = 4
+    width: int = 128  # hidden size = the published input embedding's dimension
+    ffn: int = 512  # feed-forward inner size
+    max_len: int = 128  # longest example, [CLS] and [SEP]s included; longer sequences are cut
+    max_tokens: int = 4096  # padded token slots per batch and rank (rows x longest row)
+    mask_prob: float = 0.15  # share of ordinary tokens chosen as targets
+    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
+    random_token_prob: float = 0.1  # ... by a random word; the rest are kept
+    pair_prob: float = 0.5
+    dropout: float = 0.1
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 200
+    weight_decay: float = 0.01  # AdamW's; never on biases and LayerNorm weights
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    clip_norm: float = 1.0  # gradient norm clipping; 0 disables
+    tie_output: bool = True  # the output layer shares the input embedding matrix
+    heldout: float = 0.02
+    chunk_rows: int = 1024  # sequences read at once (a chunk's batches come from one bucket)
+    amp: bool = True  # bf16/fp16 autocast, on CUDA only
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "heads", "width", "ffn", "max_tokens", "chunk_rows"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(self.width % self.heads == 0, "width must be a multiple of heads")
+        _check(self.max_len >= 4, "max_len must be >= 4")
+        _check(
+            self.max_tokens >= self.max_len,
+            "max_tokens must be >= max_len (one longest example per batch)",
+        )
+        _check(0 < self.mask_prob < 1, "mask_prob must be in (0, 1)")
+        _check(
+            self.mask_token_prob >= 0
+            and self.random_token_prob >= 0
+            and self.mask_token_prob + self.random_token_prob <= 1,
+            "mask_token_prob + random_token_prob must be in [0, 1]",
+        )
+        for name in ("pair_prob", "dropout"):
+            _check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1)")
+        _check(0 <= self.heldout < 1, "heldout must be in [0, 1)")
+        _check(self.lr > 0, "lr must be > 0")
+        _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _check(self.clip_norm >= 0, "clip_norm must be >= 0")
+        _check(
+            len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+            "adam_betas must be two numbers in [0, 1)",
+        )
+
+
+_WORD2VEC = "embedpipe.train.specs.word2vec"
+register_model(ModelSpec("sgns", Word2VecConfig, "sequences", f"{_WORD2VEC}:SkipGramRun"))
+register_model(ModelSpec("cbow", Word2VecConfig, "sequences", f"{_WORD2VEC}:CBOWRun"))
+register_model(ModelSpec("glove", GloVeConfig, "cooccur", "embedpipe.train.specs.glove:GloVeRun"))
+register_model(
+    ModelSpec(
+        "mlm",
+        MLMConfig,
+        "buckets",
+        "embedpipe.train.specs.mlm:MaskedLMRun",
+        evaluate="embedpipe.train.specs.mlm:publish_metrics",
+        files="embedpipe.artefacts.encoder:write_encoder_files",
+    )
+)

@@ -1,0 +1,1 @@
+"""The built-in models as `loop.ModelRun`s: word2vec (sgns, cbow), GloVe, the masked LM."""
