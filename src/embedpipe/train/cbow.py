@@ -31,6 +31,7 @@ from embedpipe.train.sgns import BLOCK, SkipGram
 from embedpipe.train.windows import WindowBatch, window_contexts
 
 
+# Longer than 60 lines: the block loop shares its buffers and running state in one frame.
 def cbow_step(
     w_in: torch.Tensor,
     w_out: torch.Tensor,

@@ -16,17 +16,15 @@ gradient of the batch loss at the given rows is accumulated into `grad_in` / `gr
 is -log s(u_o . v) - sum_k [n_k != o] log s(-u_k . v) per pair (skip-gram) or per centre
 word with v the mean of its contexts (CBOW); a negative equal to the centre word is
 skipped, as word2vec.c and gensim do. In SGD mode the loss is measured on every
-`LOSS_EVERY`-th centre word and scaled to the batch: the logarithms cost a fifth of the
-step otherwise (measured: 614k vs 757k words/s on one core), and a progress line needs
-an estimate, not every term.
+`LOSS_EVERY`-th centre word and scaled to the batch: the logarithms would otherwise cost a
+noticeable share of the step, and a progress line needs an estimate, not every term.
 
 The rows a centre word touches are scattered over tables far larger than the caches, so
-the kernels are bound by memory latency (measured, CBOW on 10.5M tokens: 700 ns a centre
-word on the real rows, 385 ns with every row in cache). While one centre word trains, the
+the kernels are bound by memory latency. While one centre word trains, the
 rows of the one `AHEAD` positions later are prefetched (`prefetch_row`): its output row,
 its negatives and the input row entering its window; GloVe's kernel prefetches the four
-rows of the entry AHEAD later. Same arithmetic, same results; measured on 10.5M tokens:
-CBOW's kernel 705 -> 531 ns a centre word, GloVe 2.45M -> 3.12M entries/s on 2 threads.
+rows of the entry AHEAD later. Same arithmetic, same results, fewer stalls (figures: the
+README).
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 LOSS_EVERY = 8  # in SGD mode the loss is measured on every 8th centre word (a sample)
-AHEAD = 2  # centre words between a prefetch and the use of its rows (2: best of 1-4 measured)
+AHEAD = 2  # centre words between a prefetch and the use of its rows (the best of 1-4)
 # LLVM's name of its prefetch intrinsic: by pointer type, typed before LLVM 17.
 _PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
 
@@ -111,6 +109,7 @@ def _score_loss(s: np.float32, positive: bool) -> float:
     return -math.log(max(p, 1e-30))
 
 
+# Longer than 60 lines: one compiled loop over the batch; helpers would cost a call per word.
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def sgns_window_sgd(
     w_in: np.ndarray,
@@ -176,6 +175,7 @@ def sgns_window_sgd(
     return loss * pairs / max(measured, 1), pairs
 
 
+# Longer than 60 lines: one compiled loop over the batch; helpers would cost a call per word.
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def cbow_window_sgd(
     w_in: np.ndarray,
@@ -256,6 +256,7 @@ def cbow_window_sgd(
     return loss * examples / max(measured, 1), examples
 
 
+# Longer than 60 lines: one compiled loop over the batch; helpers would cost a call per word.
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def glove_adagrad(
     word: np.ndarray,
