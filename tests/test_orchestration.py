@@ -9,7 +9,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from embedpipe.config import RunConfig, load_config
+from embedpipe.config import RunConfig, TrainConfig, load_config, to_dict
 from embedpipe.orchestration import (
     STAGES,
     PretrainParameters,
@@ -20,7 +20,7 @@ from embedpipe.orchestration import (
     upstream_fingerprints,
 )
 from embedpipe.train.loop import SUMMARY
-from embedpipe.train.registry import GloVeConfig, model_names
+from embedpipe.train.registry import GloVeConfig
 
 
 def test_parameters_have_every_section_of_the_run_config() -> None:
@@ -32,7 +32,8 @@ def test_parameters_have_every_section_of_the_run_config() -> None:
     assert isinstance(config, RunConfig)
     assert config.corpus.paths == ("a.txt", "b.txt") and config.train.options.dim == 32
     assert config.vocab == RunConfig().vocab
-    assert PretrainParameters.from_run_config(config) == params
+    # [train] stays the table given (here only sgns' dim); both describe the same run.
+    assert PretrainParameters.from_run_config(config).to_run_config() == config
 
 
 @pytest.mark.parametrize(
@@ -52,11 +53,14 @@ def test_bad_parameters_are_refused_naming_the_field(bad: dict, message: str) ->
 
 def test_the_json_schema_is_what_a_deployment_form_shows() -> None:
     schema = PretrainParameters.model_json_schema()
-    train = schema["properties"]["train"]
-    assert train["additionalProperties"] is False
-    assert train["properties"]["model"]["enum"] == model_names() and "sgns" in model_names()
-    # One table per model, with the model's own defaults ([train.glove] lr is not sgns' lr).
-    assert train["properties"]["glove"]["properties"]["lr"]["default"] == GloVeConfig().lr == 0.05
+    assert schema["properties"]["train"]["type"] == "object"
+    # [train] is its own table: the shared keys and the chosen model's section.
+    train = PretrainParameters().train
+    assert train == to_dict(TrainConfig()) and train["sgns"]["lr"] == 0.025
+    glove = PretrainParameters.model_validate({"train": {"model": "glove"}}).to_run_config()
+    assert glove.train.options == GloVeConfig() and GloVeConfig().lr == 0.05
+    with pytest.raises(pydantic.ValidationError, match="train.sgns is set but train.model"):
+        PretrainParameters.model_validate({"train": {"model": "glove", "sgns": {"dim": 8}}})
     assert schema["$defs"]["CorpusConfig"]["additionalProperties"] is False
     # JSON parameters (as a deployment stores them) round-trip.
     data = json.loads(PretrainParameters().model_dump_json())
