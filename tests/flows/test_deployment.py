@@ -107,7 +107,7 @@ def tiny_parameters(tmp_path: Path) -> dict[str, object]:
         "cooccur": {"window": 3, "num_shards": 2},
         "spark": {"master": "local[1]", "shuffle_partitions": 2, "driver_memory": "1g",
                   "conf": {"spark.ui.enabled": "false"}},
-        "train": {"dim": 8, "epochs": 1, "nproc": 1, "batch_size": 512},
+        "train": {"epochs": 1, "nproc": 1, "sgns": {"dim": 8, "batch_size": 512}},
     }  # fmt: skip
 
 
@@ -174,7 +174,7 @@ def test_a_deployment_runs_on_a_worker_and_publishes(prefect_stack, tmp_path: Pa
     artefact = tmp_path / "store" / "deployed" / "v0001"
     manifest = verify(artefact)
     assert manifest["training"]["world_size"] == 1
-    assert manifest["model"]["hyperparameters"]["dim"] == 8
+    assert manifest["model"]["hyperparameters"]["sgns"]["dim"] == 8
     by_key = {a.key: a for a in artifacts}
     assert {"corpus-stages", "training", "evaluation", "report"} <= set(by_key)
     stages = [row["stage"] for row in json.loads(by_key["corpus-stages"].data)]

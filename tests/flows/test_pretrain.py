@@ -70,7 +70,7 @@ def test_flow_publishes_an_artefact_and_reruns_only_what_changed(
             "store": str(tmp_path / "store"),
             "corpus": {"paths": [str(corpus)]},
             "vocab": {"min_count": 3},
-            "train": {"dim": 16, "epochs": 1, "nproc": 2, "batch_size": 512},
+            "train": {"epochs": 1, "nproc": 2, "sgns": {"dim": 16, "batch_size": 512}},
         }
     )
     started = time.perf_counter()
