@@ -279,11 +279,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one pipeline run needs."""
+    """Everything one pipeline run needs.
+
+    `store`: the artefact store's root, a path or fsspec URL; None means the default
+    (`embedpipe.artefacts.store_root`: $EMBEDPIPE_STORE, else ./artefacts).
+    """
 
     name: str = "sample"
     workdir: str = "work"
-    store: str = "artefacts"
+    store: str | None = None
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from embedpipe.artefacts import ArtefactStore, diff_manifests, format_diff, read_manifest
+from embedpipe.artefacts import ArtefactStore, Manifest, diff_manifests, format_diff, read_manifest
+from embedpipe.evaluate import BENCHMARKS
 
 
-def manifest() -> dict[str, Any]:
+def manifest_json() -> dict[str, Any]:
     return {
         "name": "emb",
         "version": "v0001",
@@ -56,8 +57,8 @@ def manifest() -> dict[str, Any]:
     }
 
 
-def newer() -> dict[str, Any]:
-    b = copy.deepcopy(manifest())
+def newer_json() -> dict[str, Any]:
+    b = copy.deepcopy(manifest_json())
     b["version"] = "v0002"
     b["model"]["hyperparameters"].update(dim=200, negatives=10)
     b["run_config"]["train"].update(dim=200, negatives=10)
@@ -73,6 +74,14 @@ def newer() -> dict[str, Any]:
     b["code_version"]["source"] = "def"
     del b["stages"]["tokens"]
     return b
+
+
+def manifest() -> Manifest:
+    return Manifest.from_json(manifest_json())
+
+
+def newer() -> Manifest:
+    return Manifest.from_json(newer_json())
 
 
 def test_diff_reports_what_changed_with_deltas() -> None:
@@ -127,7 +136,9 @@ def test_diff_of_identical_manifests_is_empty() -> None:
 
 def test_diff_of_sparse_manifests() -> None:
     """Manifests of artefacts not made by the pipeline (no model, stages or metrics)."""
-    d = diff_manifests({"name": "x", "version": "v0001"}, {"name": "x", "version": "v0002"})
+    created = "2026-01-01T00:00:00+00:00"
+    a, b = (Manifest("x", v, created, files={}) for v in ("v0001", "v0002"))
+    d = diff_manifests(a, b)
     assert d["metrics"] == d["stages"] == d["training"] == {}
     assert d["hyperparameters"] == {}
     assert "corpus stages: none recorded" in format_diff(d)
@@ -157,9 +168,24 @@ def test_diff_of_published_manifests(tmp_path: Path) -> None:
     small, large = tmp_path / "s.bin", tmp_path / "l.bin"
     small.write_bytes(b"x" * 10)
     large.write_bytes(b"x" * 25)
-    store.publish("emb", {"vectors.safetensors": small}, {"metrics": manifest()["metrics"]})
-    store.publish("emb", {"vectors.safetensors": large}, {"metrics": newer()["metrics"]})
+    store.publish("emb", {"vectors.safetensors": small}, {"metrics": manifest_json()["metrics"]})
+    store.publish("emb", {"vectors.safetensors": large}, {"metrics": newer_json()["metrics"]})
     a, b = (read_manifest(store.resolve("emb", v)) for v in (1, 2))
     d = diff_manifests(a, b)
     assert d["sizes"]["bytes.vectors.safetensors"] == {"a": 10, "b": 25, "delta": 15}
     assert d["metrics"]["wordsim353.spearman"]["b"] == 0.35
+
+
+def test_diff_compares_every_declared_benchmark() -> None:
+    """Each benchmark of the registry, with every field it declares, is diffed."""
+    a, b = manifest_json(), newer_json()
+    for i, side in enumerate((a, b)):
+        side["metrics"] = {
+            bench.name: {field: 0.25 * (i + 1) for field in bench.fields} for bench in BENCHMARKS
+        }
+    d = diff_manifests(Manifest.from_json(a), Manifest.from_json(b))
+    expected = [f"{bench.name}.{field}" for bench in BENCHMARKS for field in bench.fields]
+    assert list(d["metrics"]) == expected
+    assert all(entry == {"a": 0.25, "b": 0.5, "delta": 0.25} for entry in d["metrics"].values())
+    text = format_diff(d)
+    assert all(any(line.split()[:1] == [key] for line in text.splitlines()) for key in expected)

@@ -162,11 +162,12 @@ def test_load_by_path_and_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     np.testing.assert_array_equal(by_path.vectors, VECTORS)
     np.testing.assert_array_equal(by_path.counts, COUNTS)
     assert by_path.vectors.dtype == np.float32 and by_path.counts.dtype == np.int64
-    assert by_path.manifest["version"] == "v0001" and by_path.manifest["dim"] == 3
+    assert by_path.manifest is not None
+    assert by_path.manifest.version == "v0001" and by_path.manifest.extra == {"dim": 3}
     assert [w for w, _ in by_path.most_similar("king", k=1)] == ["queen"]
 
     latest = load("emb", store=tmp_path / "store")
-    assert latest.path == v2 and latest.manifest["version"] == "v0002"
+    assert latest.path == v2 and latest.manifest is not None and latest.manifest.version == "v0002"
     np.testing.assert_array_equal(latest.vectors, other)
     assert load("emb", version="v0001", store=store).path == v1
     assert load("emb", version=1, store=str(tmp_path / "store")).path == v1

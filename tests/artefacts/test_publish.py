@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 import uuid
 from collections.abc import Iterator
 from importlib import metadata
@@ -17,11 +18,12 @@ import pytest
 import torch
 
 import embedpipe
-from embedpipe.artefacts import ArtefactStore, verify
+from embedpipe.artefacts import ArtefactStore, FileEntry, Model, StageRecord, verify
 from embedpipe.artefacts.publish import LIBRARIES, publish_training
 from embedpipe.artefacts.store import filesystem
 from embedpipe.config import RunConfig, TrainConfig, to_dict
 from embedpipe.corpus.stages import TABLES
+from embedpipe.evaluate import BENCHMARKS, PROBE_WORDS
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint
 from embedpipe.train.loop import train
 from embedpipe.train.registry import Word2VecConfig
@@ -66,54 +68,66 @@ def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store
     assert version == f"{store_url}/tiny/v0001"
     manifest = verify(version)
 
-    assert (manifest["name"], manifest["version"]) == ("tiny", "v0001")
-    assert manifest["created"].endswith("+00:00")
+    assert (manifest.name, manifest.version) == ("tiny", "v0001")
+    assert manifest.created.endswith("+00:00")
     # The model and every hyper-parameter it was trained with.
-    assert manifest["model"]["kind"] == "sgns"
-    assert manifest["model"]["hyperparameters"] == to_dict(train_config)
+    assert manifest.model == Model(kind="sgns", hyperparameters=to_dict(train_config))
     # What went in: every corpus stage's fingerprint, the tokenizer and the run config.
-    assert {t: s["fingerprint"] for t, s in manifest["stages"].items()} == {
+    lineage = manifest.lineage
+    assert lineage.stages is not None
+    assert {t: s.fingerprint for t, s in lineage.stages.items()} == {
         "tokens": "tokens-fp",
         "vocab": "vocab-0",
         "sequences": "sequences-0",
         "buckets": "buckets-fp",
         "cooccur": "cooccur-fp",
     }
-    assert manifest["tokenizer"]["model_file"] is None  # word-level: no SentencePiece model
-    assert manifest["tokenizer"]["lowercase"] == config.tokenize.lowercase
-    assert manifest["run_config"] == config.to_dict()
+    assert lineage.stages["tokens"] == StageRecord("tokens-fp", counts={"rows": 1}, seconds=0.5)
+    assert manifest.tokenizer is not None
+    assert manifest.tokenizer["model_file"] is None  # word-level: no SentencePiece model
+    assert manifest.tokenizer["lowercase"] == config.tokenize.lowercase
+    assert lineage.run_config == config.to_dict()
     # Code, libraries, hardware and world size.
-    assert manifest["code_version"]["package"] == embedpipe.__version__
-    assert set(manifest["code_version"]) == {"package", "source", "git"}
-    assert manifest["libraries"] == {lib: metadata.version(lib) for lib in LIBRARIES}
-    assert manifest["libraries"]["torch"] == torch.__version__
-    hardware = manifest["hardware"]
+    assert lineage.code_version is not None
+    assert lineage.code_version["package"] == embedpipe.__version__
+    assert set(lineage.code_version) == {"package", "source", "git"}
+    assert lineage.libraries == {lib: metadata.version(lib) for lib in LIBRARIES}
+    assert lineage.libraries["torch"] == torch.__version__
+    assert lineage.python == platform.python_version()
+    hardware = lineage.hardware or {}
     assert hardware["cpus"] == os.cpu_count() and hardware["memory_bytes"] > 2**28
     assert hardware["gpus"] == [
         torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
     ]
-    training = manifest["training"]
+    training = lineage.training or {}
     assert training["world_size"] == 1 and training["device"] == "cpu"
     assert training["seconds"] == summary["seconds"] > 0
     assert training["words_per_sec"] == summary["words_per_sec"] > 0
     assert training["corpus_words"] == summary["corpus_words"] > 0
-    # Evaluation scores (the probe words are not in this toy vocabulary: no neighbours).
-    metrics = manifest["metrics"]
-    assert metrics["wordsim353"]["oov_rate"] == 1.0 and metrics["simlex999"]["oov_rate"] == 1.0
-    assert set(metrics["analogy"]) >= {
-        "accuracy", "semantic_accuracy", "syntactic_accuracy", "coverage",
-    }  # fmt: skip
-    assert metrics["analogy"]["coverage"] == 0.0
-    assert "neighbours" in metrics
+    # Every declared benchmark is evaluated (the probe words and benchmark words are not in
+    # this toy vocabulary: nothing covered, no neighbours).
+    metrics = manifest.metrics
+    assert metrics is not None and set(metrics.scores) == {b.name for b in BENCHMARKS}
+    for bench in BENCHMARKS:
+        assert set(bench.fields) <= set(metrics.scores[bench.name])
+        assert bench.covered(metrics) == 0.0
+    assert metrics.neighbours == {word: () for word in PROBE_WORDS}
     # The sha256 and size of every file, and no file the manifest does not list.
     fs, path = filesystem(version)
     on_disk = sorted(p.rsplit("/", 1)[-1] for p in fs.find(path) if not p.endswith("manifest.json"))
-    assert sorted(manifest["files"]) == on_disk == [
+    assert sorted(manifest.files) == on_disk == [
         "metrics.jsonl", "vectors.safetensors", "vectors.w2v.txt", "vocab.parquet",
     ]  # fmt: skip
-    for name, entry in manifest["files"].items():
+    for name, entry in manifest.files.items():
         data = fs.cat_file(f"{path}/{name}")
-        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        assert entry == FileEntry(hashlib.sha256(data).hexdigest(), len(data))
+    # The typed manifest writes back exactly the JSON that was published.
+    raw = json.loads(fs.cat_file(f"{path}/manifest.json"))
+    assert manifest.to_json() == raw
+    assert sorted(raw) == [
+        "code_version", "created", "files", "hardware", "libraries", "metrics", "model",
+        "name", "python", "run_config", "stages", "tokenizer", "training", "version",
+    ]  # fmt: skip
 
     loaded = embedpipe.load("tiny", store=store_url)
     weights, _ = load_checkpoint(latest_checkpoint(work / "train" / "checkpoints"))

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from embedpipe.artefacts import ArtefactError, ArtefactStore, default_store, sha256_file, verify
+from embedpipe.artefacts import (
+    ArtefactError,
+    ArtefactStore,
+    open_store,
+    sha256_file,
+    store_root,
+    verify,
+)
 
 
 def make_file(path: Path, data: bytes) -> Path:
@@ -80,7 +87,10 @@ def test_published_files_are_read_only_and_manifest_hashes_are_right(
     for file in [version / "vectors.safetensors", version / "sub/vocab.parquet"]:
         assert stat.S_IMODE(file.stat().st_mode) == 0o444
     assert stat.S_IMODE((version / "manifest.json").stat().st_mode) == 0o444
-    assert verify(version) == manifest
+    checked = verify(version)
+    assert checked.to_json() == manifest
+    assert checked.extra == {"dim": 3, "corpus": "tiny"}
+    assert checked.files["sub/vocab.parquet"].bytes == 5
 
 
 def test_verify_detects_modified_and_missing_files(store: ArtefactStore, tmp_path: Path) -> None:
@@ -128,7 +138,7 @@ def test_bad_file_names_are_refused(store: ArtefactStore, tmp_path: Path, bad: s
     with pytest.raises(ArtefactError, match="invalid file name"):
         store.publish("ok", {bad: src}, {})
     assert store.versions("ok") == []
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "ok", "store"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a"]  # refused before any write
 
 
 def test_reserved_and_missing_files_are_refused_and_leave_nothing(
@@ -142,7 +152,7 @@ def test_reserved_and_missing_files_are_refused_and_leave_nothing(
     with pytest.raises(ArtefactError, match="not JSON-serialisable"):
         store.publish("emb", {"a.bin": src}, {"bad": object()})
     assert store.versions("emb") == []
-    assert list((store.root / "emb").iterdir()) == []
+    assert not (store.root / "emb").exists()  # refused before any write
 
 
 def test_aliases_resolve(store: ArtefactStore, tmp_path: Path) -> None:
@@ -202,14 +212,36 @@ def test_incomplete_and_temporary_dirs_are_invisible(store: ArtefactStore, tmp_p
     assert store.versions("emb") == ["v0001", "v0006"]
 
 
-def test_default_store_reads_the_environment(
+def test_store_root_is_explicit_then_environment_then_artefacts(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("EMBEDPIPE_STORE", str(tmp_path / "s"))
-    assert default_store().root == tmp_path / "s"
-    monkeypatch.delenv("EMBEDPIPE_STORE")
     monkeypatch.chdir(tmp_path)
-    assert default_store().root.resolve() == tmp_path / "artefacts"
+    monkeypatch.setenv("EMBEDPIPE_STORE", str(tmp_path / "env"))
+    assert store_root(tmp_path / "given") == tmp_path / "given"
+    assert store_root("memory://bucket/store/") == "memory://bucket/store"
+    assert store_root() == tmp_path / "env"
+    assert store_root("") == tmp_path / "env"  # an empty setting is no setting
+    monkeypatch.setenv("EMBEDPIPE_STORE", "")
+    assert store_root() == Path("artefacts")
+    monkeypatch.delenv("EMBEDPIPE_STORE")
+    assert store_root() == Path("artefacts")
+    assert open_store().root.resolve() == tmp_path / "artefacts"
+    store = ArtefactStore(tmp_path / "s")
+    assert open_store(store) is store
+    assert open_store(str(tmp_path / "s")).root == tmp_path / "s"
+
+
+def test_run_config_store_defaults_to_the_store_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`RunConfig.store` None means the default; a config's store wins over the environment."""
+    from embedpipe.config import RunConfig, load_config
+
+    monkeypatch.setenv("EMBEDPIPE_STORE", str(tmp_path / "env"))
+    assert RunConfig().store is None
+    assert open_store(RunConfig().store).root == tmp_path / "env"
+    config = load_config(None, [f"store={tmp_path / 'run'}"])
+    assert open_store(config.store).root == tmp_path / "run"
 
 
 PUBLISHER = textwrap.dedent(
@@ -253,8 +285,8 @@ def test_concurrent_publishers_get_distinct_complete_versions(tmp_path: Path, as
     seen = set()
     for v in versions:
         manifest = verify(root / "emb" / v)
-        assert manifest["version"] == v
-        writer, i = manifest["writer"], manifest["i"]
+        assert manifest.version == v
+        writer, i = manifest.extra["writer"], manifest.extra["i"]
         payload = (root / "emb" / v / "payload.bin").read_bytes()
         assert payload == f"{writer}:{i};".encode() * 5000
         seen.add((writer, i))

@@ -94,10 +94,10 @@ def test_publish_resolve_and_load(root: Path | str, tmp_path: Path) -> None:
     assert store.resolve("emb") == v2 and store.resolve("emb", 1) == v1
 
     latest = embedpipe.load("emb", store=root)
-    assert latest.path == v2 and latest.manifest["version"] == "v0002"
+    assert latest.path == v2 and latest.manifest.version == "v0002"
     np.testing.assert_array_equal(latest["king"], [30.0, 32.0, 34.0])  # row 5, scale 1 + 1
     first = load(v1)
-    assert first.manifest["i"] == 0 and first.vocab == TOKENS
+    assert first.manifest.extra["i"] == 0 and first.vocab == TOKENS
     np.testing.assert_array_equal(first["king"], [15.0, 16.0, 17.0])
     np.testing.assert_array_equal(latest.vectors, 2 * first.vectors)
     assert load("emb", version="v0001", store=store).path == v1
@@ -122,7 +122,7 @@ def test_aliases_delete_protection_and_retention(root: Path | str, tmp_path: Pat
         "latest": "v0005",
         "production": "v0002",
     }
-    assert load("emb", version="production", store=root).manifest["i"] == 1
+    assert load("emb", version="production", store=root).manifest.extra["i"] == 1
 
     with pytest.raises(ArtefactError, match=r"v0002: alias\(es\) production point at it"):
         store.delete("emb", "v0002")
@@ -199,7 +199,9 @@ def test_names_escaping_the_store_are_refused(root: Path | str, tmp_path: Path) 
     # A manifest crafted to point outside its version is refused when read.
     fs, path = filesystem(join(root, "crafted", "v0001"))
     fs.makedirs(path, exist_ok=True)
-    fs.pipe_file(f"{path}/manifest.json", json.dumps({"files": {"../../x": {}}}).encode())
+    crafted = {"name": "crafted", "version": "v0001", "created": "2026-01-01T00:00:00+00:00"}
+    crafted["files"] = {"../../x": {"sha256": "0" * 64, "bytes": 1}}
+    fs.pipe_file(f"{path}/manifest.json", json.dumps(crafted).encode())
     with pytest.raises(ArtefactError, match=r"invalid file name '\.\.'"):
         verify(join(root, "crafted", "v0001"))
     # Nothing was written outside the store, and nothing under a refused name inside it.
@@ -267,8 +269,8 @@ def test_a_stale_listing_cannot_reuse_a_claimed_number(
     monkeypatch.setattr(ArtefactStore, "_max_number", lambda self, name: 0)
     v3 = store.publish("emb", artefact_files(tmp_path / "late", 9.0), {"late": True})
     assert v3 == join(root, "emb", "v0003")
-    assert [verify(store.resolve("emb", n))["i"] for n in (1, 2)] == [0, 1]
-    assert verify(v3)["late"] is True
+    assert [verify(store.resolve("emb", n)).extra["i"] for n in (1, 2)] == [0, 1]
+    assert verify(v3).extra["late"] is True
     assert store.versions("emb") == ["v0001", "v0002", "v0003"]
 
 

@@ -8,17 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedpipe.artefacts import Metrics
 from embedpipe.evaluate import (
-    ANALOGY_FILE,
     BENCHMARKS,
     DATA_DIR,
+    benchmark,
     evaluate_all,
     evaluate_analogy,
     evaluate_similarity,
+    format_score,
     nearest_neighbours,
     read_analogies,
     read_pairs,
+    score_rows,
 )
+
+ANALOGY_FILE = benchmark("analogy").data
+SIMILARITY_FILES = [b.data for b in BENCHMARKS if b.kind == "similarity"]
 
 
 def _angles(*degrees: float) -> np.ndarray:
@@ -82,7 +88,7 @@ def test_similarity_rejects_mismatched_vocab() -> None:
 
 
 def test_random_vectors_do_not_correlate_with_wordsim() -> None:
-    pairs = read_pairs(BENCHMARKS["wordsim353"])
+    pairs = read_pairs(benchmark("wordsim353").data)
     vocab = sorted({w.lower() for w1, w2, _ in pairs for w in (w1, w2)})
     vectors = np.random.default_rng(0).normal(size=(len(vocab), 50))
     result = evaluate_similarity(vectors, vocab, pairs)
@@ -208,7 +214,7 @@ def test_analogy_empty_questions() -> None:
 
 def _analogy_vocab() -> list[str]:
     """Every (lower-cased) word of the bundled analogy set, in first-seen order."""
-    return list(dict.fromkeys(w.lower() for q in read_analogies() for w in q[1:]))
+    return list(dict.fromkeys(w.lower() for q in read_analogies(ANALOGY_FILE) for w in q[1:]))
 
 
 def test_analogy_matches_gensim() -> None:
@@ -218,7 +224,7 @@ def test_analogy_matches_gensim() -> None:
     kv = gensim_models.KeyedVectors(4)
     kv.add_vectors(words, vectors)
     for restrict in (150, 400):
-        ours = evaluate_analogy(vectors, words, read_analogies(), restrict=restrict)
+        ours = evaluate_analogy(vectors, words, read_analogies(ANALOGY_FILE), restrict=restrict)
         score, sections = kv.evaluate_word_analogies(str(ANALOGY_FILE), restrict_vocab=restrict)
         total = sections[-1]
         assert ours["answered"] == len(total["correct"]) + len(total["incorrect"])
@@ -228,13 +234,13 @@ def test_analogy_matches_gensim() -> None:
 # Bundled files.
 def test_data_dir_holds_the_benchmarks() -> None:
     assert (DATA_DIR / "README.md").is_file()
-    assert all(Path(p).is_file() for p in BENCHMARKS.values())
+    assert all(Path(b.data).is_file() for b in BENCHMARKS)
     assert ANALOGY_FILE.is_file()
 
 
 def test_bundled_files_parse() -> None:
-    wordsim = read_pairs(BENCHMARKS["wordsim353"])
-    simlex = read_pairs(BENCHMARKS["simlex999"])
+    wordsim = read_pairs(benchmark("wordsim353").data)
+    simlex = read_pairs(benchmark("simlex999").data)
     assert len(wordsim) == 353
     assert len(simlex) == 999
     assert wordsim[0] == ("love", "sex", 6.77)
@@ -271,12 +277,12 @@ def test_malformed_analogy_line_names_file_and_line(tmp_path: Path) -> None:
 
 def test_evaluate_all_on_bundled_files() -> None:
     words = _analogy_vocab()
-    for path in BENCHMARKS.values():
+    for path in SIMILARITY_FILES:
         words += [w.lower() for w1, w2, _ in read_pairs(path) for w in (w1, w2)]
     vocab = SPECIALS + list(dict.fromkeys(words))
     vectors = np.random.default_rng(2).normal(size=(len(vocab), 16))
     result = evaluate_all(vectors, vocab)
-    assert set(result) == {"wordsim353", "simlex999", "analogy"}
+    assert list(result) == [b.name for b in BENCHMARKS] == ["wordsim353", "simlex999", "analogy"]
     assert result["wordsim353"]["found"] == 353
     assert result["simlex999"]["found"] == 999
     assert result["analogy"]["questions"] == 19544
@@ -301,3 +307,45 @@ def test_nearest_neighbours_k_larger_than_vocab() -> None:
     result = nearest_neighbours(vectors, vocab, ["a"], k=10)
     assert [w for w, _ in result["a"]] == ["b", "c"]
     assert nearest_neighbours(vectors, vocab, ["a"], k=0) == {"a": []}
+
+
+# The registry.
+def test_registry_declares_each_benchmark_once_with_its_fields() -> None:
+    names = [b.name for b in BENCHMARKS]
+    assert len(set(names)) == len(names)
+    for bench in BENCHMARKS:
+        assert benchmark(bench.name) is bench
+        assert bench.fields[0] == bench.metric
+        assert bench.coverage in bench.fields
+        assert bench.data.parent == DATA_DIR
+    assert benchmark("wordsim353").words() >= {"love", "sex", "tiger"}
+    assert benchmark("analogy").words() == set()
+    with pytest.raises(KeyError, match="no benchmark 'nope' .*wordsim353, simlex999, analogy"):
+        benchmark("nope")
+
+
+def test_score_rows_read_every_declared_benchmark() -> None:
+    metrics = Metrics.from_json(
+        {
+            "wordsim353": {"spearman": 0.5, "oov_rate": 0.25, "pairs": 353},
+            "simlex999": {"spearman": math.nan, "oov_rate": 1.0},
+            "analogy": {"accuracy": 0.125, "coverage": 0.75},
+            "neighbours": {"dog": [["cat", 0.9]]},
+        },
+        "test",
+    )
+    assert score_rows(metrics) == [
+        {"benchmark": "wordsim353", "metric": "spearman", "value": 0.5, "coverage": 0.75},
+        {"benchmark": "simlex999", "metric": "spearman", "value": pytest.approx(math.nan, nan_ok=True), "coverage": 0.0},
+        {"benchmark": "analogy", "metric": "accuracy", "value": 0.125, "coverage": 0.75},
+    ]  # fmt: skip
+    assert [format_score(row) for row in score_rows(metrics)] == [
+        "wordsim353      spearman +0.500  (coverage 75%)",
+        "simlex999       spearman nan  (coverage 0%)",
+        "analogy         accuracy +0.125  (coverage 75%)",
+    ]
+    # A manifest without metrics (an artefact of another tool): every row, no values.
+    assert [(r["benchmark"], r["value"], r["coverage"]) for r in score_rows(None)] == [
+        (b.name, None, None) for b in BENCHMARKS
+    ]
+    assert format_score(score_rows(None)[2]) == "analogy         accuracy -  (coverage -)"

@@ -16,10 +16,12 @@ from safetensors.numpy import save_file
 
 from embedpipe.artefacts import ArtefactStore, Embeddings, read_manifest
 from embedpipe.artefacts.store import filesystem
+from embedpipe.evaluate import BENCHMARKS
 from embedpipe.evaluate.report import (
     frequent_words,
     project,
     read_training_metrics,
+    score_title,
     write_report,
 )
 from embedpipe.schemas import SPECIAL_TOKENS
@@ -92,12 +94,19 @@ def test_report_writes_markdown_and_valid_plots(tmp_path: Path) -> None:
 
     assert text.startswith("# Embedding report: emb v0002\n")
     table = [line for line in text.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| version | created | WordSim-353 ρ | SimLex-999 ρ | analogy acc.")
+    assert table[0] == (
+        "| version | created | WordSim-353 ρ | SimLex-999 ρ | Google analogy acc. "
+        "| WordSim-353 coverage | SimLex-999 coverage | Google analogy coverage | vocab | dim |"
+    )
     rows = {cells[0]: cells for cells in (line.strip("| ").split(" | ") for line in table[1:])}
     assert {"v0001", "**v0002** (this)", "v0003"} <= set(rows)
     assert rows["v0001"][2:5] == ["0.1000", "0.0500", "0.0100"]
     assert rows["**v0002** (this)"][2:5] == ["0.2000", "0.1000", "0.0200"]
-    assert rows["v0003"][2:6] == ["0.3000", "0.1500", "0.0300", "0.3000"]
+    assert rows["v0003"][2:10] == [
+        *("0.3000", "0.1500", "0.0300"),  # scores
+        *("0.9000", "0.8000", "0.3000"),  # coverage: 1 - OOV rate, the analogies answered
+        *("325", "8"),
+    ]
     assert sum(1 for r in rows if "v000" in r) == 3  # each version once
 
     assert "5 logged steps; final loss 0.0800 at step 50." in text
@@ -169,7 +178,8 @@ def test_report_of_an_artefact_in_a_memory_store(tmp_path: Path) -> None:
     store = ArtefactStore(url)
     dirs = [publish_version(store, tmp_path, i) for i in (1, 2)]
     assert dirs[1] == f"{url}/emb/v0002"
-    history = [read_manifest(store.resolve("emb", v)) for v in store.versions("emb")]
+    history = store.manifests("emb")
+    assert [m.version for m in history] == ["v0001", "v0002"]
     text = write_report(store.resolve("emb"), tmp_path / "out", history=history).read_text()
     assert text.startswith("# Embedding report: emb v0002\n")
     assert "5 logged steps; final loss 0.0800 at step 50." in text
@@ -178,3 +188,15 @@ def test_report_of_an_artefact_in_a_memory_store(tmp_path: Path) -> None:
         png_size(tmp_path / "out" / plot)
     fs, path = filesystem(url)
     fs.rm(path, recursive=True)
+
+
+def test_report_shows_every_declared_benchmark(tmp_path: Path) -> None:
+    """A benchmark of the registry has its score and coverage columns, and a line in the plot."""
+    store = ArtefactStore(tmp_path / "store")
+    dirs = [publish_version(store, tmp_path, i) for i in (1, 2)]
+    text = write_report(dirs[1], tmp_path / "out", history=store.manifests("emb")).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| version"))
+    for bench in BENCHMARKS:
+        assert f"| {score_title(bench)} |" in header
+        assert f"| {bench.title} coverage |" in header
+        assert f"{bench.name}.{bench.metric}" in text  # in the diff from v0001

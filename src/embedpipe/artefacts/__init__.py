@@ -1,4 +1,5 @@
-"""Versioned artefacts: the store that publishes them, exports, diffs and the embedding loader.
+"""Versioned artefacts: the store that publishes them, their typed manifests, exports, diffs
+and the embedding loader.
 
 The function `embedpipe.artefacts.export.export` is re-exported as `export_vectors`, so the
 package attribute `export` stays the submodule.
@@ -12,29 +13,46 @@ from embedpipe.artefacts.export import (
     write_word2vec_binary,
     write_word2vec_text,
 )
+from embedpipe.artefacts.files import ArtefactError, sha256_file
 from embedpipe.artefacts.loader import Embeddings, load, read_embeddings
-from embedpipe.artefacts.store import (
-    ArtefactError,
-    ArtefactStore,
-    default_store,
+from embedpipe.artefacts.manifest import (
+    FileEntry,
+    Lineage,
+    Manifest,
+    ManifestError,
+    Metrics,
+    Model,
+    StageRecord,
+    is_artefact,
+    manifest_details,
     read_manifest,
-    sha256_file,
     verify,
 )
+from embedpipe.artefacts.store import ArtefactStore, open_store, store_root
 
 __all__ = [
     "EXPORT_FORMATS",
     "ArtefactError",
     "ArtefactStore",
     "Embeddings",
-    "default_store",
+    "FileEntry",
+    "Lineage",
+    "Manifest",
+    "ManifestError",
+    "Metrics",
+    "Model",
+    "StageRecord",
     "diff_manifests",
     "export_vectors",
     "format_diff",
+    "is_artefact",
     "load",
+    "manifest_details",
+    "open_store",
     "read_embeddings",
     "read_manifest",
     "sha256_file",
+    "store_root",
     "verify",
     "write_vectors_parquet",
     "write_word2vec_binary",

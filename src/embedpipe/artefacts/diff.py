@@ -11,17 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-# (benchmark, field) pairs reported in every diff, in this order.
-METRICS: tuple[tuple[str, str], ...] = (
-    ("wordsim353", "spearman"),
-    ("wordsim353", "oov_rate"),
-    ("simlex999", "spearman"),
-    ("simlex999", "oov_rate"),
-    ("analogy", "accuracy"),
-    ("analogy", "semantic_accuracy"),
-    ("analogy", "syntactic_accuracy"),
-    ("analogy", "coverage"),
-)
+from embedpipe.artefacts.manifest import Manifest, StageRecord
+from embedpipe.evaluate.benchmarks import BENCHMARKS
+
 TRAINING = ("steps", "seconds", "words_per_sec", "corpus_words", "world_size", "device")
 STAGE_COUNTS_SKIPPED = ("buckets", "shards", "boundaries")  # bulky per-bucket/shard lists
 _MISSING = object()
@@ -71,63 +63,86 @@ def _changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, 
     }
 
 
-def _get(d: Any, *keys: str) -> Any:
-    """d[k1][k2]..., None when any level is missing or not a dict."""
-    for key in keys:
-        if not isinstance(d, Mapping) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
-def _hyperparameters(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def _hyperparameters(manifest: Manifest) -> dict[str, Any]:
     """The model kind and its hyper-parameters (run_config.train when the model lacks them)."""
-    params = _get(manifest, "model", "hyperparameters")
-    if not isinstance(params, Mapping):
-        params = _get(manifest, "run_config", "train") or {}
-    return {"kind": _get(manifest, "model", "kind"), **params}
+    model = manifest.model
+    params = model.hyperparameters if model is not None else None
+    if params is None:
+        params = (manifest.lineage.run_config or {}).get("train") or {}
+    return {"kind": model.kind if model is not None else None, **params}
 
 
-def _stage_diff(a: Any, b: Any) -> dict[str, Any] | None:
+def _stage_diff(a: StageRecord | None, b: StageRecord | None) -> dict[str, Any] | None:
     """How one corpus stage differs: fingerprint, scalar counts; None when identical."""
     if a is None or b is None:
         return {"status": "added" if a is None else "removed"}
     entry: dict[str, Any] = {}
-    if a.get("fingerprint") != b.get("fingerprint"):
-        entry["fingerprint"] = {"a": a.get("fingerprint"), "b": b.get("fingerprint")}
+    if a.fingerprint != b.fingerprint:
+        entry["fingerprint"] = {"a": a.fingerprint, "b": b.fingerprint}
 
-    def counts(stage: Mapping[str, Any]) -> dict[str, Any]:
-        c = stage.get("counts") or {}
-        return {k: v for k, v in c.items() if k not in STAGE_COUNTS_SKIPPED}
+    def counts(stage: StageRecord) -> dict[str, Any]:
+        return {k: v for k, v in (stage.counts or {}).items() if k not in STAGE_COUNTS_SKIPPED}
 
     changed_counts = _changes(counts(a), counts(b))
     if changed_counts:
         entry["counts"] = changed_counts
-    changed_config = _changes(a.get("config") or {}, b.get("config") or {})
+    changed_config = _changes(a.config or {}, b.config or {})
     if changed_config:
         entry["config"] = changed_config
     return entry or None
 
 
-def _sizes(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def _sizes(manifest: Manifest) -> dict[str, Any]:
     """Bytes per file and in total, vocabulary size and dimension."""
-    files = manifest.get("files") or {}
     sizes: dict[str, Any] = {
-        f"bytes.{name}": entry.get("bytes")
-        for name, entry in sorted(files.items())
-        if isinstance(entry, Mapping)
+        f"bytes.{name}": entry.bytes for name, entry in sorted(manifest.files.items())
     }
-    sizes["bytes.total"] = sum(v for v in sizes.values() if isinstance(v, int)) or None
-    sizes["vocab_size"] = _get(manifest, "stages", "vocab", "counts", "vocab_size")
+    sizes["bytes.total"] = sum(sizes.values()) or None
+    vocab = (manifest.lineage.stages or {}).get("vocab")
+    sizes["vocab_size"] = (vocab.counts or {}).get("vocab_size") if vocab else None
     sizes["dim"] = _hyperparameters(manifest).get("dim")
     return sizes
 
 
-def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: manifest.get(k) for k in ("name", "version", "created")}
+def _identity(manifest: Manifest) -> dict[str, Any]:
+    return {"name": manifest.name, "version": manifest.version, "created": manifest.created}
 
 
-def diff_manifests(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+def _stages(a: Manifest, b: Manifest) -> tuple[dict[str, Any], list[str]]:
+    """The corpus stages that differ, and the names of those that do not."""
+    stages_a, stages_b = a.lineage.stages or {}, b.lineage.stages or {}
+    stages: dict[str, Any] = {}
+    unchanged: list[str] = []
+    for table in sorted(stages_a.keys() | stages_b.keys()):
+        entry = _stage_diff(stages_a.get(table), stages_b.get(table))
+        if entry is None:
+            unchanged.append(table)
+        else:
+            stages[table] = entry
+    return stages, unchanged
+
+
+def _metrics(a: Manifest, b: Manifest) -> dict[str, Any]:
+    """Every declared benchmark's diffed fields present on either side."""
+    metrics: dict[str, Any] = {}
+    for bench in BENCHMARKS:
+        for field in bench.fields:
+            x, y = bench.read(a.metrics, field), bench.read(b.metrics, field)
+            if x is not None or y is not None:
+                metrics[f"{bench.name}.{field}"] = _pair(x, y)
+    return metrics
+
+
+def _both(x: Mapping[str, Any], y: Mapping[str, Any], keys: Any) -> dict[str, Any]:
+    """{key: pair} for the keys given a value on either side."""
+    return {
+        key: _pair(x.get(key), y.get(key))
+        for key in keys
+        if x.get(key) is not None or y.get(key) is not None
+    }
+
+
+def diff_manifests(a: Manifest, b: Manifest) -> dict[str, Any]:
     """What changed from manifest `a` (older) to manifest `b` (newer).
 
     Returns a JSON-ready dict:
@@ -138,44 +153,20 @@ def diff_manifests(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]
     * "config": the same for the rest of the run configuration (corpus, tokenize, vocab, ...);
     * "stages": {table: {"fingerprint"?, "counts"?, "config"?} or {"status": added|removed}}
       for the corpus stages that differ; "stages_unchanged": the others;
-    * "metrics": {"wordsim353.spearman": {"a", "b", "delta"?}, ...} for every score present on
-      either side (delta only when both are finite);
+    * "metrics": {"<benchmark>.<field>": {"a", "b", "delta"?}, ...} for the fields of every
+      declared benchmark (`Benchmark.fields`) present on either side (delta only when both
+      are finite);
     * "sizes": bytes per file and in total, vocab size and dimension, with deltas;
     * "training": steps, seconds, words/s, corpus words, world size and device;
     * "code", "libraries": versions that differ.
     """
-    run_a = dict(a.get("run_config") or {})
-    run_b = dict(b.get("run_config") or {})
+    run_a = dict(a.lineage.run_config or {})
+    run_b = dict(b.lineage.run_config or {})
     run_a.pop("train", None)
     run_b.pop("train", None)
-
-    stages_a, stages_b = a.get("stages") or {}, b.get("stages") or {}
-    stages: dict[str, Any] = {}
-    unchanged: list[str] = []
-    for table in sorted(stages_a.keys() | stages_b.keys()):
-        entry = _stage_diff(stages_a.get(table), stages_b.get(table))
-        if entry is None:
-            unchanged.append(table)
-        else:
-            stages[table] = entry
-
-    metrics: dict[str, Any] = {}
-    for bench, field in METRICS:
-        x, y = _get(a, "metrics", bench, field), _get(b, "metrics", bench, field)
-        if x is not None or y is not None:
-            metrics[f"{bench}.{field}"] = _pair(x, y)
-
+    stages, unchanged = _stages(a, b)
     sizes_a, sizes_b = _sizes(a), _sizes(b)
-    sizes = {
-        key: _pair(sizes_a.get(key), sizes_b.get(key))
-        for key in sorted(sizes_a.keys() | sizes_b.keys())
-        if sizes_a.get(key) is not None or sizes_b.get(key) is not None
-    }
-    training = {
-        key: _pair(_get(a, "training", key), _get(b, "training", key))
-        for key in TRAINING
-        if _get(a, "training", key) is not None or _get(b, "training", key) is not None
-    }
+    training_a, training_b = a.lineage.training or {}, b.lineage.training or {}
     return {
         "a": _identity(a),
         "b": _identity(b),
@@ -183,11 +174,11 @@ def diff_manifests(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]
         "config": _changes(run_a, run_b),
         "stages": stages,
         "stages_unchanged": unchanged,
-        "metrics": metrics,
-        "sizes": sizes,
-        "training": training,
-        "code": _changes(a.get("code_version") or {}, b.get("code_version") or {}),
-        "libraries": _changes(a.get("libraries") or {}, b.get("libraries") or {}),
+        "metrics": _metrics(a, b),
+        "sizes": _both(sizes_a, sizes_b, sorted(sizes_a.keys() | sizes_b.keys())),
+        "training": _both(training_a, training_b, TRAINING),
+        "code": _changes(a.lineage.code_version or {}, b.lineage.code_version or {}),
+        "libraries": _changes(a.lineage.libraries or {}, b.lineage.libraries or {}),
     }
 
 

@@ -17,7 +17,6 @@ pooled sentence vector, from any layer. Nothing is unpickled.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -28,17 +27,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from embedpipe.artefacts.files import ArtefactError, join, read_bytes
 from embedpipe.artefacts.loader import ENCODER_FILE, VECTORS_FILE, VECTORS_KEY, Embeddings
-from embedpipe.artefacts.store import ArtefactError, join, read_bytes
-from embedpipe.evaluate import (
-    BENCHMARKS,
-    PROBE_WORDS,
-    evaluate_analogy,
-    evaluate_similarity,
-    nearest_neighbours,
-    read_analogies,
-    read_pairs,
-)
+from embedpipe.evaluate import BENCHMARKS, PROBE_WORDS, probe_neighbours
 from embedpipe.schemas import SPECIAL_TOKENS, UNK_ID
 
 if TYPE_CHECKING:
@@ -80,7 +71,6 @@ class ContextualEmbeddings(Embeddings):
         self.encoder_weights = encoder_weights
         self.encoder_config = dict(encoder_config)
         self._model: MaskedLM | None = None
-        self._word_config: Any = None
 
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path else ""
@@ -144,19 +134,14 @@ class ContextualEmbeddings(Embeddings):
         if self.tokenizer_model is not None:
             from embedpipe.text.sentencepiece import encode_pieces_arrow
 
-            self.pieces("")  # loads the processor and the tokenizer settings once
+            self.pieces("")  # loads the processor once
             return encode_pieces_arrow(
-                pa.array(texts, pa.string()), self._processor, self._tokenize_config
+                pa.array(texts, pa.string()), self._processor, self.tokenize_config()
             ).to_pylist()
         from embedpipe.text.tokenizer import tokenize_line
 
-        if self._word_config is None:
-            from embedpipe.config import TokenizeConfig
-
-            known = {f.name for f in dataclasses.fields(TokenizeConfig)}
-            options = {k: v for k, v in self.manifest.get("tokenizer", {}).items() if k in known}
-            self._word_config = TokenizeConfig(**options)
-        return [tokenize_line(text, self._word_config) for text in texts]
+        config = self.tokenize_config()
+        return [tokenize_line(text, config) for text in texts]
 
     def token_ids(self, tokens: Sequence[str], max_tokens: int | None = None) -> list[int]:
         """Vocabulary ids of tokens ([UNK] for unknown ones), cut to `max_tokens` (default:
@@ -216,13 +201,13 @@ def with_encoder(emb: Embeddings) -> ContextualEmbeddings:
     """The loaded artefact `emb` with its encoder read (checked against the manifest's sha256)."""
     from safetensors.numpy import load as load_safetensors
 
-    files = emb.manifest.get("files", {})
+    files = emb.manifest.files if emb.manifest is not None and emb.path is not None else {}
     blobs = {}
     for name in (ENCODER_FILE, ENCODER_CONFIG_FILE):
-        if name not in files:
+        if name not in files or emb.path is None:
             raise ArtefactError(f"{emb.path}: the manifest does not list {name}")
         data = read_bytes(join(emb.path, name))
-        if hashlib.sha256(data).hexdigest() != files[name].get("sha256"):
+        if hashlib.sha256(data).hexdigest() != files[name].sha256:
             raise ArtefactError(
                 f"{join(emb.path, name)} was modified after publish: sha256 mismatch"
             )
@@ -242,7 +227,7 @@ def with_encoder(emb: Embeddings) -> ContextualEmbeddings:
         )
     return ContextualEmbeddings(
         emb.vectors, emb.vocab, emb.counts, manifest=emb.manifest, path=emb.path,
-        tokenizer_model=emb.tokenizer_model,
+        tokenizer_model=emb.tokenizer_model, tokenizer=emb.tokenizer,
         encoder_weights={k: v.astype(np.float32, copy=False) for k, v in weights.items()},
         encoder_config=architecture,
     )  # fmt: skip
@@ -293,7 +278,7 @@ def evaluate_mlm(
     neighbours (`evaluate_input_matrix`) and, under "mlm", the held-out masked-LM loss and
     perplexity the training measured (`mlm_metrics`)."""
     model = sp_model.read_bytes() if sp_model is not None and sp_model.is_file() else None
-    emb = Embeddings(vectors, tokens, manifest={"tokenizer": tokenize}, tokenizer_model=model)
+    emb = Embeddings(vectors, tokens, tokenizer=tokenize, tokenizer_model=model)
     return {**evaluate_input_matrix(emb), "mlm": mlm_metrics(summary)}
 
 
@@ -329,41 +314,40 @@ def word_view(emb: Embeddings) -> tuple[np.ndarray, list[str]]:
     return emb.vectors[[keep[j] for j in rows]], [words[j] for j in rows]
 
 
+def composed_view(emb: Embeddings, words: set[str]) -> tuple[np.ndarray, list[str]]:
+    """`word_view` plus, for a SentencePiece artefact, a vector for each of `words` that is
+    not a whole-word piece: the mean of its pieces (words with no known piece are left out)."""
+    vectors, known = word_view(emb)
+    if emb.tokenizer_model is None:
+        return vectors, known
+    extra, extra_vectors = [], []
+    for word in sorted(words - set(known)):
+        try:
+            extra_vectors.append(emb[word])
+        except KeyError:
+            continue
+        extra.append(word)
+    if not extra:
+        return vectors, known
+    return np.vstack([vectors, np.stack(extra_vectors)]), known + extra
+
+
 def evaluate_input_matrix(emb: Embeddings) -> dict[str, Any]:
-    """Word similarity, analogies and probe neighbours of the input embedding matrix.
+    """Every declared benchmark and the probe neighbours on the input embedding matrix.
 
     Word vocabulary: as for static vectors. SentencePiece: words are the whole-word pieces,
-    and a benchmark or probe word that is not one gets the mean vector of its pieces
-    (`Embeddings.__getitem__`), so similarity covers every word with a known piece; analogy
-    questions are answered among the whole-word pieces only.
+    and a similarity-benchmark or probe word that is not one gets the mean vector of its
+    pieces (`Embeddings.__getitem__`), so similarity covers every word with a known piece;
+    analogy questions are answered among the whole-word pieces only.
     """
     vectors, words = word_view(emb)
-    if emb.tokenizer_model is not None:
-        wanted = {
-            w.lower() for pairs in BENCHMARKS.values() for p in read_pairs(pairs) for w in p[:2]
-        }
-        wanted |= set(PROBE_WORDS)
-        known = set(words)
-        extra, extra_vectors = [], []
-        for w in sorted(wanted - known):
-            try:
-                extra_vectors.append(emb[w])
-            except KeyError:
-                continue
-            extra.append(w)
-        all_vectors = (
-            np.vstack([vectors, *[v[None, :] for v in extra_vectors]]) if extra else vectors
-        )
-        all_words = words + extra
-    else:
-        all_vectors, all_words = vectors, words
+    wanted = set(PROBE_WORDS).union(*(b.words() for b in BENCHMARKS))
+    all_vectors, all_words = composed_view(emb, wanted)
     results: dict[str, Any] = {
-        name: evaluate_similarity(all_vectors, all_words, read_pairs(path))
-        for name, path in BENCHMARKS.items()
+        b.name: b.evaluate(all_vectors, all_words)
+        if b.kind == "similarity"
+        else b.evaluate(vectors, words)
+        for b in BENCHMARKS
     }
-    results["analogy"] = evaluate_analogy(vectors, words, read_analogies(), restrict=30000)
-    results["neighbours"] = {
-        w: [[t, round(s, 4)] for t, s in n]
-        for w, n in nearest_neighbours(all_vectors, all_words, PROBE_WORDS, k=8).items()
-    }
+    results["neighbours"] = probe_neighbours(all_vectors, all_words)
     return results

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -18,24 +18,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import load as load_safetensors
 
-from embedpipe.artefacts.store import (
-    MANIFEST,
+from embedpipe.artefacts.files import (
     ArtefactError,
-    ArtefactStore,
     Location,
     as_location,
-    default_store,
     filesystem,
-    is_artefact,
     join,
     read_bytes,
     validate_name,
-    verify,
 )
+from embedpipe.artefacts.manifest import MANIFEST, Manifest, is_artefact, verify
+from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.schemas import COUNT, ID, PAD, SPECIAL_TOKENS, TOKEN, VOCAB_SCHEMA
 
 if TYPE_CHECKING:
     import torch
+
+    from embedpipe.config import TokenizeConfig
 
 VECTORS_FILE = "vectors.safetensors"
 VOCAB_FILE = "vocab.parquet"
@@ -45,16 +44,21 @@ ENCODER_FILE = "encoder.safetensors"  # masked-LM artefacts: see artefacts/encod
 
 
 class Embeddings:
-    """A vocabulary with one float32 vector per token, plus counts and the manifest."""
+    """A vocabulary with one float32 vector per token, plus counts and the manifest.
+
+    `tokenizer` holds the tokenize settings the vectors were trained with (default: the
+    manifest's); `tokenizer_model` the SentencePiece model, if any.
+    """
 
     def __init__(
         self,
         vectors: np.ndarray,
         vocab: Sequence[str],
         counts: np.ndarray | None = None,
-        manifest: dict[str, Any] | None = None,
+        manifest: Manifest | None = None,
         path: Location | None = None,
         tokenizer_model: bytes | None = None,
+        tokenizer: Mapping[str, Any] | None = None,
     ) -> None:
         self.vectors: np.ndarray = np.ascontiguousarray(vectors, dtype=np.float32)
         self.vocab: list[str] = list(vocab)
@@ -69,7 +73,10 @@ class Embeddings:
             raise ValueError(
                 f"counts must have shape ({len(self.vocab)},), got {self.counts.shape}"
             )
-        self.manifest: dict[str, Any] = dict(manifest or {})
+        self.manifest: Manifest | None = manifest
+        if tokenizer is None and manifest is not None:
+            tokenizer = manifest.tokenizer
+        self.tokenizer: dict[str, Any] = dict(tokenizer or {})
         self.path: Location | None = path  # a Path, or a URL for a remote store
         self._ids: dict[str, int] = {token: i for i, token in enumerate(self.vocab)}
         if len(self._ids) != len(self.vocab):
@@ -78,6 +85,7 @@ class Embeddings:
         self._normed: np.ndarray | None = None
         self.tokenizer_model = tokenizer_model
         self._processor: Any = None
+        self._tokenize_config: TokenizeConfig | None = None
 
     @classmethod
     def from_arrays(
@@ -111,18 +119,24 @@ class Embeddings:
         if self.tokenizer_model is None:
             raise ValueError("this artefact has no SentencePiece model")
         if self._processor is None:
-            from embedpipe.config import TokenizeConfig
             from embedpipe.text.sentencepiece import load_processor
 
-            known = {f.name for f in dataclasses.fields(TokenizeConfig)}
-            options = {k: v for k, v in self.manifest.get("tokenizer", {}).items() if k in known}
-            self._tokenize_config = TokenizeConfig(**options)
             self._processor = load_processor(self.tokenizer_model)
         from embedpipe.text.sentencepiece import encode_pieces_arrow
 
-        return encode_pieces_arrow(pa.array([text]), self._processor, self._tokenize_config)[
-            0
-        ].as_py()
+        pieces = encode_pieces_arrow(pa.array([text]), self._processor, self.tokenize_config())
+        return pieces[0].as_py()
+
+    def tokenize_config(self) -> TokenizeConfig:
+        """The tokenize settings of `self.tokenizer` as a TokenizeConfig (keys it does not
+        know, such as the model file's name, left out)."""
+        if self._tokenize_config is None:
+            from embedpipe.config import TokenizeConfig
+
+            known = {f.name for f in dataclasses.fields(TokenizeConfig)}
+            options = {k: v for k, v in self.tokenizer.items() if k in known}
+            self._tokenize_config = TokenizeConfig(**options)
+        return self._tokenize_config
 
     def index(self, word: str) -> int:
         """The id of `word`; KeyError naming it if it is not in the vocabulary."""
@@ -259,7 +273,8 @@ def load(
     store: str | os.PathLike[str] | ArtefactStore | None = None,
 ) -> Embeddings:
     """Load embeddings from a version directory (path or fsspec URL), or by name (and
-    version) from a store (path, URL or ArtefactStore).
+    version) from a store (path, URL or ArtefactStore; None: `store_root()`, i.e.
+    $EMBEDPIPE_STORE or ./artefacts).
 
     The artefact is verified against its manifest first, so a modified file fails with
     ArtefactError instead of loading silently.
@@ -274,11 +289,7 @@ def load(
             raise ArtefactError(
                 f"{name} is neither an artefact directory (no {MANIFEST}) nor an artefact name"
             ) from None
-        if isinstance(store, ArtefactStore):
-            chosen = store
-        else:
-            chosen = default_store() if store is None else ArtefactStore(store)
-        directory = chosen.resolve(name, version)
+        directory = open_store(store).resolve(name, version)
     return read_embeddings(directory)
 
 
@@ -287,7 +298,7 @@ def read_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
     directory = as_location(directory)
     manifest = verify(directory)
     for file in (VECTORS_FILE, VOCAB_FILE):
-        if file not in manifest["files"]:
+        if file not in manifest.files:
             raise ArtefactError(f"{join(directory, MANIFEST)} does not list {file}")
     vectors = _read_vectors(join(directory, VECTORS_FILE))
     tokens, counts = _read_vocab(join(directory, VOCAB_FILE))
@@ -297,14 +308,14 @@ def read_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
             f"{join(directory, VECTORS_FILE)} has {vectors.shape[0]} rows"
         )
     tokenizer = join(directory, TOKENIZER_FILE)
-    model = read_bytes(tokenizer) if TOKENIZER_FILE in manifest["files"] else None
+    model = read_bytes(tokenizer) if TOKENIZER_FILE in manifest.files else None
     try:
         emb = Embeddings(
             vectors, tokens, counts, manifest=manifest, path=directory, tokenizer_model=model
         )
     except ValueError as e:
         raise ArtefactError(f"{directory}: {e}") from e
-    if ENCODER_FILE in manifest["files"]:  # a masked LM: the encoder comes with its vectors
+    if ENCODER_FILE in manifest.files:  # a masked LM: the encoder comes with its vectors
         from embedpipe.artefacts.encoder import with_encoder
 
         return with_encoder(emb)

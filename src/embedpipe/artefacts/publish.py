@@ -8,6 +8,7 @@ versions, hardware and world size, training time and words/s.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,11 +23,19 @@ from safetensors.numpy import save_file
 
 from embedpipe import schemas as S
 from embedpipe.artefacts.export import write_word2vec_text
+from embedpipe.artefacts.files import Location
 from embedpipe.artefacts.loader import TOKENIZER_FILE, VECTORS_FILE, VOCAB_FILE
-from embedpipe.artefacts.store import ArtefactStore, Location
+from embedpipe.artefacts.manifest import (
+    Lineage,
+    Metrics,
+    Model,
+    StageRecord,
+    manifest_details,
+)
+from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.config import RunConfig
 from embedpipe.corpus.stages import TABLES
-from embedpipe.evaluate import PROBE_WORDS, evaluate_all, nearest_neighbours
+from embedpipe.evaluate import evaluate_all, probe_neighbours
 from embedpipe.train.checkpoint import load_checkpoint
 from embedpipe.train.loop import METRICS, SUMMARY
 from embedpipe.train.registry import get_model, resolve
@@ -51,17 +60,12 @@ def read_trained(train_dir: Path, vectors: str = "input") -> tuple[dict[str, Any
 
 
 def evaluate_vectors(vectors: np.ndarray, tokens: list[str]) -> dict[str, Any]:
-    """Benchmark scores and the probe words' nearest neighbours."""
-    return {
-        **evaluate_all(vectors, tokens),
-        "neighbours": {
-            w: [[t, round(s, 4)] for t, s in n]
-            for w, n in nearest_neighbours(vectors, tokens, PROBE_WORDS, k=8).items()
-        },
-    }
+    """Every declared benchmark's scores and the probe words' nearest neighbours, as the
+    JSON of `Metrics`."""
+    return {**evaluate_all(vectors, tokens), "neighbours": probe_neighbours(vectors, tokens)}
 
 
-def environment() -> dict[str, Any]:
+def environment() -> Lineage:
     """Python and library versions, and the hardware of the publishing host (CPUs, memory,
     accelerators); the training's world size and device are in the training summary."""
     import torch
@@ -72,17 +76,17 @@ def environment() -> dict[str, Any]:
             versions[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             versions[lib] = None
-    return {
-        "python": platform.python_version(),
-        "libraries": versions,
-        "hardware": {
+    return Lineage(
+        python=platform.python_version(),
+        libraries=versions,
+        hardware={
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "memory_bytes": _memory_bytes(),
             "system": platform.system(),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         },
-    }
+    )
 
 
 def _memory_bytes() -> int | None:
@@ -93,9 +97,32 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -> Location:
-    """Evaluate the trained vectors and publish them as `<store>/<name>/vNNNN` (the store may
-    be a path or an fsspec URL); returns the version's location."""
+def trace_lineage(config: RunConfig, summary: dict[str, Any]) -> Lineage:
+    """What the artefact was made from: the run config, every corpus stage's manifest
+    (fingerprint, config, counts, inputs, seconds), the training summary, code, environment."""
+    wd = Workdir(config.workdir)
+    stages = {}
+    for table in TABLES.values():
+        m = wd.require(table)
+        stages[table] = StageRecord(
+            fingerprint=m.get("fingerprint"), config=m.get("config"), counts=m.get("counts"),
+            inputs=m.get("inputs"), seconds=m.get("seconds"),
+        )  # fmt: skip
+    return dataclasses.replace(
+        environment(),
+        run_config=config.to_dict(),
+        stages=stages,
+        training={k: v for k, v in summary.items() if k != "config"},
+        code_version=code_version(),
+    )
+
+
+def publish_training(
+    config: RunConfig, train_dir: Path, store: ArtefactStore | str | None = None
+) -> Location:
+    """Evaluate the trained vectors and publish them as `<store>/<name>/vNNNN`; returns the
+    version's location. `store`: an ArtefactStore, a path or fsspec URL, or None for the
+    run's store (`config.store`, else $EMBEDPIPE_STORE, else ./artefacts: `store_root`)."""
     spec = get_model(config.train.model)
     summary, vectors = read_trained(train_dir, spec.vectors)
     wd = Workdir(config.workdir)
@@ -110,26 +137,16 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
         metrics = resolve(spec.evaluate)(summary, vectors, tokens, config)
     else:
         metrics = evaluate_vectors(vectors, tokens)
-    stages = {}
-    for table in TABLES.values():
-        m = wd.require(table)
-        stages[table] = {
-            k: m.get(k) for k in ("fingerprint", "config", "counts", "inputs", "seconds")
-        }
     tokenizer_model = Path(wd.tokenizer_model)
-    manifest = {
-        "model": {"kind": config.train.model, "hyperparameters": summary["config"]},
-        "tokenizer": {
+    details = manifest_details(
+        model=Model(kind=config.train.model, hyperparameters=summary["config"]),
+        tokenizer={
             **config.to_dict()["tokenize"],
             "model_file": TOKENIZER_FILE if tokenizer_model.is_file() else None,
         },
-        "run_config": config.to_dict(),
-        "stages": stages,
-        "training": {k: v for k, v in summary.items() if k != "config"},
-        "metrics": metrics,
-        "code_version": code_version(),
-        **environment(),
-    }
+        metrics=Metrics.from_json(metrics, f"evaluation of {config.name}"),
+        lineage=trace_lineage(config, summary),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         files = {
             VECTORS_FILE: Path(tmp, VECTORS_FILE),
@@ -145,7 +162,9 @@ def publish_training(config: RunConfig, train_dir: Path, store: ArtefactStore) -
         pq.write_table(vocab.cast(S.VOCAB_SCHEMA), files[VOCAB_FILE])
         words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only
         write_word2vec_text(files[WORD2VEC_FILE], tokens[words:], vectors[words:])
-        return store.publish(config.name, files, manifest)
+        return open_store(config.store if store is None else store).publish(
+            config.name, files, details
+        )
 
 
-__all__ = ["publish_training", "evaluate_vectors", "read_trained"]
+__all__ = ["environment", "evaluate_vectors", "publish_training", "trace_lineage", "read_trained"]

@@ -37,6 +37,10 @@ What each backend guarantees:
   publish and warns; one publisher at a time is then safe, racing publishers of one name are
   not;
 * ``memory://``: one process; it is for tests.
+
+Where things are: the manifest schema, reading and verifying in `manifest.py`; deletion and
+retention in `retention.py`; filesystem helpers in `files.py`; the store's root in
+`store_root` below.
 """
 
 from __future__ import annotations
@@ -46,253 +50,65 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 import socket
 import uuid
 import warnings
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
-from pathlib import Path, PurePosixPath
 from typing import Any
 
-import fsspec
 from fsspec import AbstractFileSystem
-from fsspec.implementations.local import LocalFileSystem
 
-MANIFEST = "manifest.json"
-ALIASES = "aliases"
-LATEST = "latest"
-CLAIMS = ".claims"
-TOMBSTONES = ".deleted"
-DELETING_PREFIX = ".deleting-"  # left by interrupted deletes of earlier releases
-TMP_PREFIX = ".tmp-"
-BLOCK = 1 << 20  # 1 MiB: the read size for hashing and copying.
-READ_ONLY = 0o444
+from embedpipe.artefacts.files import (
+    BLOCK,
+    ArtefactError,
+    Location,
+    as_location,
+    entry_names,
+    filesystem,
+    join,
+    make_read_only,
+    relative_name,
+    sync,
+    utc_now,
+    validate_name,
+    write_atomic,
+)
+from embedpipe.artefacts.layout import (
+    ALIASES,
+    CLAIMS,
+    LATEST,
+    TOMBSTONES,
+    format_version,
+    is_number,
+    is_version_like,
+    version_number,
+)
+from embedpipe.artefacts.manifest import IDENTITY, MANIFEST, Manifest, parse_details, read_manifest
+from embedpipe.artefacts.retention import Retention
+
 STORE_ENV = "EMBEDPIPE_STORE"
-ABANDONED_AFTER = 24 * 3600.0  # seconds after which gc removes a claimed, uncommitted version
-
-_VERSION_RE = re.compile(r"v([0-9]+)")
-_NUMBER_RE = re.compile(r"[0-9]+")
-
-# Where an artefact lives: a local Path, or an fsspec URL string ("s3://bucket/store/x/v0001").
-Location = Path | str
+DEFAULT_STORE = "artefacts"
 
 
-class ArtefactError(Exception):
-    """An artefact is missing, malformed, badly named or was modified after publish."""
+def store_root(store: str | os.PathLike[str] | None = None) -> Location:
+    """Where the store is: `store` when given, else $EMBEDPIPE_STORE, else ./artefacts.
 
-
-def is_url(location: str | os.PathLike[str]) -> bool:
-    """True for an fsspec URL ("memory://x", "s3://b/k", "simplecache::s3://..."), not a path."""
-    text = os.fspath(location)
-    return "::" in text or fsspec.core.split_protocol(text)[0] is not None
-
-
-def as_location(location: str | os.PathLike[str]) -> Location:
-    """A URL stays a string (without a trailing '/'); anything else becomes a Path."""
-    if isinstance(location, str) and is_url(location):
-        return location.rstrip("/")
-    return Path(location)
-
-
-def join(location: str | os.PathLike[str], *parts: str) -> Location:
-    """location / part / ..., keeping the form of `location` (Path or URL)."""
-    base = as_location(location)
-    if isinstance(base, Path):
-        return base.joinpath(*parts)
-    return "/".join([base, *parts])
-
-
-def filesystem(location: str | os.PathLike[str]) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem holding `location` and the path within it."""
-    return fsspec.core.url_to_fs(os.fspath(location))
-
-
-def read_bytes(location: str | os.PathLike[str]) -> bytes:
-    """The whole content of a file at a path or URL."""
-    fs, path = filesystem(location)
-    return fs.cat_file(path)
-
-
-def sha256_file(location: str | os.PathLike[str]) -> str:
-    """The hex sha256 of a file (path or URL), read in 1 MiB blocks so large files need no
-    memory."""
-    fs, path = filesystem(location)
-    return _sha256(fs, path)
-
-
-def _sha256(fs: AbstractFileSystem, path: str) -> str:
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify(location: str | os.PathLike[str]) -> dict[str, Any]:
-    """Re-hash every file listed in the manifest of version `location`; return the manifest.
-
-    Raises ArtefactError naming the first missing or modified file, or a file added after
-    publish (one the manifest does not list).
+    The one place that decides it: `RunConfig.store` (None means this default), the CLI's
+    `--store` and `load(..., store=None)` all go through here.
     """
-    directory = as_location(location)
-    manifest = read_manifest(directory)
-    shown = join(directory, MANIFEST)
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ArtefactError(f"{shown} has no 'files' table")
-    fs, root = filesystem(directory)
-    for relname in sorted(files):
-        rel = _relative(relname, directory)
-        entry = files[relname]
-        path = f"{root}/{rel}"
-        if not fs.isfile(path):
-            raise ArtefactError(f"{join(directory, rel)} is listed in {shown} but missing")
-        if not isinstance(entry, dict) or "sha256" not in entry:
-            raise ArtefactError(f"{shown} has no sha256 for {relname!r}")
-        if _sha256(fs, path) != entry["sha256"]:
-            raise ArtefactError(
-                f"{join(directory, rel)} was modified after publish: sha256 mismatch"
-            )
-    listed = {PurePosixPath(r).as_posix() for r in files} | {MANIFEST}
-    fs.invalidate_cache(root)
-    inside = root.rstrip("/") + "/"
-    for path in fs.find(root, withdirs=False):
-        rel = path[len(inside) :] if path.startswith(inside) else None
-        if rel is not None and rel not in listed:
-            raise ArtefactError(
-                f"{join(directory, rel)} is not listed in {shown}: added after publish"
-            )
-    return manifest
+    if store is not None and os.fspath(store) != "":
+        return as_location(store)
+    return as_location(os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
-def read_manifest(location: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed manifest.json of version `location`, without checking any hashes."""
-    file = join(location, MANIFEST)
-    try:
-        manifest = json.loads(read_bytes(file).decode("utf-8"))
-    except FileNotFoundError:
-        raise ArtefactError(f"{file} not found: {location} is not a published artefact") from None
-    except (OSError, ValueError) as e:
-        raise ArtefactError(f"{file} cannot be read: {e}") from e
-    if not isinstance(manifest, dict):
-        raise ArtefactError(f"{file} does not hold a JSON object")
-    return manifest
+def open_store(store: str | os.PathLike[str] | ArtefactStore | None = None) -> ArtefactStore:
+    """The ArtefactStore at `store_root(store)`; an ArtefactStore given is returned as is."""
+    if isinstance(store, ArtefactStore):
+        return store
+    return ArtefactStore(store_root(store))
 
 
-def is_artefact(location: str | os.PathLike[str]) -> bool:
-    """True when `location` is a committed version (it holds a manifest)."""
-    fs, path = filesystem(join(location, MANIFEST))
-    return fs.isfile(path)
-
-
-def default_store() -> ArtefactStore:
-    """The store at $EMBEDPIPE_STORE (a path or URL), else ./artefacts."""
-    return ArtefactStore(os.environ.get(STORE_ENV) or "artefacts")
-
-
-def validate_name(name: object, what: str = "artefact name") -> str:
-    """Return `name` if it is a safe single path component, else raise ArtefactError.
-
-    Refuses empty names, '.', '..', path separators, absolute paths, NUL and names starting
-    with '.' (reserved for the store's own files).
-    """
-    if not isinstance(name, str) or not name:
-        raise ArtefactError(f"invalid {what} {name!r}: must be a non-empty string")
-    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
-    if any(s in name for s in seps) or os.path.isabs(name):
-        raise ArtefactError(f"invalid {what} {name!r}: must not contain a path separator")
-    if name.startswith(".") or "\0" in name:
-        raise ArtefactError(f"invalid {what} {name!r}: must not start with '.' or contain NUL")
-    return name
-
-
-def format_version(n: int) -> str:
-    """The directory name of version number n: 3 -> 'v0003'."""
-    return f"v{n:04d}"
-
-
-def _version_number(s: str) -> int | None:
-    """The number of a version string 'v0003' (or 'v3'), None if it is not one."""
-    m = _VERSION_RE.fullmatch(s)
-    return int(m.group(1)) if m else None
-
-
-def _relative(relname: str, where: object) -> str:
-    """relname as a POSIX relative path, refusing names that escape (from untrusted input)."""
-    parts = PurePosixPath(relname).parts if isinstance(relname, str) else ()
-    if not parts:
-        raise ArtefactError(f"invalid file name {relname!r} in {where}")
-    for part in parts:
-        validate_name(part, "file name")
-    return "/".join(parts)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _sync(f: Any) -> None:
-    """fsync a file being written where the filesystem has descriptors (local files)."""
-    with contextlib.suppress(AttributeError, OSError, ValueError):
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(fs: AbstractFileSystem, path: str) -> None:
-    """Make a rename inside local directory `path` durable; a no-op on other filesystems."""
-    if not isinstance(fs, LocalFileSystem):
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    with contextlib.suppress(OSError):
-        os.fsync(fd)
-    os.close(fd)
-
-
-def _make_read_only(fs: AbstractFileSystem, path: str) -> None:
-    """Drop write permission where files have permissions (the local filesystem)."""
-    if isinstance(fs, LocalFileSystem):
-        os.chmod(path, READ_ONLY)
-
-
-def _write_atomic(fs: AbstractFileSystem, path: str, data: bytes, read_only: bool = False) -> None:
-    """Write `data` to a unique temporary name beside `path`, then move it onto `path`.
-
-    Locally the move is rename(2); on object stores a copy of one object. Either way a reader
-    sees the old content or the new, never a partial file.
-    """
-    parent, name = posixpath.split(path)
-    tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
-    fs.makedirs(parent, exist_ok=True)
-    try:
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-            _sync(f)
-        if read_only:
-            _make_read_only(fs, tmp)
-        fs.mv(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.rm_file(tmp)
-        raise
-    _fsync_dir(fs, parent)
-
-
-def _names(fs: AbstractFileSystem, directory: str) -> list[str]:
-    """The entry names directly inside `directory` ([] when it does not exist)."""
-    fs.invalidate_cache(directory)
-    try:
-        entries = fs.ls(directory, detail=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    own = directory.rstrip("/")
-    return [posixpath.basename(e.rstrip("/")) for e in entries if e.rstrip("/") != own]
-
-
-class ArtefactStore:
+class ArtefactStore(Retention):
     """Immutable numbered versions of named artefacts under one root (a path or fsspec URL).
 
     Locations are handed back in the form the root was given: Paths for a path, URL strings
@@ -323,43 +139,32 @@ class ArtefactStore:
     # -- publishing -------------------------------------------------------------------------
 
     def publish(
-        self, name: str, files: Mapping[str, str | os.PathLike[str]], manifest: dict
+        self, name: str, files: Mapping[str, str | os.PathLike[str]], details: Mapping[str, Any]
     ) -> Location:
         """Copy `files` ({relative name: source path or URL}) into the next version of `name`.
 
-        The manifest is extended with name, version, created (UTC) and the sha256/size of every
-        file, written last as the commit marker, and `latest` is moved to the newest version.
+        `details` is the manifest's content (`manifest_details(...)`, or any JSON object for
+        artefacts of other tools): it is checked as a `Manifest` before anything is claimed.
+        The store adds name, version, created (UTC) and the sha256/size of every file, writes
+        the manifest last as the commit marker and moves `latest` to the newest version.
         Returns the version's location. Safe against concurrent publishers (see the module).
         A version that fails half-way is removed; its number stays claimed.
         """
         validate_name(name)
-        extra = dict(manifest)
-        try:
-            json.dumps(extra)
-        except (TypeError, ValueError) as e:
-            raise ArtefactError(f"manifest for {name!r} is not JSON-serialisable: {e}") from e
+        self._check_details(name, details)
+        sources = self._sources(name, files)
         base = self._path(name)
         self.fs.makedirs(base, exist_ok=True)
-        sources: dict[str, tuple[AbstractFileSystem, str]] = {}
-        for relname, src in files.items():
-            key = _relative(relname, join(self.root, name))
-            if key == MANIFEST:
-                raise ArtefactError(f"cannot publish a file named {MANIFEST}: it is reserved")
-            if key in sources:
-                raise ArtefactError(f"file {relname!r} given twice for {name!r}")
-            src_fs, src_path = filesystem(src)
-            if not src_fs.isfile(src_path):
-                raise ArtefactError(f"cannot publish {name!r}: source file {src} not found")
-            sources[key] = (src_fs, src_path)
-
         version = self._claim(name)
         directory = f"{base}/{version}"
         try:
             table = {key: self._copy(fs, path, f"{directory}/{key}") for key, (fs, path) in
                      sources.items()}  # fmt: skip
-            extra.update(name=name, version=version, created=_now(), files=table)
-            text = json.dumps(extra, sort_keys=True, indent=2) + "\n"
-            _write_atomic(self.fs, f"{directory}/{MANIFEST}", text.encode(), read_only=True)
+            identity = {"name": name, "version": version, "created": utc_now(), "files": table}
+            where = str(join(self.root, name, version, MANIFEST))
+            manifest = Manifest.from_json({**details, **identity}, where)
+            text = json.dumps(manifest.to_json(), sort_keys=True, indent=2) + "\n"
+            write_atomic(self.fs, f"{directory}/{MANIFEST}", text.encode(), read_only=True)
         except BaseException:
             with contextlib.suppress(OSError):
                 self.fs.rm(directory, recursive=True)
@@ -368,6 +173,36 @@ class ArtefactStore:
         if self.keep is not None:
             self.gc(name, self.keep)
         return self.location(name, version)
+
+    def _check_details(self, name: str, details: Mapping[str, Any]) -> None:
+        """Refuse manifest content that is not JSON, sets what the store sets, or mistypes a
+        field of the manifest schema."""
+        where = f"manifest for {name!r}"
+        try:
+            json.dumps(details, allow_nan=True)
+        except (TypeError, ValueError) as e:
+            raise ArtefactError(f"{where} is not JSON-serialisable: {e}") from e
+        reserved = sorted(set(details) & set(IDENTITY))
+        if reserved:
+            raise ArtefactError(f"{where}: {', '.join(reserved)} are set by the store")
+        parse_details(details, where)
+
+    def _sources(
+        self, name: str, files: Mapping[str, str | os.PathLike[str]]
+    ) -> dict[str, tuple[AbstractFileSystem, str]]:
+        """{relative name: (filesystem, path)} of the files to publish, each checked."""
+        sources: dict[str, tuple[AbstractFileSystem, str]] = {}
+        for relname, src in files.items():
+            key = relative_name(relname, join(self.root, name))
+            if key == MANIFEST:
+                raise ArtefactError(f"cannot publish a file named {MANIFEST}: it is reserved")
+            if key in sources:
+                raise ArtefactError(f"file {relname!r} given twice for {name!r}")
+            src_fs, src_path = filesystem(src)
+            if not src_fs.isfile(src_path):
+                raise ArtefactError(f"cannot publish {name!r}: source file {src} not found")
+            sources[key] = (src_fs, src_path)
+        return sources
 
     def _copy(self, src_fs: AbstractFileSystem, src: str, dst: str) -> dict[str, Any]:
         """Copy src to dst in 1 MiB blocks, hashing on the way; return {"sha256", "bytes"}."""
@@ -379,8 +214,8 @@ class ArtefactStore:
                 h.update(block)
                 fout.write(block)
                 n += len(block)
-            _sync(fout)
-        _make_read_only(self.fs, dst)
+            sync(fout)
+        make_read_only(self.fs, dst)
         return {"sha256": h.hexdigest(), "bytes": n}
 
     def _claim(self, name: str) -> str:
@@ -388,7 +223,7 @@ class ArtefactStore:
         claims = self._path(name, CLAIMS)
         self.fs.makedirs(claims, exist_ok=True)
         exclusive = self._exclusive_create_works(claims)
-        record = {"claimed": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+        record = {"claimed": utc_now(), "host": socket.gethostname(), "pid": os.getpid(),
                   "token": uuid.uuid4().hex}  # fmt: skip
         n = self._max_number(name) + 1
         while True:
@@ -406,7 +241,7 @@ class ArtefactStore:
             raise FileExistsError(path)
         with self.fs.open(path, "xb" if exclusive else "wb") as f:
             f.write(data)
-            _sync(f)
+            sync(f)
 
     def _exclusive_create_works(self, directory: str) -> bool:
         """Probe once whether the filesystem refuses a second exclusive create of a file."""
@@ -453,9 +288,9 @@ class ArtefactStore:
         names the same bytes forever (version directories count for stores without claims).
         """
         numbers = [
-            _version_number(entry)
+            version_number(entry)
             for directory in ((), (CLAIMS,), (TOMBSTONES,))
-            for entry in _names(self.fs, self._path(name, *directory))
+            for entry in entry_names(self.fs, self._path(name, *directory))
         ]
         return max((n for n in numbers if n is not None), default=0)
 
@@ -473,7 +308,7 @@ class ArtefactStore:
         for path in found:
             parts = posixpath.relpath(path, base).split("/")
             if len(parts) == 2 and parts[1] == MANIFEST:
-                n = _version_number(parts[0])
+                n = version_number(parts[0])
                 if n is not None and parts[0] == format_version(n):
                     numbers.append(n)
         return [format_version(n) for n in sorted(numbers)]
@@ -481,11 +316,16 @@ class ArtefactStore:
     def names(self) -> list[str]:
         """The artefact names with at least one committed version, sorted."""
         found = []
-        for entry in _names(self.fs, self._root):
+        for entry in entry_names(self.fs, self._root):
             with contextlib.suppress(ArtefactError):
                 if self.versions(validate_name(entry)):
                     found.append(entry)
         return sorted(found)
+
+    def manifests(self, name: str) -> list[Manifest]:
+        """The manifests of every committed version of `name`, oldest first (the history a
+        report compares a version with)."""
+        return [read_manifest(self.location(name, v)) for v in self.versions(name)]
 
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
         """Point `alias` of `name` at an existing version (atomically replacing any old target)."""
@@ -495,13 +335,13 @@ class ArtefactStore:
         self._write_alias(name, alias, target)
 
     def _write_alias(self, name: str, alias: str, version: str) -> None:
-        _write_atomic(self.fs, self._path(name, ALIASES, alias), (version + "\n").encode())
+        write_atomic(self.fs, self._path(name, ALIASES, alias), (version + "\n").encode())
 
     @staticmethod
     def _check_alias(alias: str) -> str:
         """Validate an alias like a name; also refuse version-like aliases ('v3', '3')."""
         validate_name(alias, "alias")
-        if _version_number(alias) is not None or _NUMBER_RE.fullmatch(alias):
+        if is_version_like(alias):
             raise ArtefactError(f"invalid alias {alias!r}: it looks like a version")
         return alias
 
@@ -509,7 +349,7 @@ class ArtefactStore:
         """{alias: version} for `name`."""
         directory = self._path(validate_name(name), ALIASES)
         found = {}
-        for alias in sorted(_names(self.fs, directory)):
+        for alias in sorted(entry_names(self.fs, directory)):
             if alias.startswith("."):
                 continue
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
@@ -528,11 +368,11 @@ class ArtefactStore:
             raise ArtefactError(f"no artefact named {name!r} in store {self.root}")
         if isinstance(version, bool):
             raise ArtefactError(f"invalid version {version!r} for artefact {name!r}")
-        if isinstance(version, int) or (isinstance(version, str) and _NUMBER_RE.fullmatch(version)):
+        if isinstance(version, int) or (isinstance(version, str) and is_number(version)):
             version = format_version(int(version))
         if not isinstance(version, str) or not version:
             raise ArtefactError(f"invalid version {version!r} for artefact {name!r}")
-        n = _version_number(version)
+        n = version_number(version)
         if n is None:
             alias_file = f"{base}/{ALIASES}/{self._check_alias(version)}"
             try:
@@ -542,7 +382,7 @@ class ArtefactStore:
                     f"artefact {name!r} has no alias {version!r} in store {self.root} "
                     f"(aliases: {sorted(self.aliases(name)) or 'none'})"
                 ) from None
-            n = _version_number(target)
+            n = version_number(target)
             if n is None:
                 raise ArtefactError(
                     f"alias file {join(self.root, name, ALIASES, version)} holds no version: "
@@ -554,97 +394,3 @@ class ArtefactStore:
                 f"(versions: {self.versions(name) or 'none'})"
             )
         return format_version(n)
-
-    # -- deleting ---------------------------------------------------------------------------
-
-    def delete(self, name: str, version: str | int, force: bool = False) -> list[str]:
-        """Delete one version of `name`; return the aliases that pointed at it.
-
-        `version` must be a version ('v0003', '3' or 3), not an alias, so an alias can never
-        delete more than the caller named. A version that any alias names (`latest`
-        included) is refused with ArtefactError naming the aliases, unless `force`: then the
-        aliases are removed and `latest` moves to the newest remaining version (or is removed
-        with the last one). The number stays claimed, so no later publish reuses it.
-        """
-        validate_name(name)
-        if (
-            isinstance(version, str)
-            and _version_number(version) is None
-            and not _NUMBER_RE.fullmatch(version)
-        ):
-            raise ArtefactError(
-                f"delete takes a version of {name!r} such as 'v0003', not the alias "
-                f"{version!r}: resolve it first"
-            )
-        target = self._version_of(name, version)
-        pointing = sorted(a for a, v in self.aliases(name).items() if v == target)
-        if pointing and not force:
-            raise ArtefactError(
-                f"cannot delete {name} {target}: alias(es) {', '.join(pointing)} point at it "
-                "(move them, or pass force=True to remove them too)"
-            )
-        for alias in pointing:
-            if alias != LATEST:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(self._path(name, ALIASES, alias))
-        tombstone = json.dumps({"deleted": _now()}) + "\n"
-        _write_atomic(self.fs, self._path(name, TOMBSTONES, target), tombstone.encode())
-        directory = self._path(name, target)
-        # The manifest first: the version disappears in one step, then its files go.
-        self.fs.rm_file(f"{directory}/{MANIFEST}")
-        if LATEST in pointing or self.aliases(name).get(LATEST) == target:
-            if self.versions(name):
-                self._advance_latest(name)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(self._path(name, ALIASES, LATEST))
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(directory, recursive=True)
-        return pointing
-
-    def gc(self, name: str, keep: int, abandoned_after: float = ABANDONED_AFTER) -> list[str]:
-        """Delete all but the newest `keep` versions of `name`, sparing any an alias names.
-
-        Returns the deleted versions, oldest first. Also removes what interrupted operations
-        left: uncommitted version directories of deletes, and of publishes whose claim is older
-        than `abandoned_after` seconds (a younger one may still be being written).
-        """
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-            raise ArtefactError(f"keep must be an integer >= 0, got {keep!r}")
-        versions = self.versions(name)
-        kept = set(versions[len(versions) - keep :]) if keep else set()
-        aliased = set(self.aliases(name).values())
-        deleted = []
-        for version in versions:
-            if version not in kept and version not in aliased:
-                try:
-                    self.delete(name, version)
-                except ArtefactError:
-                    continue  # deleted or aliased by someone else meanwhile: leave it be
-                deleted.append(version)
-        self._remove_leftovers(name, abandoned_after)
-        return deleted
-
-    def _remove_leftovers(self, name: str, abandoned_after: float) -> None:
-        committed = set(self.versions(name))
-        tombstones = set(_names(self.fs, self._path(name, TOMBSTONES)))
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=abandoned_after)
-        for entry in _names(self.fs, self._path(name)):
-            path = self._path(name, entry)
-            if entry.startswith(DELETING_PREFIX):
-                stale = True
-            elif _version_number(entry) is not None and entry not in committed:
-                stale = entry in tombstones or self._claimed_before(name, entry, cutoff)
-            else:
-                stale = False
-            if stale:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm(path, recursive=True)
-
-    def _claimed_before(self, name: str, version: str, cutoff: datetime) -> bool:
-        """True when `version` was claimed (by this store's publish) before `cutoff`."""
-        try:
-            record = json.loads(self.fs.cat_file(self._path(name, CLAIMS, version)))
-            return datetime.fromisoformat(record["claimed"]) < cutoff
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return False  # not claimed by a publish of ours: not ours to remove

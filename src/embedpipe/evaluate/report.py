@@ -25,8 +25,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from embedpipe.artefacts.diff import diff_manifests, format_diff
+from embedpipe.artefacts.files import as_location, filesystem, join
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
-from embedpipe.artefacts.store import as_location, filesystem, join
+from embedpipe.artefacts.manifest import Manifest
+from embedpipe.evaluate.benchmarks import BENCHMARKS, Benchmark
 from embedpipe.schemas import SPECIAL_TOKENS
 
 REPORT_FILE = "report.md"
@@ -37,13 +39,7 @@ PROJECTION_PLOT = "projection.png"
 PROJECTED_WORDS = 300
 LABELLED_WORDS = 60
 DPI = 120
-
-# (column title, benchmark, field) of the evaluation table and the scores plot.
-SCORE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("WordSim-353 ρ", "wordsim353", "spearman"),
-    ("SimLex-999 ρ", "simlex999", "spearman"),
-    ("analogy acc.", "analogy", "accuracy"),
-)
+METRIC_SIGNS = {"spearman": "ρ", "accuracy": "acc."}
 _VERSION_RE = re.compile(r"v([0-9]+)")
 
 
@@ -99,28 +95,32 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
-def _version_key(manifest: Mapping[str, Any]) -> tuple[int, str]:
-    version = str(manifest.get("version") or "")
-    m = _VERSION_RE.fullmatch(version)
-    return (int(m.group(1)) if m else -1, version)
+def _version_key(manifest: Manifest) -> tuple[int, str]:
+    m = _VERSION_RE.fullmatch(manifest.version)
+    return (int(m.group(1)) if m else -1, manifest.version)
 
 
-def _score(manifest: Mapping[str, Any], bench: str, field: str) -> float | None:
-    value = (manifest.get("metrics") or {}).get(bench, {}).get(field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return None
-    return float(value)
+def _finite(value: float | None) -> float | None:
+    """A score to show: None for a missing or NaN one."""
+    return None if value is None or math.isnan(value) else value
 
 
-def plot_scores(manifests: Sequence[Mapping[str, Any]], current: str, path: Path) -> None:
+def score_title(bench: Benchmark) -> str:
+    """The column title of a benchmark's score: "WordSim-353 ρ"."""
+    return f"{bench.title} {METRIC_SIGNS.get(bench.metric, bench.metric)}"
+
+
+def plot_scores(manifests: Sequence[Manifest], current: str, path: Path) -> None:
     """Each benchmark's score across versions, the reported version marked."""
-    labels = [str(m.get("version")) for m in manifests]
+    labels = [m.version for m in manifests]
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(manifests))
-    for title, bench, field in SCORE_COLUMNS:
-        values = [_score(m, bench, field) for m in manifests]
-        ax.plot(x, [math.nan if v is None else v for v in values], marker="o", label=title)
+    for bench in BENCHMARKS:
+        values = [_finite(bench.read(m.metrics)) for m in manifests]
+        ax.plot(
+            x, [math.nan if v is None else v for v in values], marker="o", label=score_title(bench)
+        )
     if current in labels:
         ax.axvline(labels.index(current), color="grey", linestyle=":", label=current)
     ax.set_xticks(x, labels, rotation=45 if len(labels) > 8 else 0)
@@ -192,39 +192,36 @@ def _row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
-def evaluation_table(manifests: Sequence[Mapping[str, Any]], current: str) -> list[str]:
-    """Markdown rows: one per version, scores, coverage and sizes; the current one in bold."""
-    titles = ["version", "created", *(t for t, _, _ in SCORE_COLUMNS)]
-    titles += ["analogy coverage", "WS-353 OOV", "SL-999 OOV", "vocab", "dim"]
+def evaluation_table(manifests: Sequence[Manifest], current: str) -> list[str]:
+    """Markdown rows: one per version, every benchmark's score and coverage, and sizes; the
+    current version in bold."""
+    titles = ["version", "created", *(score_title(b) for b in BENCHMARKS)]
+    titles += [f"{b.title} coverage" for b in BENCHMARKS] + ["vocab", "dim"]
     lines = [_row(titles), "|" + "---|" * len(titles)]
     for m in manifests:
-        version = str(m.get("version"))
-        params = (m.get("model") or {}).get("hyperparameters") or {}
-        vocab = ((m.get("stages") or {}).get("vocab") or {}).get("counts") or {}
+        params = (m.model.hyperparameters if m.model else None) or {}
+        vocab = (m.lineage.stages or {}).get("vocab")
         cells: list[Any] = [
-            f"**{version}** (this)" if version == current else version,
-            str(m.get("created") or "")[:10] or None,
-            *(_score(m, bench, field) for _, bench, field in SCORE_COLUMNS),
-            _score(m, "analogy", "coverage"),
-            _score(m, "wordsim353", "oov_rate"),
-            _score(m, "simlex999", "oov_rate"),
-            vocab.get("vocab_size"),
+            f"**{m.version}** (this)" if m.version == current else m.version,
+            m.created[:10] or None,
+            *(_finite(b.read(m.metrics)) for b in BENCHMARKS),
+            *(b.covered(m.metrics) for b in BENCHMARKS),
+            ((vocab.counts or {}) if vocab else {}).get("vocab_size"),
             params.get("dim"),
         ]
         lines.append(_row(cells))
     return lines
 
 
-def _summary(manifest: Mapping[str, Any], emb: Embeddings) -> list[str]:
+def _summary(manifest: Manifest, emb: Embeddings) -> list[str]:
     """Bullet points: model, training run, corpus, code."""
-    model = manifest.get("model") or {}
-    params = model.get("hyperparameters") or {}
-    training = manifest.get("training") or {}
-    stages = manifest.get("stages") or {}
-    code = manifest.get("code_version") or {}
+    model = manifest.model
+    params = (model.hyperparameters if model else None) or {}
+    training = manifest.lineage.training or {}
+    code = manifest.lineage.code_version or {}
     shown = ", ".join(f"{k}={params[k]}" for k in sorted(params)) or "-"
     lines = [
-        f"- **model**: {model.get('kind', '-')} — {len(emb):,} tokens × {emb.dim} dimensions",
+        f"- **model**: {model.kind if model else '-'} — {len(emb):,} tokens × {emb.dim} dimensions",
         f"- **hyper-parameters**: {shown}",
     ]
     if training:
@@ -234,19 +231,19 @@ def _summary(manifest: Mapping[str, Any], emb: Embeddings) -> list[str]:
             if k in training
         ]
         lines.append(f"- **training**: {', '.join(run)}")
-    for table, stage in stages.items():
-        counts = (stage or {}).get("counts") or {}
+    for table, stage in (manifest.lineage.stages or {}).items():
+        counts = stage.counts or {}
         scalars = [f"{k}={v}" for k, v in counts.items() if isinstance(v, (int, float, str))]
-        fingerprint = str((stage or {}).get("fingerprint") or "-")[:12]
+        fingerprint = (stage.fingerprint or "-")[:12]
         lines.append(f"- **{table}** ({fingerprint}): {', '.join(scalars) or '-'}")
     if code:
         lines.append("- **code**: " + ", ".join(f"{k}={v}" for k, v in code.items()))
     return lines
 
 
-def _neighbours(manifest: Mapping[str, Any]) -> list[str]:
+def _neighbours(manifest: Manifest) -> list[str]:
     """A Markdown table of the probe words' nearest neighbours recorded at publish."""
-    table = (manifest.get("metrics") or {}).get("neighbours") or {}
+    table = (manifest.metrics.neighbours if manifest.metrics else None) or {}
     if not table:
         return []
     lines = ["", "## Nearest neighbours", "", _row(["word", "neighbours (cosine)"]), "|---|---|"]
@@ -256,71 +253,80 @@ def _neighbours(manifest: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(
-    artefact_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    history: Sequence[Mapping[str, Any]] | None = None,
-) -> Path:
-    """Write `out_dir/report.md` and its PNG plots for the artefact in `artefact_dir`.
-
-    The artefact (a path or an fsspec URL) is verified first; `out_dir` is a local directory. `history` is the manifests of the other versions of the
-    same name (the caller lists the store), compared in the evaluation table and the scores
-    plot; a manifest of this very version in it is ignored. Returns the report's path.
-    """
-    directory = as_location(artefact_dir)
-    emb = read_embeddings(directory)
-    manifest = emb.manifest
-    current = str(manifest.get("version"))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    others = {str(m.get("version")): m for m in history or [] if str(m.get("version")) != current}
-    manifests = sorted([*others.values(), manifest], key=_version_key)
-
-    title = f"{manifest.get('name', '-')} {current}"
-    lines = [f"# Embedding report: {title}", "", f"Created {manifest.get('created', '-')}."]
-    lines += ["", *_summary(manifest, emb)]
-
-    lines += ["", "## Training", ""]
+def _training_section(directory: str | Path, out: Path) -> list[str]:
+    """The loss curve from the artefact's metrics.jsonl, when it has one."""
+    lines = ["", "## Training", ""]
     metrics_path = join(directory, METRICS_FILE)
     fs, path = filesystem(metrics_path)
     records = read_training_metrics(metrics_path) if fs.isfile(path) else []
-    if records:
-        plot_training(records, out / LOSS_PLOT)
-        last = records[-1]
-        lines += [
-            f"{len(records)} logged steps; final loss {_cell(last.get('loss'))} "
-            f"at step {last['step']}.",
-            "",
-            f"![loss, learning rate and words/s by step]({LOSS_PLOT})",
-        ]
-    else:
-        lines.append(f"No {METRICS_FILE} in the artefact: no training curve.")
+    if not records:
+        return [*lines, f"No {METRICS_FILE} in the artefact: no training curve."]
+    plot_training(records, out / LOSS_PLOT)
+    last = records[-1]
+    return lines + [
+        f"{len(records)} logged steps; final loss {_cell(last.get('loss'))} "
+        f"at step {last['step']}.",
+        "",
+        f"![loss, learning rate and words/s by step]({LOSS_PLOT})",
+    ]
 
-    lines += ["", "## Evaluation", ""]
-    lines += evaluation_table(manifests, current)
+
+def _evaluation_section(manifests: Sequence[Manifest], manifest: Manifest, out: Path) -> list[str]:
+    """The scores of every version, their plot, and the diff from the previous version."""
+    lines = ["", "## Evaluation", "", *evaluation_table(manifests, manifest.version)]
     if len(manifests) > 1:
-        plot_scores(manifests, current, out / SCORES_PLOT)
+        plot_scores(manifests, manifest.version, out / SCORES_PLOT)
         lines += ["", f"![scores across versions]({SCORES_PLOT})"]
     earlier = [m for m in manifests if _version_key(m) < _version_key(manifest)]
     if earlier:
         previous = earlier[-1]
-        lines += ["", f"## Changes since {previous.get('version')}", "", "```"]
+        lines += ["", f"## Changes since {previous.version}", "", "```"]
         lines += [format_diff(diff_manifests(previous, manifest)).rstrip(), "```"]
-    lines += _neighbours(manifest)
+    return lines
 
-    lines += ["", "## Word map", ""]
-    n_words = len(frequent_words(emb))
-    if n_words >= 3 and emb.dim >= 2:
-        drawn = plot_projection(emb, out / PROJECTION_PLOT)
-        lines += [
-            f"PCA of the unit vectors of the {drawn} most frequent words (special tokens "
-            f"skipped); the {min(LABELLED_WORDS, drawn)} most frequent are labelled.",
-            "",
-            f"![PCA projection of frequent words]({PROJECTION_PLOT})",
-        ]
-    else:
-        lines.append("Too few words or dimensions for a projection.")
+
+def _map_section(emb: Embeddings, out: Path) -> list[str]:
+    """The PCA map of the most frequent words, when there are enough words and dimensions."""
+    lines = ["", "## Word map", ""]
+    if len(frequent_words(emb)) < 3 or emb.dim < 2:
+        return [*lines, "Too few words or dimensions for a projection."]
+    drawn = plot_projection(emb, out / PROJECTION_PLOT)
+    return lines + [
+        f"PCA of the unit vectors of the {drawn} most frequent words (special tokens "
+        f"skipped); the {min(LABELLED_WORDS, drawn)} most frequent are labelled.",
+        "",
+        f"![PCA projection of frequent words]({PROJECTION_PLOT})",
+    ]
+
+
+def write_report(
+    artefact_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    history: Sequence[Manifest] | None = None,
+) -> Path:
+    """Write `out_dir/report.md` and its PNG plots for the artefact in `artefact_dir`.
+
+    The artefact (a path or an fsspec URL) is verified first; `out_dir` is a local directory.
+    `history` is the manifests of the other versions of the same name
+    (`ArtefactStore.manifests(name)`), compared in the evaluation table and the scores plot; a
+    manifest of this very version in it is ignored. Returns the report's path.
+    """
+    directory = as_location(artefact_dir)
+    emb = read_embeddings(directory)
+    manifest = emb.manifest
+    if manifest is None:  # read_embeddings always sets it
+        raise ValueError(f"{directory} has no manifest")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    others = {m.version: m for m in history or [] if m.version != manifest.version}
+    manifests = sorted([*others.values(), manifest], key=_version_key)
+
+    lines = [f"# Embedding report: {manifest.name} {manifest.version}", ""]
+    lines += [f"Created {manifest.created}.", "", *_summary(manifest, emb)]
+    lines += _training_section(directory, out)
+    lines += _evaluation_section(manifests, manifest, out)
+    lines += _neighbours(manifest)
+    lines += _map_section(emb, out)
 
     report = out / REPORT_FILE
     tmp = out / f".tmp-{uuid.uuid4().hex}-{REPORT_FILE}"
@@ -333,4 +339,4 @@ def write_report(
     return report
 
 
-__all__ = ["read_training_metrics", "write_report", "project", "frequent_words"]
+__all__ = ["read_training_metrics", "write_report", "project", "frequent_words", "score_title"]
