@@ -14,6 +14,7 @@ from embedpipe.artefacts.export import (
     write_word2vec_text,
 )
 from embedpipe.artefacts.files import ArtefactError, sha256_file
+from embedpipe.artefacts.integrity import is_artefact, read_manifest, verify
 from embedpipe.artefacts.loader import Embeddings, load, read_embeddings
 from embedpipe.artefacts.manifest import (
     FileEntry,
@@ -23,10 +24,7 @@ from embedpipe.artefacts.manifest import (
     Metrics,
     Model,
     StageRecord,
-    is_artefact,
     manifest_details,
-    read_manifest,
-    verify,
 )
 from embedpipe.artefacts.store import ArtefactStore, open_store, store_root
 

@@ -213,6 +213,31 @@ def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
     ]
 
 
+def _stage_lines(d: Mapping[str, Any]) -> list[str]:
+    """The corpus-stage part of `format_diff`: fingerprints, changed config and counts."""
+    lines = [""]
+    if d["stages"]:
+        lines.append("corpus stages:")
+    for table, entry in d["stages"].items():
+        if "status" in entry:
+            lines.append(f"  {table}: {entry['status']}")
+            continue
+        fp = entry.get("fingerprint")
+        what = f"fingerprint {_show(fp['a'])} -> {_show(fp['b'])}" if fp else "same fingerprint"
+        lines.append(f"  {table}: {what}")
+        changed = {**entry.get("config", {}), **entry.get("counts", {})}
+        rows = [
+            ("  " + k, _show(e["a"]), _show(e["b"]), _show_delta(e, True))
+            for k, e in changed.items()
+        ]
+        lines.extend(_table(rows) if rows else [])
+    if d["stages_unchanged"]:
+        lines.append(f"corpus stages unchanged: {', '.join(d['stages_unchanged'])}")
+    if not d["stages"] and not d["stages_unchanged"]:
+        lines.append("corpus stages: none recorded")
+    return lines
+
+
 def format_diff(d: Mapping[str, Any]) -> str:
     """A plain-text rendering of a `diff_manifests` result for a terminal."""
 
@@ -241,30 +266,7 @@ def format_diff(d: Mapping[str, Any]) -> str:
     section("hyper-parameters", d["hyperparameters"])
     section("run config", d["config"])
 
-    lines.append("")
-    if d["stages"]:
-        lines.append("corpus stages:")
-        for table, entry in d["stages"].items():
-            if "status" in entry:
-                lines.append(f"  {table}: {entry['status']}")
-                continue
-            what = []
-            if "fingerprint" in entry:
-                fp = entry["fingerprint"]
-                what.append(f"fingerprint {_show(fp['a'])} -> {_show(fp['b'])}")
-            lines.append(f"  {table}: " + ("; ".join(what) or "same fingerprint"))
-            changed = {**entry.get("config", {}), **entry.get("counts", {})}
-            if changed:
-                rows = [
-                    ("  " + k, _show(e["a"]), _show(e["b"]), _show_delta(e, True))
-                    for k, e in changed.items()
-                ]
-                lines.extend(_table(rows))
-    if d["stages_unchanged"]:
-        lines.append(f"corpus stages unchanged: {', '.join(d['stages_unchanged'])}")
-    if not d["stages"] and not d["stages_unchanged"]:
-        lines.append("corpus stages: none recorded")
-
+    lines += _stage_lines(d)
     section("sizes", d["sizes"], percent=True)
     section("training", d["training"], percent=True)
     if d["code"] or d["libraries"]:

@@ -27,7 +27,8 @@ from embedpipe.artefacts.files import (
     read_bytes,
     validate_name,
 )
-from embedpipe.artefacts.manifest import MANIFEST, Manifest, is_artefact, verify
+from embedpipe.artefacts.integrity import is_artefact, verify
+from embedpipe.artefacts.manifest import MANIFEST, Manifest
 from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.schemas import COUNT, ID, PAD, SPECIAL_TOKENS, TOKEN, VOCAB_SCHEMA
 

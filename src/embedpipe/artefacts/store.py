@@ -38,9 +38,9 @@ What each backend guarantees:
   not;
 * ``memory://``: one process; it is for tests.
 
-Where things are: the manifest schema, reading and verifying in `manifest.py`; deletion and
-retention in `retention.py`; filesystem helpers in `files.py`; the store's root in
-`store_root` below.
+Where things are: the manifest schema in `manifest.py`; reading and verifying a version in
+`integrity.py`; deletion and retention in `retention.py`; filesystem helpers in `files.py`;
+where the store is in `store_root` below.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ from embedpipe.artefacts.files import (
     validate_name,
     write_atomic,
 )
+from embedpipe.artefacts.integrity import read_manifest
 from embedpipe.artefacts.layout import (
     ALIASES,
     CLAIMS,
@@ -83,7 +84,7 @@ from embedpipe.artefacts.layout import (
     is_version_like,
     version_number,
 )
-from embedpipe.artefacts.manifest import IDENTITY, MANIFEST, Manifest, parse_details, read_manifest
+from embedpipe.artefacts.manifest import IDENTITY, MANIFEST, Manifest, parse_details
 from embedpipe.artefacts.retention import Retention
 
 STORE_ENV = "EMBEDPIPE_STORE"

@@ -14,6 +14,8 @@ from embedpipe.schemas import SPECIAL_TOKENS
 Analogy = tuple[str, str, str, str, str]
 
 _BATCH = 1024
+RESTRICT = 30000
+"""Analogy candidates: the most frequent words, as gensim restricts them by default."""
 
 
 def read_analogies(path: str | os.PathLike[str]) -> list[Analogy]:
@@ -44,11 +46,27 @@ def read_analogies(path: str | os.PathLike[str]) -> list[Analogy]:
     return questions
 
 
+def _answer(unit: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """For (a, b, c, d) rows of candidate ids: is d the 3CosAdd answer? Batched."""
+    correct = np.zeros(len(ids), dtype=bool)
+    for start in range(0, len(ids), _BATCH):
+        a, b, c, d = ids[start : start + _BATCH].T
+        query = unit[b] - unit[a] + unit[c]
+        # The query norm is constant per row, so argmax of the dot product equals the
+        # argmax of the cosine; no need to normalise the query.
+        scores = query @ unit.T
+        batch_rows = np.arange(len(a))
+        for excluded in (a, b, c):
+            scores[batch_rows, excluded] = -np.inf
+        correct[start : start + _BATCH] = scores.argmax(axis=1) == d
+    return correct
+
+
 def evaluate_analogy(
     vectors: np.ndarray,
     vocab: Sequence[str],
     questions: Sequence[Analogy],
-    restrict: int = 30000,
+    restrict: int = RESTRICT,
     lowercase: bool = True,
 ) -> dict[str, float | int]:
     """3CosAdd analogy accuracy over a frequency-restricted vocabulary, as gensim computes it.
@@ -74,19 +92,7 @@ def evaluate_analogy(
             syntactic.append(section.startswith("gram"))
 
     answered = len(rows)
-    correct = np.zeros(answered, dtype=bool)
-    if answered:
-        ids = np.asarray(rows, dtype=np.int64)
-        for start in range(0, answered, _BATCH):
-            a, b, c, d = ids[start : start + _BATCH].T
-            query = unit[b] - unit[a] + unit[c]
-            # The query norm is constant per row, so argmax of the dot product equals the
-            # argmax of the cosine; no need to normalise the query.
-            scores = query @ unit.T
-            batch_rows = np.arange(len(a))
-            for excluded in (a, b, c):
-                scores[batch_rows, excluded] = -np.inf
-            correct[start : start + _BATCH] = scores.argmax(axis=1) == d
+    correct = _answer(unit, np.asarray(rows, dtype=np.int64).reshape(-1, 4))
 
     is_syn = np.asarray(syntactic, dtype=bool)
 

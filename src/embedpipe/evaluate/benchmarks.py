@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from embedpipe.evaluate.analogy import evaluate_analogy, read_analogies
+from embedpipe.evaluate.analogy import RESTRICT, evaluate_analogy, read_analogies
 from embedpipe.evaluate.similarity import evaluate_similarity, nearest_neighbours, read_pairs
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ DATA_DIR: Path = Path(str(resources.files(__package__ or "embedpipe.evaluate").j
 PROBE_WORDS: tuple[str, ...] = ("dog", "king", "water", "music", "red", "run", "computer", "good")
 """The fixed words whose nearest neighbours every evaluation report shows."""
 
-ANALOGY_RESTRICT = 30000
-"""Analogy candidates: the most frequent words, as gensim restricts them by default."""
+ANALOGY_RESTRICT = RESTRICT
 
 Result = dict[str, float | int]
 Runner = Callable[[np.ndarray, Sequence[str], Path, bool, int], Result]

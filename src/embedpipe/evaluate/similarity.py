@@ -1,8 +1,8 @@
 """Word similarity: human scores against cosine similarity, and nearest neighbours.
 
-Similarity benchmarks (WordSim-353, SimLex-999: see `embedpipe.evaluate.benchmarks`) are
-files of ``word1<TAB>word2<TAB>score`` lines; the score is Spearman's rho between the human
-scores and the cosines of the pairs whose words are both in the vocabulary.
+Similarity benchmarks (declared in `embedpipe.evaluate.benchmarks`) are files of
+``word1<TAB>word2<TAB>score`` lines; the score is Spearman's rho between the human scores and
+the cosines of the pairs whose words are both in the vocabulary.
 """
 
 from __future__ import annotations
