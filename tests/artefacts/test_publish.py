@@ -3,6 +3,7 @@ artefact promises, into a store given by URL."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -133,3 +134,17 @@ def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store
     weights, _ = load_checkpoint(latest_checkpoint(work / "train" / "checkpoints"))
     np.testing.assert_array_equal(loaded.vectors, weights["input"].numpy())
     assert loaded.vocab[5:7] == ["w0", "w1"]
+
+
+def test_publish_opens_the_runs_store_by_default(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No store given: the config's, else $EMBEDPIPE_STORE (the one `store_root`)."""
+    work = write_workdir(tmp_path / "work")
+    train_config = TrainConfig(dim=4, window=2, negatives=2, epochs=1, batch_size=64)
+    train(train_config, str(work), work / "train")
+    monkeypatch.setenv("EMBEDPIPE_STORE", str(tmp_path / "env-store"))
+    config = RunConfig(name="tiny", workdir=str(work), store=store_url, train=train_config)
+    assert publish_training(config, work / "train") == f"{store_url}/tiny/v0001"
+    unset = dataclasses.replace(config, store=None)
+    assert publish_training(unset, work / "train") == tmp_path / "env-store" / "tiny" / "v0001"
