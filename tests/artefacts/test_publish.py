@@ -22,7 +22,7 @@ import embedpipe
 from embedpipe.artefacts import ArtefactStore, FileEntry, Model, StageRecord, verify
 from embedpipe.artefacts.publish import LIBRARIES, publish_training
 from embedpipe.artefacts.store import filesystem
-from embedpipe.config import RunConfig, TrainConfig, to_dict
+from embedpipe.config import RunConfig, SparkConfig, TrainConfig, to_dict
 from embedpipe.corpus.stages import TABLES
 from embedpipe.evaluate import BENCHMARKS, PROBE_WORDS
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -63,7 +63,11 @@ def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store
     options = Word2VecConfig(dim=8, window=2, negatives=2, batch_size=64)
     train_config = TrainConfig(epochs=1, log_every=1, options=options)
     summary = train(train_config, str(work), work / "train")
-    config = RunConfig(name="tiny", workdir=str(work), store=store_url, train=train_config)
+    secret = {"spark.hadoop.fs.s3a.secret.key": "hunter2", "spark.ui.port": "4050"}
+    config = RunConfig(
+        name="tiny", workdir=str(work), store=store_url, train=train_config,
+        spark=SparkConfig(conf=secret),
+    )  # fmt: skip
 
     version = publish_training(config, work / "train", ArtefactStore(store_url))
     assert version == f"{store_url}/tiny/v0001"
@@ -87,7 +91,9 @@ def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store
     assert manifest.tokenizer is not None
     assert manifest.tokenizer["model_file"] is None  # word-level: no SentencePiece model
     assert manifest.tokenizer["lowercase"] == config.tokenize.lowercase
-    assert lineage.run_config == config.to_dict()
+    masked = config.to_dict()
+    masked["spark"]["conf"] = {"spark.hadoop.fs.s3a.secret.key": "***", "spark.ui.port": "4050"}
+    assert lineage.run_config == masked  # credentials never reach the manifest
     # Code, libraries, hardware and world size.
     assert lineage.code_version is not None
     assert lineage.code_version["package"] == embedpipe.__version__
@@ -125,6 +131,7 @@ def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store
     # The typed manifest writes back exactly the JSON that was published.
     raw = json.loads(fs.cat_file(f"{path}/manifest.json"))
     assert manifest.to_json() == raw
+    assert "hunter2" not in json.dumps(raw)
     assert sorted(raw) == [
         "code_version", "created", "files", "hardware", "libraries", "metrics", "model",
         "name", "python", "run_config", "stages", "tokenizer", "training", "version",

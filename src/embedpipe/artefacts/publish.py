@@ -33,7 +33,7 @@ from embedpipe.artefacts.manifest import (
     manifest_details,
 )
 from embedpipe.artefacts.store import ArtefactStore, open_store
-from embedpipe.config import RunConfig
+from embedpipe.config import RunConfig, redacted
 from embedpipe.corpus.stages import TABLES
 from embedpipe.evaluate import evaluate_all, probe_neighbours
 from embedpipe.train.checkpoint import load_checkpoint
@@ -98,8 +98,9 @@ def _memory_bytes() -> int | None:
 
 
 def trace_lineage(config: RunConfig, summary: dict[str, Any]) -> Lineage:
-    """What the artefact was made from: the run config, every corpus stage's manifest
-    (fingerprint, config, counts, inputs, seconds), the training summary, code, environment."""
+    """What the artefact was made from: the run config (secrets masked), every corpus stage's
+    manifest (fingerprint, config, counts, inputs, seconds), the training summary, the code
+    and the environment."""
     wd = Workdir(config.workdir)
     stages = {}
     for table in TABLES.values():
@@ -110,7 +111,7 @@ def trace_lineage(config: RunConfig, summary: dict[str, Any]) -> Lineage:
         )  # fmt: skip
     return dataclasses.replace(
         environment(),
-        run_config=config.to_dict(),
+        run_config=redacted(config),  # credentials in settings never reach a manifest
         stages=stages,
         training={k: v for k, v in summary.items() if k != "config"},
         code_version=code_version(),
