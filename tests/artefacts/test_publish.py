@@ -148,7 +148,8 @@ def test_publish_opens_the_runs_store_by_default(
 ) -> None:
     """No store given: the config's, else $EMBEDPIPE_STORE (the one `store_root`)."""
     work = write_workdir(tmp_path / "work")
-    train_config = TrainConfig(dim=4, window=2, negatives=2, epochs=1, batch_size=64)
+    options = Word2VecConfig(dim=4, window=2, negatives=2, batch_size=64)
+    train_config = TrainConfig(epochs=1, options=options)
     train(train_config, str(work), work / "train")
     monkeypatch.setenv("EMBEDPIPE_STORE", str(tmp_path / "env-store"))
     config = RunConfig(name="tiny", workdir=str(work), store=store_url, train=train_config)
