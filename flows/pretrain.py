@@ -29,9 +29,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from embedpipe.artefacts import ArtefactStore, read_manifest
+from embedpipe.artefacts import open_store, read_manifest
+from embedpipe.artefacts.manifest import Manifest
 from embedpipe.artefacts.publish import publish_training
 from embedpipe.config import RunConfig
+from embedpipe.evaluate import score_rows
 from embedpipe.orchestration import (
     STAGES,
     PretrainParameters,
@@ -96,22 +98,20 @@ def train_embeddings(config: RunConfig) -> dict[str, Any]:
 @task(retries=1, retry_delay_seconds=10, timeout_seconds=2 * HOUR, cache_policy=NO_CACHE)
 def publish_embeddings(config: RunConfig) -> str:
     """Evaluate and publish the trained vectors; returns the version directory."""
-    store = ArtefactStore(config.store)
-    return str(publish_training(config, Workdir(config.workdir).train_dir, store))
+    return str(publish_training(config, Workdir(config.workdir).train_dir))
 
 
 @task(timeout_seconds=HOUR, cache_policy=NO_CACHE)
 def write_artefact_report(config: RunConfig, artefact: str) -> str:
     """A Markdown report with plots, against the earlier versions of the same name."""
-    store = ArtefactStore(config.store)
-    history = [read_manifest(store.resolve(config.name, v)) for v in store.versions(config.name)]
+    history = open_store(config.store).manifests(config.name)
     # `artefact` may be an fsspec URL (the store's root): keep it a string, never a Path.
-    version = read_manifest(artefact)["version"]
+    version = read_manifest(artefact).version
     out = Workdir(config.workdir).report_dir(config.name, version)
     return str(write_report_file(artefact, out, history))
 
 
-def write_report_file(artefact: str, out: Path, history: list[dict[str, Any]]) -> Path:
+def write_report_file(artefact: str, out: Path, history: list[Manifest]) -> Path:
     from embedpipe.evaluate.report import write_report
 
     return write_report(artefact, out, history=history)
@@ -145,7 +145,8 @@ def report(
 ) -> dict[str, Any]:
     """Show stage counts, timings and evaluation as Prefect artifacts; return what the run made."""
     manifest = read_manifest(artefact)
-    metrics = manifest["metrics"]
+    metrics = manifest.metrics
+    neighbours = (metrics.to_json() if metrics else {}).get("neighbours", {})
     create_table_artifact(
         key="corpus-stages",
         table=[
@@ -174,25 +175,18 @@ def report(
         ],
         description="Training: steps, time and throughput",
     )
-    scores = [
-        {"benchmark": "wordsim353", "spearman": metrics["wordsim353"]["spearman"],
-         "coverage": 1 - metrics["wordsim353"]["oov_rate"]},
-        {"benchmark": "simlex999", "spearman": metrics["simlex999"]["spearman"],
-         "coverage": 1 - metrics["simlex999"]["oov_rate"]},
-        {"benchmark": "google-analogy", "accuracy": metrics["analogy"]["accuracy"],
-         "coverage": metrics["analogy"]["coverage"]},
-    ]  # fmt: skip
+    scores = score_rows(metrics)
     create_table_artifact(key="evaluation", table=scores, description=f"Evaluation of {artefact}")
-    neighbours = "\n".join(
-        f"- **{w}**: {', '.join(t for t, _ in n[:8])}" for w, n in metrics["neighbours"].items()
+    listing = "\n".join(
+        f"- **{w}**: {', '.join(t for t, _ in n[:8])}" for w, n in neighbours.items()
     )
     create_markdown_artifact(
-        key="artefact", markdown=f"Published `{artefact}`\n\nNearest neighbours:\n{neighbours}"
+        key="artefact", markdown=f"Published `{artefact}`\n\nNearest neighbours:\n{listing}"
     )
     report_url = Path(report_file).resolve().as_uri()
     create_link_artifact(key="report", link=report_url, description="Artefact report")
-    return {"artefact": artefact, "version": manifest["version"], "scores": scores,
-            "neighbours": metrics["neighbours"], "report": report_file,
+    return {"artefact": artefact, "version": manifest.version, "scores": scores,
+            "neighbours": neighbours, "report": report_file,
             "tasks": how, "flow_run_id": str(flow_run.id)}  # fmt: skip
 
 

@@ -69,13 +69,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
-    from embedpipe.artefacts import ArtefactStore
     from embedpipe.artefacts.publish import publish_training
     from embedpipe.workdir import Workdir
 
     config = config_of(args)
-    train_dir = Workdir(config.workdir).train_dir
-    print(publish_training(config, train_dir, ArtefactStore(config.store)))
+    print(publish_training(config, Workdir(config.workdir).train_dir))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -87,7 +85,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if hasattr(emb, "encode"):  # masked LM: its input matrix as words, and its held-out loss
         from embedpipe.artefacts.encoder import evaluate_input_matrix
 
-        results = {**evaluate_input_matrix(emb), "mlm": emb.manifest.get("metrics", {}).get("mlm")}
+        metrics = emb.manifest.metrics if emb.manifest else None
+        results = {**evaluate_input_matrix(emb), "mlm": metrics.mlm if metrics else None}
     else:
         results = evaluate_vectors(emb.vectors, emb.vocab)
     for path in args.pairs:
@@ -129,11 +128,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def print_result(result: dict[str, Any]) -> None:
+    from embedpipe.evaluate import format_score
+
     print(f"\nPublished {result['artefact']}  (report: {result['report']})")
     for row in result["scores"]:
-        value = row.get("spearman", row.get("accuracy"))
-        what = "spearman" if "spearman" in row else "accuracy"
-        print(f"  {row['benchmark']:15s} {what} {value:+.3f}  (coverage {row['coverage']:.0%})")
+        print(f"  {format_score(row)}")
     print("Nearest neighbours:")
     for word, neighbours in result["neighbours"].items():
         print(f"  {word:10s} {', '.join(t for t, _ in neighbours[:6])}")
@@ -141,16 +140,15 @@ def print_result(result: dict[str, Any]) -> None:
 
 def cmd_artefacts(args: argparse.Namespace) -> None:
     from embedpipe.artefacts import (
-        ArtefactStore,
-        default_store,
         diff_manifests,
         export_vectors,
         format_diff,
+        open_store,
         read_manifest,
         verify,
     )
 
-    store = ArtefactStore(args.store) if args.store else default_store()
+    store = open_store(args.store)
     action = args.action
     if action == "list":
         for name in store.names():
@@ -159,7 +157,7 @@ def cmd_artefacts(args: argparse.Namespace) -> None:
                 tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
                 print(f"{name}\t{version}\t{tags}")
     elif action == "show":
-        print_json(read_manifest(store.resolve(args.name, args.version)))
+        print_json(read_manifest(store.resolve(args.name, args.version)).to_json())
     elif action == "verify":
         path = store.resolve(args.name, args.version)
         verify(path)
@@ -186,11 +184,11 @@ def cmd_artefacts(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from embedpipe.artefacts import ArtefactStore, default_store, read_manifest
+    from embedpipe.artefacts import open_store
     from embedpipe.evaluate.report import write_report
 
-    store = ArtefactStore(args.store) if args.store else default_store()
-    history = [read_manifest(store.resolve(args.name, v)) for v in store.versions(args.name)]
+    store = open_store(args.store)
+    history = store.manifests(args.name)
     print(write_report(store.resolve(args.name, args.version), Path(args.out), history=history))
 
 
