@@ -372,8 +372,8 @@ def ours_child(tok: Path, workdir: Path, oov: str, event_log: str | None) -> dic
     sampler = TreeSampler()
     sampler.start()
     from embedpipe.config import load_config
-    from embedpipe.corpus.session import get_spark
-    from embedpipe.corpus.stages import STAGE_FUNCTIONS
+    from embedpipe.corpus.registry import STAGES
+    from embedpipe.corpus.spark.session import get_spark
 
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -412,11 +412,11 @@ def ours_child(tok: Path, workdir: Path, oov: str, event_log: str | None) -> dic
     heap = HeapPoller(spark)
     heap.start()
     cpu_before = tree_cpu_seconds(os.getpid())
-    for name, fn in STAGE_FUNCTIONS.items():
+    for name, stage in STAGES.items():
         with ForeignCpu() as foreign:
             started_at = time.time()
             t0 = time.perf_counter()
-            manifest = fn(spark, config)
+            manifest = stage.run(spark, config)
             seconds = time.perf_counter() - t0
         if manifest.get("skipped"):
             raise RuntimeError(f"stage {name} was skipped: workdir not fresh")

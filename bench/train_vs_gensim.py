@@ -50,8 +50,8 @@ def prepare(
 ) -> dict[str, Any]:
     """Run (or reuse) embedpipe's corpus stages; returns the stage manifests."""
     from embedpipe.config import load_config
-    from embedpipe.corpus.session import get_spark
-    from embedpipe.corpus.stages import STAGE_FUNCTIONS
+    from embedpipe.corpus.registry import STAGES
+    from embedpipe.corpus.spark.session import get_spark
 
     config = load_config(
         None,
@@ -62,7 +62,7 @@ def prepare(
          "encode.oov=drop"],
     )  # fmt: skip
     spark = get_spark(config.spark)
-    manifests = {s: STAGE_FUNCTIONS[s](spark, config) for s in stages}
+    manifests = {s: STAGES[s].run(spark, config) for s in stages}
     spark.stop()
     return manifests
 

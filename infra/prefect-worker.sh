@@ -10,7 +10,9 @@ set -euo pipefail
 
 pool=${1:-embedpipe-process}
 here=$(cd "$(dirname "$0")/.." && pwd)
-python=${PYTHON:-$here/.venv/bin/python}
+venv_python=$here/.venv/bin/python  # else the python3 on PATH (an installed wheel, the image)
+[ -x "$venv_python" ] || venv_python=$(command -v python3)
+python=${PYTHON:-$venv_python}
 export EMBEDPIPE_HOME=${EMBEDPIPE_HOME:-$here}
 export PATH="$(dirname "$python"):$PATH"
 export PREFECT_SERVER_ANALYTICS_ENABLED=${PREFECT_SERVER_ANALYTICS_ENABLED:-false}

@@ -12,7 +12,10 @@ action=${1:?usage: $0 start [WORKERS] [PORT] | stop}
 workers=${2:-2}
 port=${3:-7077}
 here=$(cd "$(dirname "$0")/.." && pwd)
-python=${PYTHON:-$here/.venv/bin/python}
+# The checkout's .venv when there is one, else the python3 on PATH (an installed wheel, the image).
+venv_python=$here/.venv/bin/python
+[ -x "$venv_python" ] || venv_python=$(command -v python3)
+python=${PYTHON:-$venv_python}
 run_dir=${SPARK_RUN_DIR:-$here/.spark-standalone}
 export SPARK_HOME=${SPARK_HOME:-$("$python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}
 export SPARK_LOCAL_IP=127.0.0.1

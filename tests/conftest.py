@@ -14,7 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     from embedpipe.config import SparkConfig
-    from embedpipe.corpus.session import get_spark
+    from embedpipe.corpus.spark.session import get_spark
 
     session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="1g"))
     yield session

@@ -10,8 +10,8 @@ import pydantic
 import pytest
 
 from embedpipe.config import RunConfig, TrainConfig, load_config, to_dict
+from embedpipe.corpus.registry import STAGES
 from embedpipe.orchestration import (
-    STAGES,
     PretrainParameters,
     resolve_config,
     stage_cache_key,
@@ -125,8 +125,8 @@ def test_upstream_fingerprints_and_input_files_are_in_the_key(corpus: Path) -> N
 
 @pytest.mark.spark
 def test_the_stage_graph_matches_what_the_stages_record(spark, tmp_path: Path) -> None:
-    """STAGES names the tables each stage reads: the manifests' `inputs` say the same."""
-    from embedpipe.corpus.stages import TABLES, prepare
+    """STAGES names the tables and sections of each stage: the manifests say the same."""
+    from embedpipe.corpus.stages import prepare
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"w{i % 5} w{i % 3} w{i % 7}" for i in range(50)))
@@ -135,9 +135,11 @@ def test_the_stage_graph_matches_what_the_stages_record(spark, tmp_path: Path) -
     )
     manifests = prepare(spark, config)
     for stage, spec in STAGES.items():
-        assert spec.table == TABLES[stage]
+        assert (manifests[stage]["stage"], manifests[stage]["table"]) == (stage, spec.table)
         recorded = set(manifests[stage]["inputs"])
         assert recorded == (set(spec.upstream) or {"files", "fingerprint"}), stage
+        # The stage's own fingerprint held the sections its cache key holds.
+        assert manifests[stage]["config"] == spec.config_of(config), stage
         assert stage_output_matches(config, stage, manifests[stage])
     assert not stage_output_matches(config, "build_vocab", {"fingerprint": "another"})
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from embedpipe.config import RunConfig, load_config
+from embedpipe.corpus.registry import STAGES
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -43,14 +43,11 @@ def print_json(value: Any) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from embedpipe.corpus.session import get_spark
-    from embedpipe.corpus.stages import STAGE_FUNCTIONS
+    from embedpipe.corpus.spark.launch import launch_stage
 
     config = config_of(args)
-    spark = get_spark(config.spark)
-    stages = args.stage or list(STAGE_FUNCTIONS)
-    for stage in stages:
-        manifest = STAGE_FUNCTIONS[stage](spark, config)
+    for stage in args.stage or list(STAGES):
+        manifest = launch_stage(stage, config, log=print)
         state = "reused" if manifest["skipped"] else f"{manifest['seconds']}s"
         print(f"{stage:12s} {state:>8s}  {json.dumps(manifest['counts'])[:160]}")
 
@@ -106,24 +103,12 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
         print(f"{score:.4f}  {token}")
 
 
-def find_flow_file() -> Path:
-    """flows/pretrain.py of the project: the current directory's, else the checkout's."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = root / "flows" / "pretrain.py"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError("flows/pretrain.py not found: run from the project directory")
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    path = find_flow_file()
-    spec = importlib.util.spec_from_file_location("embedpipe_flows_pretrain", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.pretrain_embeddings(config_path=args.config, overrides=args.set)
+    from embedpipe.flows.pretrain import pretrain_embeddings
+
+    result = pretrain_embeddings(config_path=args.config, overrides=args.set)
     print_result(result)
 
 
@@ -196,9 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="run the corpus stages (Spark, in-process)")
+    p = sub.add_parser(
+        "prepare", help="run the corpus stages (in-process Spark, or spark-submit: spark.submit)"
+    )
     add_config_args(p)
-    p.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+    p.add_argument(
+        "--stage", action="append", choices=list(STAGES), help="run only this stage (repeatable)"
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train under torchrun")

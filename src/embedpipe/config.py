@@ -136,7 +136,7 @@ class SparkConfig:
     """
 
     master: str = "local[*]"
-    submit: bool = False  # True: run jobs/<stage>.py through spark-submit
+    submit: bool = False  # True: run each stage through spark-submit (corpus/spark/job.py)
     deploy_mode: Literal["client", "cluster"] = "client"  # cluster: the driver runs remotely
     driver_memory: str = "2g"
     executor_memory: str | None = None
@@ -147,9 +147,11 @@ class SparkConfig:
     # Ship the package to executors as a zip (--py-files); False when the cluster's image
     # has embedpipe installed (Kubernetes with infra/Dockerfile).
     ship_package: bool = True
-    # Where the driver finds jobs/<stage>.py; None: this checkout's jobs/ (a
-    # `local:///opt/embedpipe/jobs` path for the container image on Kubernetes).
-    jobs_dir: str | None = None
+    # The job file spark-submit runs, as the driver sees it; None: the installed package's
+    # `embedpipe/corpus/spark/job.py`. Cluster mode on an image with embedpipe installed
+    # names the image's copy, e.g. `local:///usr/local/lib/python3.11/site-packages/
+    # embedpipe/corpus/spark/job.py` (infra/Dockerfile).
+    job_file: str | None = None
     conf: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

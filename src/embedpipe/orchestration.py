@@ -6,8 +6,9 @@ validated by the same `__post_init__` checks (and unknown keys refused) before a
 starts, and the Prefect UI shows a form with every section.
 
 Cache keys: a stage task's key is made of what its output depends on, the config sections
-it reads, the fingerprints of its upstream tables (or of the input files), the code and the
-workdir, never of where Spark ran. A rerun with the same inputs hits the cache; a changed
+it reads (as `corpus.registry` names them, the same its own fingerprint holds), the
+fingerprints of its upstream tables (or of the input files), the code and the workdir,
+never of where Spark ran. A rerun with the same inputs hits the cache; a changed
 section reruns that stage and, through the upstream fingerprints, only what reads its
 table. A cache hit is trusted only while its output is still on disk with the same
 fingerprint (`stage_output_matches`, `training_output_matches`): the flow reruns the task
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 import pydantic
@@ -31,6 +31,7 @@ from embedpipe.config import (
     load_config,
     to_dict,
 )
+from embedpipe.corpus.registry import STAGES, get_stage
 from embedpipe.version import source_hash
 from embedpipe.workdir import Workdir
 
@@ -105,29 +106,10 @@ def resolve_config(
     return from_dict(RunConfig, data)
 
 
-@dataclass(frozen=True)
-class StageInputs:
-    """What one corpus stage reads: config sections and upstream tables (corpus files: [])."""
-
-    table: str
-    sections: tuple[str, ...]
-    upstream: tuple[str, ...]
-
-
-# The dependency graph of corpus.stages (tests check it against the manifests' inputs).
-STAGES: dict[str, StageInputs] = {
-    "tokenize": StageInputs("tokens", ("corpus", "tokenize"), ()),
-    "build_vocab": StageInputs("vocab", ("vocab",), ("tokens",)),
-    "encode": StageInputs("sequences", ("encode",), ("tokens", "vocab")),
-    "bucket": StageInputs("buckets", ("bucket",), ("sequences",)),
-    "cooccur": StageInputs("cooccur", ("cooccur",), ("sequences", "vocab")),
-}
-
-
 def upstream_fingerprints(stage: str, manifests: dict[str, dict[str, Any]]) -> dict[str, str]:
     """{table: fingerprint} of the tables `stage` reads, from the manifests of earlier stages."""
     by_table = {STAGES[name].table: m["fingerprint"] for name, m in manifests.items()}
-    return {table: by_table[table] for table in STAGES[stage].upstream}
+    return {table: by_table[table] for table in get_stage(stage).upstream}
 
 
 def corpus_fingerprint(config: RunConfig) -> str:
@@ -143,18 +125,18 @@ def stage_cache_key(stage: str, config: RunConfig, upstream: dict[str, str]) -> 
     `upstream` maps each upstream table to its manifest's fingerprint (from the tasks that
     wrote them); the tokenize stage's input is the corpus files' fingerprint instead.
     """
-    spec = STAGES[stage]
+    spec = get_stage(stage)
     missing = set(spec.upstream) - set(upstream)
     if missing:
         raise KeyError(f"{stage} needs the fingerprints of {sorted(missing)}")
     inputs = {t: upstream[t] for t in spec.upstream} or {"files": corpus_fingerprint(config)}
-    sections = {s: to_dict(getattr(config, s)) for s in spec.sections}
+    sections = spec.config_of(config)
     return "stage-" + fingerprint(stage, config.workdir, sections, inputs, source_hash())
 
 
 def stage_output_matches(config: RunConfig, stage: str, manifest: dict[str, Any]) -> bool:
     """True when the stage's table is on disk, complete, with this manifest's fingerprint."""
-    on_disk = Workdir(config.workdir).read_manifest(STAGES[stage].table)
+    on_disk = Workdir(config.workdir).read_manifest(get_stage(stage).table)
     return on_disk is not None and on_disk.get("fingerprint") == manifest.get("fingerprint")
 
 

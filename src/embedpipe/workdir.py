@@ -8,7 +8,9 @@ local or mounted path. Nothing else in the package builds a path under the workd
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ CHECKPOINTS = "checkpoints"
 REPORTS = "reports"
 STAGING = ".staging"
 RUN_CONFIG = "run-config.json"  # the config spark-submit jobs read (client mode)
+PY_FILES = ".py-files"  # the package as a zip for spark-submit's --py-files
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,21 @@ class Workdir:
         return self.path(STAGING)
 
     @property
+    def submit_dir(self) -> Path:
+        """Where the local files spark-submit is handed live: the workdir when it is local;
+        for a remote workdir (spark-submit reads local files) a directory of the system's
+        temporary directory named after the workdir's URL."""
+        if self.is_local:
+            return self.local_root()
+        digest = hashlib.sha256(self.root.encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"embedpipe-submit-{digest}"
+
+    @property
     def run_config(self) -> Path:
-        """The saved run config that spark-submit jobs read (a local workdir's)."""
-        return self.local_root() / RUN_CONFIG
+        """The saved run config that spark-submit jobs read."""
+        return self.submit_dir / RUN_CONFIG
+
+    @property
+    def py_files(self) -> Path:
+        """The directory of the package zips shipped with `--py-files`."""
+        return self.submit_dir / PY_FILES

@@ -23,7 +23,7 @@ from embedpipe.artefacts import ArtefactStore, FileEntry, Model, StageRecord, ve
 from embedpipe.artefacts.publish import LIBRARIES, publish_training
 from embedpipe.artefacts.store import filesystem
 from embedpipe.config import RunConfig, SparkConfig, TrainConfig, to_dict
-from embedpipe.corpus.stages import TABLES
+from embedpipe.corpus.registry import TABLES
 from embedpipe.evaluate import BENCHMARKS, PROBE_WORDS
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint
 from embedpipe.train.loop import train

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from embedpipe.config import load_config
-from embedpipe.corpus.stages import STAGE_FUNCTIONS, prepare
-from embedpipe.corpus.submit import submit_stage
+from embedpipe.corpus.registry import STAGES
+from embedpipe.corpus.spark.submit import submit_stage
+from embedpipe.corpus.stages import prepare
 
 from .conftest import rows, standalone_cluster
 from .test_determinism import table_files
@@ -36,7 +37,7 @@ def test_standalone_cluster_gives_the_local_tables(master: str, spark, tmp_path:
          "spark.driver_memory=1g"],
     )  # fmt: skip
     local_manifests = prepare(spark, local)
-    manifests = {stage: submit_stage(stage, remote) for stage in STAGE_FUNCTIONS}
+    manifests = {stage: submit_stage(stage, remote) for stage in STAGES}
     assert not any(m["skipped"] for m in manifests.values())
     for stage, manifest in manifests.items():
         assert manifest["counts"] == local_manifests[stage]["counts"], stage

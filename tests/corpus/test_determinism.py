@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedpipe.config import load_config
-from embedpipe.corpus.stages import STAGE_FUNCTIONS, prepare
+from embedpipe.corpus.registry import STAGES
+from embedpipe.corpus.stages import prepare
 
 pytestmark = pytest.mark.spark
 
@@ -100,7 +101,7 @@ def test_tokenize_with_rejects_is_deterministic(spark, tmp_path: Path) -> None:
                 "corpus.text_field=body",
             ],
         )
-        STAGE_FUNCTIONS["tokenize"](spark, config)
+        STAGES["tokenize"].run(spark, config)
         runs.append(tmp_path / name)
     rejects = [table_files(run / "tokens" / "_rejects") for run in runs]
     assert rejects[0] and rejects[0] == rejects[1]

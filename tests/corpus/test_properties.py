@@ -36,8 +36,8 @@ from embedpipe.config import (
 from embedpipe.corpus.bucket import bucket_of, write_buckets
 from embedpipe.corpus.cooccur import count_pairs, write_cooccur
 from embedpipe.corpus.encode import encode_arrow, write_sequences
+from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.sources import CorpusError
-from embedpipe.corpus.stages import STAGE_FUNCTIONS
 from embedpipe.corpus.tokenize import tokenize_batch
 from embedpipe.corpus.vocab import (
     TokenCounter,
@@ -204,9 +204,9 @@ def test_tokenize_stage_on_text(
         )
         if head.count("\ufffd") > 0.1 * len(head):
             with pytest.raises(CorpusError, match="corpus.txt is not UTF-8 text"):
-                STAGE_FUNCTIONS["tokenize"](spark, config)
+                STAGES["tokenize"].run(spark, config)
             return
-        manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+        manifest = STAGES["tokenize"].run(spark, config)
         table = pq.read_table(f"{tmp}/work/tokens").sort_by(S.SEQ_ID)
     columns = [S.TOKENS, S.N_TOKENS, S.REPAIRED, S.SPLIT]
     assert list(zip(*[table.column(c).to_pylist() for c in columns], strict=True)) == want
@@ -268,7 +268,7 @@ def test_tokenize_stage_on_json_lines(spark, records: list[str]) -> None:
                 "corpus.text_field=body",
             ],
         )
-        manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+        manifest = STAGES["tokenize"].run(spark, config)
         table = pq.read_table(f"{tmp}/work/tokens").sort_by(S.SEQ_ID)
         rejects = pq.read_table(f"{tmp}/work/tokens/_rejects") if rejected else None
     assert table.column(S.TOKENS).to_pylist() == [t for t, _, _, _ in want]

@@ -14,8 +14,9 @@ import pytest
 
 from embedpipe import schemas as S
 from embedpipe.config import load_config
+from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.sources import CorpusError
-from embedpipe.corpus.stages import STAGE_FUNCTIONS, prepare
+from embedpipe.corpus.stages import prepare
 from embedpipe.text import tokenize_line
 
 pytestmark = pytest.mark.spark
@@ -181,7 +182,7 @@ def test_rerun_is_identical_and_skips(spark, tmp_path: Path) -> None:
 def test_missing_path_is_named(spark, tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
     with pytest.raises(CorpusError, match="nope.txt"):
-        STAGE_FUNCTIONS["tokenize"](spark, config_for(tmp_path, missing))
+        STAGES["tokenize"].run(spark, config_for(tmp_path, missing))
 
 
 def test_binary_file_is_named(spark, tmp_path: Path) -> None:
@@ -190,14 +191,14 @@ def test_binary_file_is_named(spark, tmp_path: Path) -> None:
     (corpus / "ok.txt").write_text("fine words here\n")
     (corpus / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     with pytest.raises(CorpusError, match="image.png is not a text file"):
-        STAGE_FUNCTIONS["tokenize"](spark, config_for(tmp_path, corpus))
+        STAGES["tokenize"].run(spark, config_for(tmp_path, corpus))
 
 
 def test_empty_corpus_fails_and_leaves_nothing(spark, tmp_path: Path) -> None:
     corpus = tmp_path / "empty.txt"
     corpus.write_text("\n ... \n!!!\n\n")
     with pytest.raises(CorpusError, match="empty.txt holds no tokens"):
-        STAGE_FUNCTIONS["tokenize"](spark, config_for(tmp_path, corpus))
+        STAGES["tokenize"].run(spark, config_for(tmp_path, corpus))
     work = tmp_path / "work"
     assert not (work / "tokens").exists()
     assert list((work / ".staging").iterdir()) == []
@@ -216,7 +217,7 @@ def test_jsonl_rejects_are_set_aside_and_counted(spark, tmp_path: Path) -> None:
         corpus,
         **{"corpus.format": "jsonl", "corpus.text_field": "body", "corpus.unit": "sentence"},
     )
-    manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+    manifest = STAGES["tokenize"].run(spark, config)
     tokens = pq.read_table(tmp_path / "work" / "tokens")
     assert sorted(tokens.column(S.TOKENS).to_pylist()) == [["the", "cat", "sat"]] * 2 + [
         ["the", "dog", "ran"]
@@ -233,7 +234,7 @@ def test_long_lines_are_split_not_lost(spark, tmp_path: Path) -> None:
     corpus = tmp_path / "long.txt"
     corpus.write_text("short line\n" + " ".join(words) + "\n")
     config = config_for(tmp_path, corpus, **{"tokenize.max_line_chars": 100})
-    manifest = STAGE_FUNCTIONS["tokenize"](spark, config)
+    manifest = STAGES["tokenize"].run(spark, config)
     table = pq.read_table(tmp_path / "work" / "tokens").sort_by(S.SEQ_ID)
     pieces = [
         t
@@ -252,7 +253,7 @@ def test_truncated_archive_is_named(spark, tmp_path: Path) -> None:
     data = gzip.compress(("the cat sat on the mat\n" * 5000).encode())
     (corpus / "cut.txt.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(CorpusError, match="cut.txt.gz is truncated or corrupt"):
-        STAGE_FUNCTIONS["tokenize"](spark, config_for(tmp_path, corpus))
+        STAGES["tokenize"].run(spark, config_for(tmp_path, corpus))
     assert not (tmp_path / "work" / "tokens").exists()
 
 

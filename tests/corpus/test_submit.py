@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+import embedpipe
 from embedpipe.config import ConfigError, SparkConfig, load_config
-from embedpipe.corpus.submit import JOB_FILES, JOBS_DIR, submit_command
+from embedpipe.corpus.registry import STAGES
+from embedpipe.corpus.spark import job
+from embedpipe.corpus.spark.submit import JOB_FILE, submit_command
+from embedpipe.workdir import Workdir
 
 CONFIG_FILE = Path("/runs/run-config.json")
 ZIP = Path("/runs/.py-files/embedpipe-abc.zip")
@@ -46,8 +51,8 @@ def test_local_mode_ships_the_package_and_passes_resources() -> None:
         "spark.sql.shuffle.partitions": "16",
         "spark.ui.enabled": "false",
     }
-    assert command[-3:] == [str(JOBS_DIR / JOB_FILES["build_vocab"]), "--config", str(CONFIG_FILE)]
-    assert Path(command[-3]).is_file()
+    assert command[-4:] == [str(JOB_FILE), "build_vocab", "--config", str(CONFIG_FILE)]
+    assert Path(command[-4]).is_file()
 
 
 def test_standalone_mode_caps_cores_and_sizes_executors() -> None:
@@ -65,7 +70,7 @@ def test_standalone_mode_caps_cores_and_sizes_executors() -> None:
         "spark.sql.shuffle.partitions": "64",  # spark.conf wins over shuffle_partitions
         "spark.network.timeout": "300s",
     }
-    assert command[-3].endswith("jobs/cooccur.py")
+    assert command[-4:-2] == [str(JOB_FILE), "cooccur"]
 
 
 def test_yarn_cluster_mode_sends_the_config_file_along() -> None:
@@ -79,13 +84,16 @@ def test_yarn_cluster_mode_sends_the_config_file_along() -> None:
     assert confs(command)["spark.executor.instances"] == "10"
     assert confs(command)["spark.yarn.queue"] == "nlp"
     # The driver runs in a YARN container, where --files land in the working directory.
-    assert command[-2:] == ["--config", "run-config.json"]
+    assert command[-4:] == [str(JOB_FILE), "tokenize", "--config", "run-config.json"]
 
 
-def test_kubernetes_mode_runs_the_jobs_of_the_image() -> None:
+IMAGE_JOB = "local:///usr/local/lib/python3.11/site-packages/embedpipe/corpus/spark/job.py"
+
+
+def test_kubernetes_mode_runs_the_job_file_of_the_image() -> None:
     command = command_of(
         "encode", "spark.master=k8s://https://kube.example:6443", "spark.deploy_mode=cluster",
-        "spark.ship_package=false", "spark.jobs_dir=local:///opt/embedpipe/jobs/",
+        "spark.ship_package=false", f"spark.job_file={IMAGE_JOB}",
         'spark.conf={"spark.kubernetes.container.image": "embedpipe:0.1", '
         '"spark.kubernetes.namespace": "nlp"}',
         py_files=None,
@@ -94,7 +102,39 @@ def test_kubernetes_mode_runs_the_jobs_of_the_image() -> None:
     assert opts["--master"] == ["k8s://https://kube.example:6443"]
     assert "--py-files" not in opts
     assert confs(command)["spark.kubernetes.container.image"] == "embedpipe:0.1"
-    assert command[-3] == "local:///opt/embedpipe/jobs/encode.py"
+    assert command[-4:-2] == [IMAGE_JOB, "encode"]
+
+
+def test_the_job_file_ships_inside_the_package_and_runs_any_registered_stage() -> None:
+    """The one job file is the installed package's (not a checkout's), for every stage."""
+    package = Path(embedpipe.__file__).resolve().parent
+    assert package / "corpus" / "spark" / "job.py" == JOB_FILE and JOB_FILE.is_file()
+    assert Path(job.__file__).resolve() == JOB_FILE
+    for name in STAGES:
+        args = job.parse_args([name, "--config", "run.json", "--set", "vocab.min_count=2"])
+        assert (args.stage, args.config, args.set) == (name, "run.json", ["vocab.min_count=2"])
+    with pytest.raises(SystemExit):
+        job.parse_args(["tokenise", "--config", "run.json"])
+    with pytest.raises(KeyError, match="unknown corpus stage 'tokenise'"):
+        command_of("tokenise")
+
+
+def test_no_module_beside_the_job_file_shadows_the_standard_library() -> None:
+    """spark-submit puts the job file's directory first on sys.path (a `tokenize.py` there
+    would replace the standard library's for everything the job imports)."""
+    beside = {p.stem for p in JOB_FILE.parent.iterdir() if p.suffix == ".py" or p.is_dir()}
+    assert not beside & set(sys.stdlib_module_names)
+
+
+def test_submitted_files_live_under_a_local_workdir_or_a_temporary_directory(
+    tmp_path: Path,
+) -> None:
+    local = Workdir(str(tmp_path / "work"))
+    assert local.run_config == tmp_path / "work" / "run-config.json"
+    assert local.py_files.parent == tmp_path / "work"
+    remote, other = Workdir("s3://bucket/work"), Workdir("s3://bucket/other")
+    assert remote.run_config.parent == remote.py_files.parent != other.run_config.parent
+    assert remote.run_config.is_absolute()
 
 
 def test_cluster_mode_on_a_standalone_master_is_refused() -> None:

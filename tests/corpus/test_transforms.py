@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedpipe import schemas as S
-from embedpipe.corpus import pairs
+from embedpipe.corpus import kernels
 from embedpipe.corpus.cooccur import (
     PairCounter,
     block_rows,
@@ -123,7 +123,7 @@ def test_ids_outside_the_vocabulary_are_refused() -> None:
 
 
 def test_dense_layout_is_a_product_bounded_triangle() -> None:
-    lim, base, cells = pairs.dense_layout(50, 200)
+    lim, base, cells = kernels.dense_layout(50, 200)
     a = np.arange(50)
     assert cells == int((lim - a).sum()) <= 200
     assert np.all(lim >= a) and np.all(np.diff(lim[lim > a]) <= 0)

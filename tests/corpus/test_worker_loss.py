@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from embedpipe.config import load_config
+from embedpipe.corpus.spark.submit import submit_stage
 from embedpipe.corpus.stages import prepare
-from embedpipe.corpus.submit import submit_stage
 from embedpipe.processes import alive, descendants
 
 from .conftest import rows, standalone_cluster

@@ -8,7 +8,6 @@ that times out leaves no child process behind.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
 import sys
@@ -35,9 +34,8 @@ def flow_module(tmp_path_factory: pytest.TempPathFactory):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    spec = importlib.util.spec_from_file_location("pretrain_flow", ROOT / "flows" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from embedpipe.flows import pretrain as module
+
     results = tmp_path_factory.mktemp("prefect-results")
     with (
         prefect_test_harness(server_startup_timeout=120),

@@ -18,6 +18,9 @@ import pytest
 import yaml
 from torch.distributed.run import get_args_parser
 
+import embedpipe
+from embedpipe.corpus.registry import STAGES
+from embedpipe.corpus.spark.submit import JOB_FILE
 from embedpipe.train.launch import TORCHRUN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,11 +67,16 @@ def test_dockerfile_has_java_the_package_and_a_torch_switch() -> None:
     assert '"${TORCH_INDEX}/${TORCH_VARIANT}"' in runs and '"torch==${TORCH_VERSION}"' in runs
     assert re.search(r"pip install [^&]*\.(\s|$)", runs), "the package itself is installed"
     copied = {src for i, a in instructions if i == "COPY" for src in a.split()[:-1]}
-    assert {"pyproject.toml", "src", "jobs", "flows", "prefect.yaml"} <= copied
+    assert {"pyproject.toml", "src", "flows", "prefect.yaml"} <= copied
     for path in copied:
         assert (ROOT / path).exists(), path  # the build context holds every source
     pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert pinned == args["TORCH_VERSION"]  # the image's torch meets the package's pin
+    # The image names the package's job file where pip installs it, and checks it is there.
+    env = dict(a.split("=", 1) for i, a in instructions if i == "ENV" and " " not in a)
+    installed = JOB_FILE.relative_to(Path(embedpipe.__file__).resolve().parents[1])
+    assert env["EMBEDPIPE_JOB_FILE"].endswith(f"/site-packages/{installed.as_posix()}")
+    assert 'test -f "$EMBEDPIPE_JOB_FILE"' in runs
     entry = next(a for i, a in instructions if i == "ENTRYPOINT")
     assert "spark-k8s-entrypoint.sh" in entry
 
@@ -107,10 +115,13 @@ def test_compose_runs_a_spark_cluster_and_prefect() -> None:
     assert compose["x-image"]["build"]["dockerfile"] == "infra/Dockerfile"
 
 
-def load_flow():  # noqa: ANN201 - the flow object of flows/pretrain.py
+def load_flow():  # noqa: ANN201 - the flow object flows/pretrain.py re-exports
     spec = importlib.util.spec_from_file_location("flow_for_infra", ROOT / "flows/pretrain.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    from embedpipe.flows.pretrain import pretrain_embeddings
+
+    assert module.pretrain_embeddings is pretrain_embeddings  # the package's flow, re-exported
     return module.pretrain_embeddings
 
 
@@ -174,12 +185,11 @@ def test_kubernetes_corpus_job_submits_every_stage_to_the_api_server() -> None:
     base = {(d["kind"], d["metadata"]["name"]) for d in documents("base.yaml")}
     assert ("ServiceAccount", pod["serviceAccountName"]) in base
     script = pod["containers"][0]["args"][0]
-    jobs = re.search(r"for job in ([\w ]+); do", script).group(1).split()
-    assert [f"{j}.py" for j in jobs] == [
-        "tokenize_text.py", "build_vocab.py", "encode.py", "bucket.py", "cooccur.py",
-    ]  # fmt: skip
-    assert all((ROOT / "jobs" / f"{j}.py").is_file() for j in jobs)
+    stages = re.search(r"for stage in ([\w ]+); do", script).group(1).split()
+    assert stages == list(STAGES)
     words = shlex.split(script.split("spark-submit", 1)[1].split("done")[0])
+    # The image's job file (infra/Dockerfile sets the variable), the stage its first argument.
+    assert words[words.index("$EMBEDPIPE_JOB_FILE") + 1] == "$stage"
     confs = dict(words[k + 1].split("=", 1) for k, w in enumerate(words) if w == "--conf")
     assert words[words.index("--master") + 1].startswith("k8s://")
     assert confs["spark.kubernetes.container.image"] == IMAGE

@@ -34,7 +34,7 @@ from embedpipe.artefacts.manifest import (
 )
 from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.config import RunConfig, redacted
-from embedpipe.corpus.stages import TABLES
+from embedpipe.corpus.registry import TABLES
 from embedpipe.evaluate import evaluate_all, probe_neighbours
 from embedpipe.train.checkpoint import load_checkpoint
 from embedpipe.train.loop import METRICS, SUMMARY

@@ -12,7 +12,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from embedpipe import schemas as S
-from embedpipe.corpus.parts import PartWriter, finish_table, map_parts, part_name
+from embedpipe.corpus.spark.parts import PartWriter, finish_table, map_parts, part_name
 
 QUANTILE_ERROR = 0.001
 

@@ -1,7 +1,7 @@
 """cooccur: sequences -> a sparse (row, col, weight) matrix, sharded by row.
 
 Map side, one task per part file of the sequences table (`parts.map_parts`, read with
-pyarrow; `PairCounter`, compiled kernels in `pairs`): pairs of frequent ids are summed in
+pyarrow; `PairCounter`, compiled kernels in `kernels`): pairs of frequent ids are summed in
 a dense table, the rest sorted and reduced into runs; the task's sums leave as a few large
 binary blocks per (shard, group), each a sorted run of (row, col, units) as varints of
 gaps, about 3 bytes an entry (8 as fixed-width integers: the shuffle's bytes, moved through
@@ -40,8 +40,8 @@ from pyspark.sql import SparkSession
 
 from embedpipe import schemas as S
 from embedpipe.config import CooccurConfig
-from embedpipe.corpus import pairs
-from embedpipe.corpus.parts import finish_table, map_parts, part_name, table_of, write_table
+from embedpipe.corpus import kernels
+from embedpipe.corpus.spark.parts import finish_table, map_parts, part_name, table_of, write_table
 
 DENSE_CELLS = 1 << 24  # cells of a map task's dense table (uint32: 64 MiB)
 SPARSE_KEYS = 1 << 23  # raw sparse pairs buffered before a sort-and-reduce (64 MiB)
@@ -105,7 +105,7 @@ class PairCounter:
         if 2 * self.id_bits + self.d_bits > 63:
             raise ValueError(f"vocabulary of {vocab_size} ids and window {window}: too large")
         if dense_cells > 0:
-            self.lim, self.base, cells = pairs.dense_layout(vocab_size, dense_cells)
+            self.lim, self.base, cells = kernels.dense_layout(vocab_size, dense_cells)
         else:  # no dense table: every row is empty (lim[a] = a)
             self.lim = np.arange(vocab_size, dtype=np.int64)
             self.base, cells = np.zeros(vocab_size, np.int64), 0
@@ -133,7 +133,7 @@ class PairCounter:
             raise ValueError(f"id {top} is outside the vocabulary of {self.vocab_size} ids")
         seq, pos = 0, int(offsets[0])
         while seq < len(ids):
-            seq, pos, self.n_keys = pairs.count_windows(
+            seq, pos, self.n_keys = kernels.count_windows(
                 values, offsets, seq, pos, self.window, len(S.SPECIAL_TOKENS),
                 self.lim, self.base, self.dense, self.room, self.units,
                 self.keys, self.n_keys, self.id_bits, self.d_bits,
@@ -146,23 +146,23 @@ class PairCounter:
         if self.n_keys == 0:
             return
         keys = np.sort(self.keys[: self.n_keys])
-        self.runs.append(pairs.reduce_packed(keys, self.d_bits, self.units))
+        self.runs.append(kernels.reduce_packed(keys, self.d_bits, self.units))
         self.n_keys = 0
         while len(self.runs) > 1 and 2 * len(self.runs[-1][0]) >= len(self.runs[-2][0]):
             last = self.runs.pop()
-            self.runs.append(pairs.merge_two(*self.runs.pop(), *last))
+            self.runs.append(kernels.merge_two(*self.runs.pop(), *last))
 
     def drain(self, shards: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(keys, units, shard starts) of every entry, key = row << 32 | col, sorted by
         (row % shards, row, col); shard k is keys[starts[k]:starts[k + 1]]."""
         self.flush()
-        sparse_keys, sparse_units = pairs.merge_runs(self.runs)
-        left, right, units = pairs.unordered_pairs(
+        sparse_keys, sparse_units = kernels.merge_runs(self.runs)
+        left, right, units = kernels.unordered_pairs(
             self.lim, self.base, self.dense, sparse_keys, sparse_units, self.id_bits
         )
         self.runs = []
         self.dense[:] = 0
-        return pairs.ordered_by_shard(left, right, units, self.vocab_size, shards)
+        return kernels.ordered_by_shard(left, right, units, self.vocab_size, shards)
 
 
 def count_pairs(
@@ -202,14 +202,14 @@ def group_bounds(
 
 
 def encode_block(keys: np.ndarray, units: np.ndarray) -> bytes:
-    """A sorted run of (row << 32 | col, units) as compact bytes (`pairs.encode_run`:
+    """A sorted run of (row << 32 | col, units) as compact bytes (`kernels.encode_run`:
     varints of row and col gaps and units, about 3 bytes an entry)."""
-    return pairs.encode_run(keys, units).tobytes()
+    return kernels.encode_run(keys, units).tobytes()
 
 
 def decode_block(block: pa.Buffer | bytes) -> tuple[np.ndarray, np.ndarray]:
     """(keys, units) of an `encode_block` run."""
-    return pairs.decode_run(np.frombuffer(block, np.uint8))
+    return kernels.decode_run(np.frombuffer(block, np.uint8))
 
 
 def block_rows(
@@ -258,7 +258,7 @@ def merge_blocks(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         parts.append(decode_block(block.as_buffer()))
     if parts:
         runs.append(_concat(parts))
-    return pairs.merge_runs(runs)
+    return kernels.merge_runs(runs)
 
 
 def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 
 from embedpipe import schemas as S
 from embedpipe.config import EncodeConfig
-from embedpipe.corpus.parts import PartWriter, finish_table, map_parts, part_name
+from embedpipe.corpus.spark.parts import PartWriter, finish_table, map_parts, part_name
 
 
 def encode_arrow(tokens: pa.ListArray, vocab: pa.Array, oov: str) -> pa.ListArray:

@@ -1,7 +1,10 @@
-"""The five corpus stages as whole steps: read the upstream table, transform, write, count.
+"""The five corpus stages as whole steps: read the upstream tables, transform, write, count.
 
-`jobs/<stage>.py` (spark-submit) and the Prefect flow (in-process session) both call these,
-so a stage runs the same way everywhere; only the session differs.
+Each `<name>_stage(spark, config)` is what `registry.STAGES[name]` names: the spark-submit
+job (`corpus.spark.job`), `embedpipe prepare` and the Prefect flow all run a stage through
+the registry, so it runs the same way everywhere; only the session differs. The transforms
+live in one module per stage (`tokenize`, `vocab`, `encode`, `bucket`, `cooccur`); the
+commit (staging, manifest, skip when unchanged) in `spark.commit`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from embedpipe.config import RunConfig
 from embedpipe.corpus.bucket import derive_boundaries, write_buckets
 from embedpipe.corpus.cooccur import write_cooccur
 from embedpipe.corpus.encode import write_sequences
-from embedpipe.corpus.parts import write_dataframe
+from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.sources import (
     CorpusError,
     check_text_file,
@@ -28,7 +31,8 @@ from embedpipe.corpus.sources import (
     list_input_files,
     read_lines,
 )
-from embedpipe.corpus.stage import run_stage
+from embedpipe.corpus.spark.commit import run_stage
+from embedpipe.corpus.spark.parts import write_dataframe
 from embedpipe.corpus.tokenize import sample_text, write_tokens
 from embedpipe.corpus.vocab import write_vocab
 from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
@@ -36,15 +40,6 @@ from embedpipe.text.sentencepiece import train_sentencepiece
 from embedpipe.workdir import Workdir
 
 REJECTS = "_rejects"  # tokens/_rejects/: hidden from readers of tokens/ (leading underscore)
-
-# Stage name -> the table it writes, in pipeline order.
-TABLES = {
-    "tokenize": "tokens",
-    "build_vocab": "vocab",
-    "encode": "sequences",
-    "bucket": "buckets",
-    "cooccur": "cooccur",
-}
 
 
 def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
@@ -81,8 +76,7 @@ def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
             rejected = write_dataframe(rejects, f"{out}/{REJECTS}", S.REJECTS_SCHEMA)
         return {**counts, "rejected_records": rejected}
 
-    cfg = {"corpus": config.corpus, "tokenize": config.tokenize}
-    return run_stage(Workdir(config.workdir), "tokens", cfg, inputs, write)
+    return run_stage(STAGES["tokenize"], config, write, inputs)
 
 
 def build_vocab_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
@@ -111,8 +105,7 @@ def build_vocab_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
             "oov_tokens": total - covered,
         }
 
-    inputs = {"tokens": upstream["fingerprint"]}
-    return run_stage(wd, "vocab", config.vocab, inputs, write)
+    return run_stage(STAGES["build_vocab"], config, write)
 
 
 def read_table(spark: SparkSession, path: str, schema: pa.Schema) -> DataFrame:
@@ -133,7 +126,7 @@ def read_vocab_column(workdir: Workdir, column: str) -> pa.Array:
 def encode_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     """tokens/ + vocab/ -> sequences/."""
     wd = Workdir(config.workdir)
-    tokens_manifest, vocab_manifest = wd.require("tokens"), wd.require("vocab")
+    tokens_manifest = wd.require("tokens")
 
     def write(out: str) -> dict[str, Any]:
         vocab = read_vocab_column(wd, S.TOKEN).to_pylist()
@@ -142,14 +135,12 @@ def encode_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
         row["dropped_oov_tokens"] = tokens_manifest["counts"]["tokens"] - row["tokens"]
         return row
 
-    inputs = {"tokens": tokens_manifest["fingerprint"], "vocab": vocab_manifest["fingerprint"]}
-    return run_stage(wd, "sequences", config.encode, inputs, write)
+    return run_stage(STAGES["encode"], config, write)
 
 
 def bucket_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     """sequences/ -> buckets/ partitioned by `bucket`, with padding waste per bucket."""
     wd = Workdir(config.workdir)
-    upstream = wd.require("sequences")
 
     def write(out: str) -> dict[str, Any]:
         sequences = read_table(spark, wd.path("sequences"), S.SEQUENCES_SCHEMA)
@@ -159,15 +150,13 @@ def bucket_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
         buckets = write_buckets(spark, wd.path("sequences"), boundaries, out)
         return {"boundaries": boundaries, "buckets": buckets}
 
-    inputs = {"sequences": upstream["fingerprint"]}
-    return run_stage(wd, "buckets", config.bucket, inputs, write)
+    return run_stage(STAGES["bucket"], config, write)
 
 
 def cooccur_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     """sequences/ -> cooccur/ partitioned by `shard` (row % shards), sorted within each shard."""
     wd = Workdir(config.workdir)
-    upstream, vocab_manifest = wd.require("sequences"), wd.require("vocab")
-    vocab_size = vocab_manifest["counts"]["vocab_size"]
+    vocab_size = wd.require("vocab")["counts"]["vocab_size"]
 
     def write(out: str) -> dict[str, Any]:
         counts = read_vocab_column(wd, S.COUNT).to_numpy()
@@ -189,19 +178,9 @@ def cooccur_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
             "shards": shards,
         }
 
-    inputs = {"sequences": upstream["fingerprint"], "vocab": vocab_manifest["fingerprint"]}
-    return run_stage(wd, "cooccur", config.cooccur, inputs, write)
-
-
-STAGE_FUNCTIONS = {
-    "tokenize": tokenize_stage,
-    "build_vocab": build_vocab_stage,
-    "encode": encode_stage,
-    "bucket": bucket_stage,
-    "cooccur": cooccur_stage,
-}
+    return run_stage(STAGES["cooccur"], config, write)
 
 
 def prepare(spark: SparkSession, config: RunConfig) -> dict[str, dict[str, Any]]:
-    """Run every corpus stage in order; returns each stage's manifest."""
-    return {name: fn(spark, config) for name, fn in STAGE_FUNCTIONS.items()}
+    """Run every corpus stage in order in `spark`'s session; returns each stage's manifest."""
+    return {name: stage.run(spark, config) for name, stage in STAGES.items()}

@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame
 
 from embedpipe import schemas as S
 from embedpipe.config import TokenizeConfig
-from embedpipe.corpus.parts import (
+from embedpipe.corpus.spark.parts import (
     PartWriter,
     finish_table,
     part_name,

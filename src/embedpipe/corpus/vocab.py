@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from embedpipe import schemas as S
 from embedpipe.config import VocabConfig
-from embedpipe.corpus.parts import (
+from embedpipe.corpus.spark.parts import (
     data_files,
     finish_table,
     map_parts,

@@ -1,9 +1,11 @@
 """The pretraining flow: corpus stages on Spark, DDP training under torchrun, publish, evaluate.
 
-Run it with `embedpipe run` (or `python flows/pretrain.py CONFIG [k=v ...]`), deploy it with
-`prefect deploy` (prefect.yaml: a cron schedule, a process work pool) or serve it with
-`python flows/pretrain.py --serve CONFIG`. With no PREFECT_API_URL set, Prefect starts a
-temporary API in-process; with one, runs show in that server's UI.
+Run it with `embedpipe run` (or `python -m embedpipe.flows.pretrain CONFIG [k=v ...]`),
+deploy it with `prefect deploy` (prefect.yaml: a cron schedule, a process work pool; its
+entrypoint `flows/pretrain.py` re-exports this flow) or serve it with
+`python -m embedpipe.flows.pretrain --serve CONFIG`. With no PREFECT_API_URL set, Prefect
+starts a temporary API in-process; with one, runs show in that server's UI. It lives in the
+package, so an installed wheel runs it without a checkout.
 
 Each corpus stage and the training are tasks with retries, a timeout and a cache key made
 of their input fingerprints and config (`embedpipe.orchestration`): a rerun skips what is
@@ -33,9 +35,9 @@ from embedpipe.artefacts import open_store, read_manifest
 from embedpipe.artefacts.manifest import Manifest
 from embedpipe.artefacts.publish import publish_training
 from embedpipe.config import RunConfig
+from embedpipe.corpus.registry import STAGES
 from embedpipe.evaluate import score_rows
 from embedpipe.orchestration import (
-    STAGES,
     PretrainParameters,
     resolve_config,
     stage_cache_key,
@@ -68,16 +70,10 @@ def run_corpus_stage(stage: str, config: RunConfig, upstream: dict[str, str]) ->
 
     `upstream`: the fingerprints of the tables it reads (part of the cache key).
     """
+    from embedpipe.corpus.spark.launch import launch_stage
+
     logger = get_run_logger()
-    if config.spark.submit:
-        from embedpipe.corpus.submit import submit_stage
-
-        manifest = submit_stage(stage, config, log=logger.info)
-    else:
-        from embedpipe.corpus.session import get_spark
-        from embedpipe.corpus.stages import STAGE_FUNCTIONS
-
-        manifest = STAGE_FUNCTIONS[stage](get_spark(config.spark), config)
+    manifest = launch_stage(stage, config, log=logger.info)
     state = "reused" if manifest["skipped"] else f"ran in {manifest['seconds']}s"
     logger.info("%s %s: %s", stage, state, json.dumps(manifest["counts"])[:500])
     return manifest

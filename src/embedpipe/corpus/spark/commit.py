@@ -1,13 +1,14 @@
 """How a stage publishes its output: all or nothing, with a manifest, skipped when unchanged.
 
-A stage writes into `<workdir>/.staging/<stage>-<uuid>/`, puts its `_MANIFEST.json` there
-last, then renames the directory to `<workdir>/<stage>/`. An output directory counts only
-with its manifest; a rerun whose fingerprint (config, inputs, code) matches the manifest
-is skipped.
+A stage writes into `<workdir>/.staging/<table>-<uuid>/`, puts its `_MANIFEST.json` there
+last, then renames the directory to `<workdir>/<table>/`. An output directory counts only
+with its manifest; a rerun whose fingerprint (the config sections the registry names for
+the stage, its inputs, the code) matches the manifest is skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -17,38 +18,44 @@ from typing import Any
 
 import fsspec
 
-from embedpipe.config import fingerprint
+from embedpipe.config import RunConfig, fingerprint
+from embedpipe.corpus.registry import Stage
 from embedpipe.version import code_version
 from embedpipe.workdir import MANIFEST, Workdir
 
 
 def run_stage(
-    workdir: Workdir,
-    stage: str,
-    config: Any,
-    inputs: dict[str, Any],
+    stage: Stage,
+    config: RunConfig,
     write: Callable[[str], dict[str, Any]],
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run `write(staging_path) -> counts` unless an identical run already completed.
+    """Run `write(staging_url) -> counts` unless an identical run already completed.
 
-    `inputs` holds the fingerprints of what went in (files or upstream manifests).
-    Returns the stage manifest; `skipped` tells whether the work was reused.
+    The fingerprint holds `stage.config_of(config)` (the sections the registry names, the
+    same the flow's cache key holds) and `inputs`: by default the fingerprints of the
+    stage's upstream tables, read from their manifests; the tokenize stage passes its input
+    files' instead. Returns the stage manifest; `skipped` tells whether the work was reused.
     """
-    key = fingerprint(stage, config, inputs, code_version()["source"])
-    existing = workdir.read_manifest(stage)
+    workdir = Workdir(config.workdir)
+    if inputs is None:
+        inputs = {t: workdir.require(t)["fingerprint"] for t in stage.upstream}
+    sections = stage.config_of(config)
+    key = fingerprint(stage.name, sections, inputs, code_version()["source"])
+    existing = workdir.read_manifest(stage.table)
     if existing is not None and existing.get("fingerprint") == key:
         return {**existing, "skipped": True}
 
-    fs, root = fsspec.core.url_to_fs(workdir.root)
-    staging = f"{root}/.staging/{stage}-{uuid.uuid4().hex[:12]}"
-    staging_url = fs.unstrip_protocol(staging)
+    fs, staging = fsspec.core.url_to_fs(f"{workdir.staging}/{stage.table}-{uuid.uuid4().hex[:12]}")
+    _, final = fsspec.core.url_to_fs(workdir.path(stage.table))
     started = time.time()
     try:
-        counts = write(staging_url)
+        counts = write(fs.unstrip_protocol(staging))
         manifest = {
-            "stage": stage,
+            "stage": stage.name,
+            "table": stage.table,
             "fingerprint": key,
-            "config": config,
+            "config": sections,
             "inputs": inputs,
             "counts": counts,
             "code_version": code_version(),
@@ -58,7 +65,6 @@ def run_stage(
         manifest = json.loads(json.dumps(manifest, default=_jsonable))
         with fs.open(f"{staging}/{MANIFEST}", "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
-        final = f"{root}/{stage}"
         if fs.exists(final):
             fs.rm(final, recursive=True)
         fs.mv(staging, final, recursive=True)
@@ -69,8 +75,6 @@ def run_stage(
 
 
 def _jsonable(value: Any) -> Any:
-    import dataclasses
-
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     raise TypeError(f"not JSON-able: {type(value).__name__}")

@@ -1,4 +1,14 @@
-"""The command line every `jobs/<stage>.py` shares: parse args, get a session, run the stage."""
+"""The spark-submit application of every corpus stage: `spark-submit job.py STAGE --config FILE`.
+
+This file ships inside the package, so an installed wheel (or the image of a cluster) has
+it; `submit.JOB_FILE` is its path and `spark.job_file` names it on a cluster's image in
+cluster mode. It parses the arguments, takes spark-submit's session and runs the stage
+through the registry; the manifest goes to stdout as the last line (JSON), where
+`submit.submit_stage` reads it.
+
+spark-submit runs it as a script, so its directory comes first on `sys.path`: no module of
+this directory may share a name with a standard-library module (tests check this).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +18,30 @@ import sys
 from collections.abc import Sequence
 
 from embedpipe.config import load_config
-from embedpipe.corpus.session import get_spark
-from embedpipe.corpus.stages import STAGE_FUNCTIONS
+from embedpipe.corpus.registry import STAGES, get_stage
+from embedpipe.corpus.spark.session import get_spark
 
 
-def run_job(stage: str, argv: Sequence[str] | None = None) -> int:
-    """Run one corpus stage as a Spark application; print its manifest as JSON on stdout."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog=f"jobs/{stage}.py", description=f"embedpipe {stage} stage"
+        prog="spark-submit job.py", description="run one embedpipe corpus stage"
     )
-    parser.add_argument("--config", help="run config (TOML or YAML)")
+    parser.add_argument("stage", choices=list(STAGES), help="the stage to run")
+    parser.add_argument("--config", help="run config (TOML, YAML or JSON)")
     parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set vocab.min_count=2",
-    )
-    args = parser.parse_args(argv)
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set vocab.min_count=2 (repeatable)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one corpus stage as a Spark application; print its manifest as JSON on stdout."""
+    args = parse_args(argv)
     config = load_config(args.config, args.set)
-    spark = get_spark(config.spark, app_name=f"embedpipe-{stage}")
+    spark = get_spark(config.spark, app_name=f"embedpipe-{args.stage}")
     try:
-        manifest = STAGE_FUNCTIONS[stage](spark, config)
+        manifest = get_stage(args.stage).run(spark, config)
     finally:
         spark.stop()
     print(json.dumps(manifest, sort_keys=True))
@@ -37,4 +49,4 @@ def run_job(stage: str, argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_job(sys.argv[1], sys.argv[2:]))
+    sys.exit(main())

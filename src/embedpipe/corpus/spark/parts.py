@@ -13,7 +13,7 @@ hidden temporary name and a rename, so a reader never sees half a file and a ret
 speculative attempt replaces it with the same bytes (a partition's content is a function of
 the input). A table read by `map_parts` is cut into tasks by its files alone, so the same
 input gives the same output files whatever the cluster (local[*], standalone, YARN). The
-stage output becomes visible only when the stage commits (see `stage.run_stage`).
+stage output becomes visible only when the stage commits (see `commit.run_stage`).
 """
 
 from __future__ import annotations

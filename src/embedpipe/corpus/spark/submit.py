@@ -1,6 +1,8 @@
 """Running a corpus stage with spark-submit against a cluster master (standalone, YARN, k8s).
 
-The package travels to the executors as a zip (`--py-files`), so the cluster needs only
+Every stage runs the one job file of the package (`job.py` beside this module, found
+through the package, so an installed wheel submits its own copy) with the stage's name as
+its first argument. The package travels to the executors as a zip (`--py-files`), so the cluster needs only
 pyspark, pyarrow and numpy installed, not embedpipe itself (or, with
 `spark.ship_package = false`, an image that has it, as infra/Dockerfile builds).
 Memory, cores, shuffle partitions and any `spark.conf` property pass through as `--conf`.
@@ -18,32 +20,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import embedpipe
 from embedpipe.config import RunConfig, save_config
+from embedpipe.corpus.registry import get_stage
 from embedpipe.processes import run_logged
 from embedpipe.version import source_hash
 from embedpipe.workdir import Workdir
 
-JOBS_DIR = Path(__file__).resolve().parents[3] / "jobs"
-# Stage name -> the table it writes (as corpus.stages.TABLES, without importing pyspark).
-TABLES = {
-    "tokenize": "tokens",
-    "build_vocab": "vocab",
-    "encode": "sequences",
-    "bucket": "buckets",
-    "cooccur": "cooccur",
-}
-JOB_FILES = {
-    "tokenize": "tokenize_text.py",
-    "build_vocab": "build_vocab.py",
-    "encode": "encode.py",
-    "bucket": "bucket.py",
-    "cooccur": "cooccur.py",
-}
+# The spark-submit application of every stage, in the installed package (never a checkout's).
+JOB_FILE = Path(__file__).resolve().with_name("job.py")
 
 
 def package_zip(directory: Path) -> Path:
     """A zip of the embedpipe package for `--py-files` (rebuilt when the source changes)."""
-    package = Path(__file__).resolve().parents[1]
+    package = Path(embedpipe.__file__).resolve().parent
     target = directory / f"embedpipe-{source_hash()}.zip"
     if not target.exists():
         directory.mkdir(parents=True, exist_ok=True)
@@ -75,8 +65,8 @@ def submit_command(
     cluster, so the config file travels with `--files` and is named by its base name there;
     the workdir must then be a URL every node reads (HDFS, object storage).
     """
+    get_stage(stage)  # an unknown stage is refused before anything is submitted
     spark = config.spark
-    jobs = spark.jobs_dir.rstrip("/") if spark.jobs_dir else str(JOBS_DIR)
     command = [
         spark_submit_executable(),
         "--master", spark.master,
@@ -91,7 +81,8 @@ def submit_command(
         config_arg = config_file.name
     for key, value in spark.spark_properties().items():
         command += ["--conf", f"{key}={value}"]
-    return [*command, f"{jobs}/{JOB_FILES[stage]}", "--config", config_arg]
+    job_file = spark.job_file or str(JOB_FILE)
+    return [*command, job_file, stage, "--config", config_arg]
 
 
 def submit_stage(
@@ -104,9 +95,9 @@ def submit_stage(
     line; in cluster mode the driver's stdout stays on the cluster, so it is read from the
     workdir (whose `started` time tells whether the job reused an earlier output).
     """
-    work = Path(config.workdir) if "://" not in config.workdir else Path(".embedpipe-submit")
-    config_file = save_config(config, work / "run-config.json")
-    py_files = package_zip(work / ".py-files") if config.spark.ship_package else None
+    workdir = Workdir(config.workdir)
+    config_file = save_config(config, workdir.run_config)
+    py_files = package_zip(workdir.py_files) if config.spark.ship_package else None
     command = submit_command(stage, config, config_file, py_files)
     env = {
         **os.environ,
@@ -118,10 +109,10 @@ def submit_stage(
     done = run_logged(command, log or (lambda line: None), env=env, prefix="[spark-submit] ")
     if done.returncode != 0:
         raise RuntimeError(
-            f"spark-submit {JOB_FILES[stage]} exited with {done.returncode}:\n{done.tail()}"
+            f"spark-submit of the {stage} stage exited with {done.returncode}:\n{done.tail()}"
         )
     for line in reversed(done.stdout):
         if line.startswith("{"):
             return json.loads(line)
-    manifest = Workdir(config.workdir).require(TABLES[stage])
+    manifest = workdir.require(get_stage(stage).table)
     return {**manifest, "skipped": manifest["started"] < submitted}

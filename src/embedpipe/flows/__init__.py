@@ -1,0 +1,1 @@
+"""The Prefect flows of the package (`pretrain`), importable from an installed wheel."""
