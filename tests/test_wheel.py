@@ -10,20 +10,23 @@ stays invisible and `embedpipe` can only come from the wheel (checked).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from embedpipe.artefacts import verify
 from embedpipe.artefacts.loader import VECTORS_FILE
+from embedpipe.config import load_config
 from embedpipe.corpus.registry import TABLES
+from embedpipe.workdir import MANIFEST
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -45,12 +48,22 @@ def build_wheel(out: Path, work: Path) -> Path:
         shutil.copy(ROOT / name, source / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.nbi", "*.nbc")
     shutil.copytree(ROOT / "src", source / "src", ignore=ignore)
+    package = source / "src"
+    data = {
+        p.relative_to(package).as_posix()
+        for p in (package / "embedpipe").rglob("*")
+        if p.is_file() and p.suffix != ".py"
+    }
     run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "--no-index", "-w", str(out), str(source)],
         timeout=600, cwd=work,
     )  # fmt: skip
     (wheel,) = out.glob("embedpipe-*.whl")
+    # Every file the package needs besides its modules is in the wheel (package-data).
+    with zipfile.ZipFile(wheel) as zf:
+        packed = set(zf.namelist())
+    assert data <= packed
     return wheel
 
 
@@ -74,8 +87,7 @@ def fresh_venv(path: Path, wheel: Path) -> Path:
 
 def sample_project(where: Path) -> Path:
     """configs/sample.toml and the data it names, in a directory of their own."""
-    config = tomllib.loads(SAMPLE_CONFIG.read_text())
-    for relative in config["corpus"]["paths"]:
+    for relative in load_config(str(SAMPLE_CONFIG)).corpus.paths:
         (where / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / relative, where / relative)
     shutil.copy(SAMPLE_CONFIG, where / "sample.toml")
@@ -95,7 +107,8 @@ def test_the_wheel_runs_the_sample_pipeline_outside_the_checkout(tmp_path: Path)
         SPARK_LOCAL_IP="127.0.0.1",
         PYSPARK_PYTHON=str(python),
         PYSPARK_DRIVER_PYTHON=str(python),
-        PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}",
+        # spark-submit is a script of the pyspark installation (the test environment's).
+        PATH=os.pathsep.join([str(venv / "bin"), env["PATH"], str(Path(sys.executable).parent)]),
     )
     where = run(
         [str(python), "-c", "import embedpipe, embedpipe.flows.pretrain; print(embedpipe.__file__)"],
@@ -119,4 +132,18 @@ def test_the_wheel_runs_the_sample_pipeline_outside_the_checkout(tmp_path: Path)
     assert manifest["model"]["hyperparameters"]["dim"] == 32
     assert set(manifest["stages"]) == set(TABLES.values())
     assert "Published" in done.stdout
+
+    # spark-submit runs the wheel's own job file (no checkout, no jobs/ directory).
+    done = run(
+        [str(venv / "bin" / "embedpipe"), "prepare", "--config", str(config), "--stage",
+         "build_vocab", "--set", "spark.submit=true", "--set", "spark.master=local[1]",
+         "--set", "vocab.min_count=6"],
+        timeout=600, env=env, cwd=project,
+    )  # fmt: skip
+    # The job printed its manifest as its last line, which reached us through spark-submit.
+    assert any(line.startswith("[spark-submit] {") for line in done.stdout.splitlines()), (
+        done.stdout[-3000:]
+    )
+    vocab = json.loads((project / "work" / "sample" / "vocab" / MANIFEST).read_text())
+    assert vocab["config"]["vocab"]["min_count"] == 6
     print(f"wheel build, install and sample run took {time.monotonic() - started:.0f} s")

@@ -177,10 +177,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(store.resolve(args.name, args.version), Path(args.out), history=history))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
+    """prepare, train, publish and run: the pipeline's steps, each reading the run config."""
     p = sub.add_parser(
         "prepare", help="run the corpus stages (in-process Spark, or spark-submit: spark.submit)"
     )
@@ -202,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole flow: prepare, train, publish, evaluate")
     add_config_args(p)
     p.set_defaults(func=cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_pipeline_commands(sub)
 
     p = sub.add_parser("evaluate", help="benchmark scores of an artefact")
     add_artefact_args(p)

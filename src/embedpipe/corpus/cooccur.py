@@ -4,12 +4,12 @@ Map side, one task per part file of the sequences table (`parts.map_parts`, read
 pyarrow; `PairCounter`, compiled kernels in `kernels`): pairs of frequent ids are summed in
 a dense table, the rest sorted and reduced into runs; the task's sums leave as a few large
 binary blocks per (shard, group), each a sorted run of (row, col, units) as varints of
-gaps, about 3 bytes an entry (8 as fixed-width integers: the shuffle's bytes, moved through
-Arrow, the JVM and its compression twice, were a third of the stage's time). Spark shuffles those blocks to one reduce task per (shard, group)
-(`repartitionById`), which merges the runs and writes its slice of the table as one
-Parquet file. The JVM moves and stores blocks; it never sees a row per pair, and the
-driver receives one line of counts per file. (Measured on 10M tokens, 2 cores: Spark's
-own group-by of per-pair rows took 45 s; this takes about 6 s.)
+gaps, a few bytes an entry instead of 8 as fixed-width integers (the shuffle's bytes move
+through Arrow, the JVM and its compression twice). Spark shuffles those blocks to one
+reduce task per (shard, group) (`repartitionById`), which merges the runs and writes its
+slice of the table as one Parquet file. The JVM moves and stores blocks; it never sees a row per pair, and the
+driver receives one line of counts per file (Spark's own group-by of per-pair rows is
+far slower: a row, a shuffle record and a sort key per pair).
 
 Special-token ids (including [UNK]) take up their position in the window but are not
 counted, so distances are those of the text.
@@ -52,7 +52,7 @@ GROUP_ENTRIES = 1 << 24  # bound on the entries one reduce task merges
 # order and shuffles pools of them (`train.glove_trainer`), so groups stay small.
 ROW_GROUP_ROWS = 1 << 13
 # Sorted row and col: delta encoding (standard Parquet, read by Spark 3.3+, DuckDB, pyarrow)
-# makes files ~20% smaller than dictionaries and writes faster; weights repeat: dictionary.
+# makes files smaller than dictionaries and writes faster; weights repeat: dictionary.
 PARQUET_OPTIONS = {
     "use_dictionary": [S.WEIGHT],
     "column_encoding": {S.ROW: "DELTA_BINARY_PACKED", S.COL: "DELTA_BINARY_PACKED"},

@@ -8,9 +8,8 @@ directions of every pair. A reduce task merges such sorted runs.
 
 The dense table has GloVe's shape: row a holds the cells b in [a, lim[a]) with
 (a + 1) * (b + 1) under a bound chosen to fill a cell budget, so it covers most pairs of a
-Zipfian corpus (measured: 91% of the pairs of 10M tokens with 2**25 cells, V = 68k). A
-cell that would overflow its integer type stops growing and the pair's further units go
-to the sparse keys instead: sums stay exact.
+Zipfian corpus. A cell that would overflow its integer type stops growing and the pair's
+further units go to the sparse keys instead: sums stay exact.
 """
 
 from __future__ import annotations

@@ -80,6 +80,19 @@ _STATS = ("sequences", "tokens", "invalid_utf8_lines", "split_pieces", "empty_li
 _STATS_SCHEMA = pa.schema([pa.field(name, pa.int64()) for name in _STATS])
 
 
+def add_stats(stats: dict[str, int], lines: pa.RecordBatch, tokenized: pa.RecordBatch) -> None:
+    """Add one batch's sequences, tokens and empty lines, the lines (before any cut) that
+    held invalid UTF-8 and the pieces of cut lines to `stats`."""
+    lengths = tokenized.column(S.N_TOKENS).to_numpy()
+    stats["sequences"] += tokenized.num_rows
+    stats["tokens"] += int(lengths.sum())
+    stats["empty_lines"] += int(np.count_nonzero(lengths == 0))
+    repaired = lines.column(S.REPAIRED).to_numpy(zero_copy_only=False)
+    stats["invalid_utf8_lines"] += int(np.count_nonzero(repaired))
+    split = tokenized.column(S.SPLIT).to_numpy(zero_copy_only=False)
+    stats["split_pieces"] += int(np.count_nonzero(split))
+
+
 def write_tokens(
     lines: DataFrame, config: TokenizeConfig, out: str, sp_model: bytes | None = None
 ) -> dict[str, int]:
@@ -117,15 +130,7 @@ def write_tokens(
                     )
                 )
                 counter.add(pc.list_flatten(tokenized.column(S.TOKENS)))
-                lengths = tokenized.column(S.N_TOKENS).to_numpy()
-                stats["sequences"] += n
-                stats["tokens"] += int(lengths.sum())
-                stats["empty_lines"] += int(np.count_nonzero(lengths == 0))
-                # Lines (before any cut) that held invalid UTF-8; pieces of cut lines.
-                repaired = batch.column(S.REPAIRED).to_numpy(zero_copy_only=False)
-                stats["invalid_utf8_lines"] += int(np.count_nonzero(repaired))
-                split = tokenized.column(S.SPLIT).to_numpy(zero_copy_only=False)
-                stats["split_pieces"] += int(np.count_nonzero(split))
+                add_stats(stats, batch, tokenized)
             writer.close()
         except BaseException:
             writer.abort()

@@ -11,6 +11,7 @@ differs in the last bit for some counts, and the table keeps Spark's values).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -172,6 +173,75 @@ def sampling_columns(
     return keep, noise
 
 
+def route_counts(
+    batches: Iterator[pa.RecordBatch], part: int, *, counted: bool, reducers: int
+) -> Iterator[pa.RecordBatch]:
+    """Map task: one part file's token counts as Arrow IPC blocks, one block per reduce
+    task its tokens hash to (`token_buckets`). `counted`: the part holds a tokenize task's
+    counts (one row per token); else it is a part of the tokens table, counted here."""
+    if counted:
+        table = table_of(batches, COUNTS_SCHEMA)
+    else:
+        counter = TokenCounter()
+        for batch in batches:
+            counter.add(pc.list_flatten(batch.column(S.TOKENS)))
+        table = counter.table()
+    buckets = token_buckets(table.column(S.TOKEN).combine_chunks(), reducers)
+    for r in np.unique(buckets).tolist():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, COUNTS_SCHEMA) as writer:
+            writer.write_table(table.filter(pa.array(buckets == r)))
+        yield pa.RecordBatch.from_pylist(
+            [{"pid": r, "block": sink.getvalue().to_pybytes()}], schema=_BLOCK_SCHEMA
+        )
+
+
+def sum_counts(batches: Iterator[pa.RecordBatch], *, min_count: int) -> Iterator[pa.RecordBatch]:
+    """Reduce task: its tokens' summed counts, those with `min_count` kept; first a row
+    (token null) with the number of distinct tokens it saw."""
+    counter = TokenCounter()
+    for batch in batches:
+        for block in batch.column("block"):
+            counter.add_counts(pa.ipc.open_stream(block.as_buffer()).read_all())
+    table = counter.table()
+    kept = table.filter(pc.greater_equal(table.column(S.COUNT), min_count))
+    yield pa.RecordBatch.from_pylist(
+        [{S.TOKEN: None, S.COUNT: table.num_rows}], schema=COUNTS_SCHEMA
+    )
+    yield from kept.to_batches()
+
+
+def rank_and_write(
+    batches: Iterator[pa.RecordBatch], *, config: VocabConfig, out: str
+) -> Iterator[pa.RecordBatch]:
+    """The one task that ranks the kept tokens (model-sized) and writes the vocabulary file;
+    yields its size and the tokens it covers."""
+    summed = table_of(batches, _WEIGHTED_SCHEMA)
+    ranked = rank_words(summed.select([S.TOKEN, S.COUNT]), config)
+    # Each kept token's weight from its row; the specials (first, count 0) weigh 0.
+    n_special = len(S.SPECIAL_TOKENS)
+    rows = pc.index_in(ranked.column(S.TOKEN)[n_special:], value_set=summed.column(S.TOKEN))
+    weight = np.concatenate([np.zeros(n_special), summed.column(_WEIGHT).take(rows).to_numpy()])
+    counts = ranked.column(S.COUNT).to_numpy()
+    keep, noise = sampling_columns(counts, weight, config)
+    columns = [ranked.column(c) for c in (S.ID, S.TOKEN, S.COUNT)]
+    vocab = pa.Table.from_arrays([*columns, pa.array(keep), pa.array(noise)], schema=S.VOCAB_SCHEMA)
+    write_table(vocab, f"{out}/{part_name(0)}", empty_ok=True)
+    yield pa.RecordBatch.from_pylist(
+        [{"size": vocab.num_rows, "covered": int(counts.sum())}], schema=_WRITTEN_SCHEMA
+    )
+
+
+def write_specials_only(config: VocabConfig, out: str) -> dict[str, int]:
+    """The vocabulary of a corpus without tokens: the special tokens alone (no weights)."""
+    empty = rank_words(COUNTS_SCHEMA.empty_table(), config)
+    specials = [empty.column(c) for c in (S.ID, S.TOKEN, S.COUNT)]
+    zeros = pa.array(np.zeros(empty.num_rows))
+    table = pa.Table.from_arrays([*specials, zeros, zeros], schema=S.VOCAB_SCHEMA)
+    write_table(table, f"{out}/{part_name(0)}")
+    return {"size": table.num_rows, "covered": 0}
+
+
 def write_vocab(
     spark: SparkSession, tokens_url: str, config: VocabConfig, out: str
 ) -> dict[str, int]:
@@ -184,63 +254,10 @@ def write_vocab(
         source, columns, counted = tokens_url, [S.TOKENS], False
     reducers = len(data_files(source))
     out = out.rstrip("/")
-
-    def route_part(batches: Iterator[pa.RecordBatch], part: int) -> Iterator[pa.RecordBatch]:
-        if counted:  # a tokenize task's counts: one row per token already
-            table = table_of(batches, COUNTS_SCHEMA)
-        else:
-            counter = TokenCounter()
-            for batch in batches:
-                counter.add(pc.list_flatten(batch.column(S.TOKENS)))
-            table = counter.table()
-        buckets = token_buckets(table.column(S.TOKEN).combine_chunks(), reducers)
-        for r in np.unique(buckets).tolist():
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, COUNTS_SCHEMA) as writer:
-                writer.write_table(table.filter(pa.array(buckets == r)))
-            yield pa.RecordBatch.from_pylist(
-                [{"pid": r, "block": sink.getvalue().to_pybytes()}], schema=_BLOCK_SCHEMA
-            )
-
-    def sum_bucket(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        counter = TokenCounter()
-        for batch in batches:
-            for block in batch.column("block"):
-                counter.add_counts(pa.ipc.open_stream(block.as_buffer()).read_all())
-        table = counter.table()
-        kept = table.filter(pc.greater_equal(table.column(S.COUNT), config.min_count))
-        yield pa.RecordBatch.from_pylist(
-            [{S.TOKEN: None, S.COUNT: table.num_rows}], schema=COUNTS_SCHEMA
-        )  # the distinct tokens of this task, observed below
-        yield from kept.to_batches()
-
-    def rank_and_write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        summed = table_of(batches, _WEIGHTED_SCHEMA)
-        ranked = rank_words(summed.select([S.TOKEN, S.COUNT]), config)
-        # Each kept token's weight from its row; the specials (first, count 0) weigh 0.
-        n_special = len(S.SPECIAL_TOKENS)
-        rows = pc.index_in(ranked.column(S.TOKEN)[n_special:], value_set=summed.column(S.TOKEN))
-        weight = np.concatenate([np.zeros(n_special), summed.column(_WEIGHT).take(rows).to_numpy()])
-        counts = ranked.column(S.COUNT).to_numpy()
-        keep, noise = sampling_columns(counts, weight, config)
-        vocab = pa.Table.from_arrays(
-            [
-                ranked.column(S.ID),
-                ranked.column(S.TOKEN),
-                ranked.column(S.COUNT),
-                pa.array(keep),
-                pa.array(noise),
-            ],
-            schema=S.VOCAB_SCHEMA,
-        )
-        write_table(vocab, f"{out}/{part_name(0)}", empty_ok=True)
-        yield pa.RecordBatch.from_pylist(
-            [{"size": vocab.num_rows, "covered": int(counts.sum())}], schema=_WRITTEN_SCHEMA
-        )
-
-    blocks = map_parts(spark, source, columns, route_part, _BLOCK_SCHEMA)
+    route = functools.partial(route_counts, counted=counted, reducers=reducers)
+    blocks = map_parts(spark, source, columns, route, _BLOCK_SCHEMA)
     summed = blocks.repartitionById(reducers, "pid").mapInArrow(
-        sum_bucket, S.spark_ddl(COUNTS_SCHEMA)
+        functools.partial(sum_counts, min_count=config.min_count), S.spark_ddl(COUNTS_SCHEMA)
     )
     distinct = Observation("distinct")
     summed = summed.observe(
@@ -252,21 +269,14 @@ def write_vocab(
     weighted = summed.where(F.col(S.TOKEN).isNotNull()).withColumn(
         _WEIGHT, F.pow(F.col(S.COUNT).cast("double"), F.lit(config.noise_power))
     )
-    written = (
-        weighted.repartition(1).mapInArrow(rank_and_write, S.spark_ddl(_WRITTEN_SCHEMA)).collect()
-    )
-    if not written:  # no token at all: the specials alone (no weight to compute)
-        empty = rank_words(COUNTS_SCHEMA.empty_table(), config)
-        specials = [empty.column(c) for c in (S.ID, S.TOKEN, S.COUNT)]
-        zeros = pa.array(np.zeros(empty.num_rows))
-        table = pa.Table.from_arrays([*specials, zeros, zeros], schema=S.VOCAB_SCHEMA)
-        write_table(table, f"{out}/{part_name(0)}")
-        written = [{"size": table.num_rows, "covered": 0}]
+    rank = functools.partial(rank_and_write, config=config, out=out)
+    written = weighted.repartition(1).mapInArrow(rank, S.spark_ddl(_WRITTEN_SCHEMA)).collect()
+    result = written[0].asDict() if written else write_specials_only(config, out)
     finish_table(out, S.VOCAB_SCHEMA)
     return {
         "distinct_tokens": int(distinct.get["n"]),
-        "vocab_size": written[0]["size"],
-        "covered_tokens": written[0]["covered"],
+        "vocab_size": result["size"],
+        "covered_tokens": result["covered"],
     }
 
 

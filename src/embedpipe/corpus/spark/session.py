@@ -39,9 +39,8 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
         # The driver JVM (which is also the executor under local[*]) mostly moves Arrow
         # batches and shuffle blocks: the stages' heavy work runs in the Python workers.
         # C1 alone compiles its code in a fraction of the time, and C2's compiler threads no
-        # longer take CPU from the tasks (measured, 10M tokens on 2 cores: session start
-        # 14-15 s instead of 20-23 s, the four stages of the GloVe path 11.6-11.8 s instead
-        # of 12.8 s). `spark.conf` can set other options (it wins over these).
+        # longer take CPU from the tasks: the session starts sooner and the stages run no
+        # slower (bench/results). `spark.conf` can set other options (it wins over these).
         .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
