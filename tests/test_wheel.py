@@ -119,7 +119,7 @@ def test_the_wheel_runs_the_sample_pipeline_outside_the_checkout(tmp_path: Path)
     project = tmp_path / "project"
     project.mkdir()
     config = sample_project(project)
-    overrides = ["train.epochs=1", "train.nproc=1", "train.dim=32", "spark.master=local[2]"]
+    overrides = ["train.epochs=1", "train.nproc=1", "train.sgns.dim=32", "spark.master=local[2]"]
     done = run(
         [str(venv / "bin" / "embedpipe"), "run", "--config", str(config),
          *[a for o in overrides for a in ("--set", o)]],
@@ -129,7 +129,7 @@ def test_the_wheel_runs_the_sample_pipeline_outside_the_checkout(tmp_path: Path)
     assert (artefact / "manifest.json").is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     assert (artefact / VECTORS_FILE).is_file()
     manifest = verify(artefact)  # every file's sha256 against the manifest
-    assert manifest["model"]["hyperparameters"]["dim"] == 32
+    assert manifest["model"]["hyperparameters"]["sgns"]["dim"] == 32
     assert set(manifest["stages"]) == set(TABLES.values())
     assert "Published" in done.stdout
 
