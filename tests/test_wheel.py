@@ -99,7 +99,11 @@ def test_the_wheel_runs_the_sample_pipeline_outside_the_checkout(tmp_path: Path)
     wheel = build_wheel(tmp_path / "dist", tmp_path)
     venv = tmp_path / "venv"
     python = fresh_venv(venv, wheel)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PREFECT_API"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "PREFECT_API", "EMBEDPIPE_"))
+    }
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect"),
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
@@ -125,7 +129,7 @@ def test_the_wheel_runs_the_sample_pipeline_outside_the_checkout(tmp_path: Path)
          *[a for o in overrides for a in ("--set", o)]],
         timeout=1500, env=env, cwd=project,
     )  # fmt: skip
-    artefact = project / "artefacts" / "wordnet-sample" / "v0001"
+    artefact = project / "artefacts" / "wordnet-sample" / "v0001"  # the default store
     assert (artefact / "manifest.json").is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     assert (artefact / VECTORS_FILE).is_file()
     manifest = verify(artefact)  # every file's sha256 against the manifest
