@@ -133,8 +133,8 @@ def test_the_wheel_runs_the_sample_pipeline_outside_the_checkout(tmp_path: Path)
     assert (artefact / "manifest.json").is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     assert (artefact / VECTORS_FILE).is_file()
     manifest = verify(artefact)  # every file's sha256 against the manifest
-    assert manifest["model"]["hyperparameters"]["sgns"]["dim"] == 32
-    assert set(manifest["stages"]) == set(TABLES.values())
+    assert manifest.model is not None and manifest.model.hyperparameters["sgns"]["dim"] == 32
+    assert set(manifest.lineage.stages or {}) == set(TABLES.values())
     assert "Published" in done.stdout
 
     # spark-submit runs the wheel's own job file (no checkout, no jobs/ directory).

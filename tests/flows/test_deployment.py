@@ -173,8 +173,8 @@ def test_a_deployment_runs_on_a_worker_and_publishes(prefect_stack, tmp_path: Pa
 
     artefact = tmp_path / "store" / "deployed" / "v0001"
     manifest = verify(artefact)
-    assert manifest["training"]["world_size"] == 1
-    assert manifest["model"]["hyperparameters"]["sgns"]["dim"] == 8
+    assert manifest.lineage.training is not None and manifest.lineage.training["world_size"] == 1
+    assert manifest.model is not None and manifest.model.hyperparameters["sgns"]["dim"] == 8
     by_key = {a.key: a for a in artifacts}
     assert {"corpus-stages", "training", "evaluation", "report"} <= set(by_key)
     stages = [row["stage"] for row in json.loads(by_key["corpus-stages"].data)]
