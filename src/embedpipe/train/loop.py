@@ -59,6 +59,7 @@ class ModelRun(ABC):
 
     epoch_words: float  # units one epoch covers over all ranks (progress, schedule)
     corpus_words: int  # the input's size, reported in the summary
+    sync_every: float = 0  # words over all ranks between `exchange` calls; 0: none
 
     @abstractmethod
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Any]]:
@@ -80,8 +81,13 @@ class ModelRun(ABC):
         """JSON state a checkpoint holds besides the tensors and the loop's cursor."""
         return {}
 
+    def exchange(self) -> None:
+        """At a sync boundary (the same step on every rank): exchange what the ranks changed."""
+        raise NotImplementedError(f"{type(self).__name__} sets sync_every but cannot exchange")
+
     def drain(self) -> float:
-        """Finish steps still running (before a checkpoint); the loss they add."""
+        """Finish steps and exchanges still running (before a checkpoint: afterwards every
+        rank holds the same tables); the loss they add."""
         return 0.0
 
     def evaluate(self, epoch: int, step: int) -> dict[str, Any] | None:
@@ -142,6 +148,7 @@ class Loop:
         self.fingerprint = run_fingerprint
         self.metrics: TextIO | None = (out / METRICS).open("a") if cluster.is_main else None
         self.step, self.words = state.get("step", 0), state.get("words", 0)
+        self.synced = self.words  # words done at the last exchange (or checkpoint)
         self.total = max(1, model.epoch_words * config.epochs)
         self.start_time, self.start_words = time.time(), self.words
         self.loss_sum, self.examples = 0.0, 0
@@ -165,6 +172,9 @@ class Loop:
                     self.words += step_words
                     self.loss_sum += loss
                     self.examples += examples
+                    if model.sync_every and self.words - self.synced >= model.sync_every:
+                        model.exchange()
+                        self.synced = self.words
                     if cluster.is_main and self.step % config.log_every == 0:
                         self.log(epoch, progress)
                     if config.checkpoint_every and self.step % config.checkpoint_every == 0:
@@ -217,6 +227,7 @@ class Loop:
     def snapshot(self, epoch: int, cursor: tuple[int, int]) -> None:
         """Checkpoint the model and every rank's cursor (rank 0 writes)."""
         self.loss_sum += self.model.drain()  # the batches up to the cursor are all trained
+        self.synced = self.words
         cursors = gather_cursors(cursor, self.cluster)
         if not self.cluster.is_main:
             return
@@ -240,8 +251,12 @@ class Loop:
         """The run's summary (`_TRAINED.json`): the model's entries, then the loop's."""
         elapsed = time.time() - self.start_time
         latest = latest_checkpoint(self.out / CHECKPOINTS) if self.cluster.is_main else None
+        extras = self.model.summary()
+        if "bytes_sent" in extras:  # exchange traffic per corpus word a rank trained
+            trained = (self.words - self.start_words) / self.cluster.world
+            extras["bytes_per_word"] = round(extras["bytes_sent"] / max(trained, 1), 2)
         return {
-            **self.model.summary(),
+            **extras,
             "model": self.config.model,
             "config": to_dict(self.config),
             "fingerprint": self.fingerprint,
