@@ -26,7 +26,7 @@ from embedpipe.train.sgns import SkipGram
 from embedpipe.workdir import MANIFEST, Workdir
 
 CONFIG = TrainConfig(
-    epochs=2, checkpoint_every=3, keep_checkpoints=100, log_every=10_000,
+    epochs=2, checkpoint_every=3, keep_checkpoints=100, log_every=10_000, threads=1,
     options=Word2VecConfig(dim=8, window=3, negatives=3, batch_size=48),
 )  # fmt: skip
 

@@ -62,7 +62,7 @@ def write_cooccur(workdir: Path, shards: int, window: int = 3) -> Path:
 
 
 CONFIG = TrainConfig(
-    model="glove", epochs=2, checkpoint_every=7, keep_checkpoints=100, log_every=1000,
+    model="glove", epochs=2, checkpoint_every=7, keep_checkpoints=100, log_every=1000, threads=1,
     options=GloVeConfig(dim=8, batch_size=16),
 )  # fmt: skip
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from embedpipe.config import TrainConfig, fingerprint, to_dict
 from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Prefetcher
 from embedpipe.train.distributed import Cluster, agree, gather_cursors, setup_cluster
+from embedpipe.train.layout import resolve_threads
 from embedpipe.train.registry import get_model, resolve
 from embedpipe.workdir import Workdir
 
@@ -99,9 +101,16 @@ class ModelRun(ABC):
         return {}
 
 
+# Where a run's processes and threads sit is not what it computes: left out of its
+# fingerprint (a checkpoint records its world size, and resume checks that).
+LAYOUT_KEYS = ("nproc", "threads")
+
+
 def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
-    """What a training run depends on: its config and the upstream tables' fingerprints."""
-    return fingerprint(config, input_fingerprints(config, workdir))
+    """What a training run depends on: its config (less the layout) and the input tables'
+    fingerprints."""
+    settings = {k: v for k, v in to_dict(config).items() if k not in LAYOUT_KEYS}
+    return fingerprint(settings, input_fingerprints(config, workdir))
 
 
 def input_fingerprints(config: TrainConfig, workdir: Workdir) -> dict[str, str]:
@@ -113,6 +122,7 @@ def input_fingerprints(config: TrainConfig, workdir: Workdir) -> dict[str, str]:
 def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     """Train `config.model` on the workdir's tables; checkpoints, metrics and the summary go
     to `out`; resumes from the newest checkpoint there. Returns the summary."""
+    config = resolve_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     run_class = resolve(get_model(config.model).trainer)
     cluster = setup_cluster(run_class.gpu_backend)
     wd = Workdir(workdir)
