@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-fast lint format bench clean check-system
+.PHONY: install demo test test-fast lint format bench clean check-system gpu-tables
 
 check-system:
 	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || { \
@@ -39,6 +39,10 @@ lint: install
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+# The tables bench/gpu_check.sh reads on a GPU machine without Spark (carry this folder there).
+gpu-tables: install
+	$(BIN)/embedpipe prepare --config configs/sample.toml --set workdir=bench/out/gpu-tables
 
 clean:
 	rm -rf work artefacts spark-warehouse .pytest_cache

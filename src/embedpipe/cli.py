@@ -54,14 +54,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from embedpipe.train.launch import run_training
-    from embedpipe.train.loop import training_fingerprint
     from embedpipe.workdir import Workdir
 
     config = config_of(args)
     if args.nproc:
         config = load_config(args.config, [*args.set, f"train.nproc={args.nproc}"])
-    expected = training_fingerprint(config.train, Workdir(config.workdir))
-    summary = run_training(config, Workdir(config.workdir).train_dir, expected)
+    summary = run_training(config, Workdir(config.workdir).train_dir)
     print_json({k: summary[k] for k in ("steps", "seconds", "words_per_sec", "skipped")})
 
 

@@ -221,8 +221,11 @@ class TrainConfig:
     model: str = "sgns"  # a registered model: sgns, cbow, glove, mlm, or one of `plugins`
     epochs: int = 1
     seed: int = 1
-    nproc: int = 2  # processes per node
-    threads: int = 1  # compute threads per process (kernel threads, or torch's intra-op)
+    # Processes per node and compute threads per process (kernel threads, or torch's
+    # intra-op threads); "auto": one process per GPU, or one per CPU node with a thread
+    # per core (`train.layout`).
+    nproc: int | Literal["auto"] = "auto"
+    threads: int | Literal["auto"] = "auto"
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
     keep_checkpoints: int = 2
     log_every: int = 50
@@ -241,8 +244,11 @@ class TrainConfig:
             f"train.options: a {type(self.options).__name__} is not {self.model}'s section "
             f"({section.__name__})",
         )
-        for name in ("epochs", "nproc", "threads", "log_every"):
+        for name in ("epochs", "log_every"):
             _check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
+        for name in ("nproc", "threads"):
+            value = getattr(self, name)
+            _check(value == "auto" or value >= 1, f"train.{name} must be >= 1 or 'auto'")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
 

@@ -143,8 +143,10 @@ def stage_output_matches(config: RunConfig, stage: str, manifest: dict[str, Any]
 def training_cache_key(config: RunConfig) -> str:
     """Key of the training task: the trainer's fingerprint (its config and input tables),
     the world size and the output directory."""
+    from embedpipe.train.layout import resolve_layout
     from embedpipe.train.loop import training_fingerprint
 
+    config = resolve_layout(config)
     world = config.train.nproc * config.launch.nnodes
     expected = training_fingerprint(config.train, Workdir(config.workdir))
     return "train-" + fingerprint(expected, world, config.workdir, source_hash())

@@ -61,7 +61,7 @@ def store_url() -> Iterator[str]:
 def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store_url: str) -> None:
     work = write_workdir(tmp_path / "work")
     options = Word2VecConfig(dim=8, window=2, negatives=2, batch_size=64)
-    train_config = TrainConfig(epochs=1, log_every=1, options=options)
+    train_config = TrainConfig(epochs=1, log_every=1, nproc=1, threads=1, options=options)
     summary = train(train_config, str(work), work / "train")
     secret = {"spark.hadoop.fs.s3a.secret.key": "hunter2", "spark.ui.port": "4050"}
     config = RunConfig(

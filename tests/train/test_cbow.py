@@ -154,7 +154,7 @@ def test_blocked_step_applies_sequential_updates() -> None:
 
 
 CONFIG = TrainConfig(
-    model="cbow", epochs=2, checkpoint_every=4, keep_checkpoints=100, log_every=3,
+    model="cbow", epochs=2, checkpoint_every=4, keep_checkpoints=100, log_every=3, threads=1,
     options=Word2VecConfig(dim=8, window=3, negatives=3, batch_size=24, lr=0.05),
 )  # fmt: skip
 

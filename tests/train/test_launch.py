@@ -24,6 +24,7 @@ from .conftest import write_workdir
 RDZV_PORT = 29640  # this area's rendezvous ports: 29640-29659
 TRAIN = [
     "train.sgns.dim=8", "train.sgns.window=3", "train.sgns.negatives=3", "train.sgns.batch_size=48",
+    "train.sgns.sync_every=200",  # words a rank trains between exchanges: several per epoch
 ]  # fmt: skip
 # Gloo and the rendezvous stay on loopback; the launch environment of launch.py.
 LOOPBACK = {**os.environ, **TORCHRUN_ENV, "GLOO_SOCKET_IFNAME": "lo"}

@@ -37,7 +37,8 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def tiny_config(tiny: ModuleType, **shared: object) -> TrainConfig:
     return TrainConfig(
         model="tiny", plugins=("tiny_model",), options=tiny.TinyConfig(dim=3, batch_size=16),
-        **{"epochs": 2, "checkpoint_every": 23, "keep_checkpoints": 100, "log_every": 4, **shared},
+        **{"epochs": 2, "checkpoint_every": 23, "keep_checkpoints": 100, "log_every": 4,
+           "threads": 1, **shared},
     )  # fmt: skip
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 from embedpipe.config import LaunchConfig, RunConfig, save_config
 from embedpipe.processes import run_logged
-from embedpipe.train.loop import SUMMARY
+from embedpipe.train.layout import describe_layout, resolve_layout
+from embedpipe.train.loop import SUMMARY, training_fingerprint
+from embedpipe.workdir import Workdir
 
 # The environment every torchrun launch gets (the flow, the CLI, infra/ scripts, tests):
 # - unbuffered workers, so their lines reach the log (and the Prefect run log) as printed;
@@ -61,13 +63,17 @@ def torchrun_command(
 
 
 def run_training(
-    config: RunConfig, out: Path, expected_fingerprint: str, log: Callable[[str], None] = print
+    config: RunConfig, out: Path, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Train under torchrun unless `out` already holds this exact run; returns its summary.
+
+    `train.nproc` / `train.threads` of "auto" are resolved here for this node (`layout`).
 
     A finished run with the same fingerprint is reused; checkpoints of a different run
     (other inputs or settings) are cleared first, those of the same run are resumed.
     """
+    config = resolve_layout(config)
+    expected_fingerprint = training_fingerprint(config.train, Workdir(config.workdir))
     summary_path = out / SUMMARY
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
@@ -83,6 +89,7 @@ def run_training(
     out.mkdir(parents=True, exist_ok=True)
     config_file = save_config(config, out / "run-config.json")
     command = torchrun_command(config_file, out, config.train.nproc, config.launch)
+    log(describe_layout(config))
     log("$ " + " ".join(command))
     env = {**os.environ, **TORCHRUN_ENV}
     done = run_logged(command, log, env=env)

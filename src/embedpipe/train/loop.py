@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from embedpipe.config import TrainConfig, fingerprint, to_dict
 from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Prefetcher
 from embedpipe.train.distributed import Cluster, agree, gather_cursors, setup_cluster
+from embedpipe.train.layout import resolve_threads
 from embedpipe.train.registry import get_model, resolve
 from embedpipe.workdir import Workdir
 
@@ -59,6 +61,7 @@ class ModelRun(ABC):
 
     epoch_words: float  # units one epoch covers over all ranks (progress, schedule)
     corpus_words: int  # the input's size, reported in the summary
+    sync_every: float = 0  # words over all ranks between `exchange` calls; 0: none
 
     @abstractmethod
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Any]]:
@@ -80,8 +83,13 @@ class ModelRun(ABC):
         """JSON state a checkpoint holds besides the tensors and the loop's cursor."""
         return {}
 
+    def exchange(self) -> None:
+        """At a sync boundary (the same step on every rank): exchange what the ranks changed."""
+        raise NotImplementedError(f"{type(self).__name__} sets sync_every but cannot exchange")
+
     def drain(self) -> float:
-        """Finish steps still running (before a checkpoint); the loss they add."""
+        """Finish steps and exchanges still running (before a checkpoint: afterwards every
+        rank holds the same tables); the loss they add."""
         return 0.0
 
     def evaluate(self, epoch: int, step: int) -> dict[str, Any] | None:
@@ -93,9 +101,16 @@ class ModelRun(ABC):
         return {}
 
 
+# Where a run's processes and threads sit is not what it computes: left out of its
+# fingerprint (a checkpoint records its world size, and resume checks that).
+LAYOUT_KEYS = ("nproc", "threads")
+
+
 def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
-    """What a training run depends on: its config and the upstream tables' fingerprints."""
-    return fingerprint(config, input_fingerprints(config, workdir))
+    """What a training run depends on: its config (less the layout) and the input tables'
+    fingerprints."""
+    settings = {k: v for k, v in to_dict(config).items() if k not in LAYOUT_KEYS}
+    return fingerprint(settings, input_fingerprints(config, workdir))
 
 
 def input_fingerprints(config: TrainConfig, workdir: Workdir) -> dict[str, str]:
@@ -107,6 +122,7 @@ def input_fingerprints(config: TrainConfig, workdir: Workdir) -> dict[str, str]:
 def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     """Train `config.model` on the workdir's tables; checkpoints, metrics and the summary go
     to `out`; resumes from the newest checkpoint there. Returns the summary."""
+    config = resolve_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     run_class = resolve(get_model(config.model).trainer)
     cluster = setup_cluster(run_class.gpu_backend)
     wd = Workdir(workdir)
@@ -142,6 +158,7 @@ class Loop:
         self.fingerprint = run_fingerprint
         self.metrics: TextIO | None = (out / METRICS).open("a") if cluster.is_main else None
         self.step, self.words = state.get("step", 0), state.get("words", 0)
+        self.synced = self.words  # words done at the last exchange (or checkpoint)
         self.total = max(1, model.epoch_words * config.epochs)
         self.start_time, self.start_words = time.time(), self.words
         self.loss_sum, self.examples = 0.0, 0
@@ -165,6 +182,9 @@ class Loop:
                     self.words += step_words
                     self.loss_sum += loss
                     self.examples += examples
+                    if model.sync_every and self.words - self.synced >= model.sync_every:
+                        model.exchange()
+                        self.synced = self.words
                     if cluster.is_main and self.step % config.log_every == 0:
                         self.log(epoch, progress)
                     if config.checkpoint_every and self.step % config.checkpoint_every == 0:
@@ -217,6 +237,7 @@ class Loop:
     def snapshot(self, epoch: int, cursor: tuple[int, int]) -> None:
         """Checkpoint the model and every rank's cursor (rank 0 writes)."""
         self.loss_sum += self.model.drain()  # the batches up to the cursor are all trained
+        self.synced = self.words
         cursors = gather_cursors(cursor, self.cluster)
         if not self.cluster.is_main:
             return
@@ -240,8 +261,12 @@ class Loop:
         """The run's summary (`_TRAINED.json`): the model's entries, then the loop's."""
         elapsed = time.time() - self.start_time
         latest = latest_checkpoint(self.out / CHECKPOINTS) if self.cluster.is_main else None
+        extras = self.model.summary()
+        if "bytes_sent" in extras:  # exchange traffic per corpus word a rank trained
+            trained = (self.words - self.start_words) / self.cluster.world
+            extras["bytes_per_word"] = round(extras["bytes_sent"] / max(trained, 1), 2)
         return {
-            **self.model.summary(),
+            **extras,
             "model": self.config.model,
             "config": to_dict(self.config),
             "fingerprint": self.fingerprint,

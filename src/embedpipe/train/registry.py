@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from embedpipe.config import ConfigError
 
@@ -98,9 +98,13 @@ class Word2VecConfig:
     lr: float = 0.025
     min_lr: float = 0.0001
     batch_size: int = 16384  # centre words per step and rank
+    # Across ranks: corpus words a rank trains between exchanges of the changed rows
+    # (`sync.RowSync`), and the exchange's number format.
+    sync_every: int = 262_144
+    sync_payload: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("dim", "window", "negatives", "batch_size"):
+        for name in ("dim", "window", "negatives", "batch_size", "sync_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(0 < self.min_lr <= self.lr, "min_lr must be in (0, lr]")
 
@@ -118,9 +122,13 @@ class GloVeConfig:
     lr: float = 0.05
     x_max: float = 100.0
     alpha: float = 0.75
+    # Across ranks: entries a rank trains between exchanges of the changed rows and AdaGrad
+    # sums (`sync.RowSync`), and the exchange's number format.
+    sync_every: int = 4_194_304
+    sync_payload: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("dim", "batch_size"):
+        for name in ("dim", "batch_size", "sync_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(self.lr > 0, "lr must be > 0")
         _check(self.x_max > 0, "x_max must be > 0")

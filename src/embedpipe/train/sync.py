@@ -82,7 +82,8 @@ class RowSync:
         self.pending = (exchange, thread)
 
     def finish(self) -> None:
-        """Exchange everything now; afterwards every rank's tables equal the common base."""
+        """Exchange everything now; afterwards every rank's tables equal the common base
+        (checked: a checksum of the tables, compared across ranks)."""
         self._apply_pending()
         exchange = self._snapshot()
         self._run(exchange)
@@ -90,6 +91,20 @@ class RowSync:
         with torch.no_grad():
             for table, base in zip(self.tables, self.base, strict=True):
                 table.copy_(base)
+        self.check_replicas()
+
+    def check_replicas(self) -> None:
+        """Raise unless every rank's base holds the same values (an order-sensitive checksum
+        per table: equal data gives bit-equal sums, as every rank sums in the same order)."""
+        sums = []
+        for base in self.base:
+            flat = base.detach().reshape(-1).double()
+            weights = torch.arange(1, len(flat) + 1, dtype=torch.float64, device=flat.device)
+            sums += [flat.sum(), (flat * weights.remainder_(7919)).sum()]
+        mine = torch.stack(sums)
+        every = gather(mine, self.world, self.group)
+        if not bool((every == mine).all()):
+            raise RuntimeError(f"ranks hold different tables after an exchange: {every.tolist()}")
 
     def reset(self) -> None:
         """Take the tables as they are as the common base (after a checkpoint is loaded)."""
@@ -98,9 +113,13 @@ class RowSync:
             base.copy_(table)
             touched[:] = False
 
-    @property
-    def bytes_per_sync(self) -> int:
-        return round(self.bytes / max(self.syncs, 1))
+    def summary(self) -> dict[str, int]:
+        """What the exchange cost this rank: syncs and bytes sent."""
+        return {
+            "syncs": self.syncs,
+            "bytes_sent": self.bytes,
+            "bytes_per_sync": round(self.bytes / max(self.syncs, 1)),
+        }
 
     def _snapshot(self) -> Exchange:
         rows, deltas = [], []

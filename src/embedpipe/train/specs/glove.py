@@ -9,11 +9,11 @@ together before cutting them into batches of `batch_size` entries: a near-global
 shuffle, as the Stanford tool's `shuffle`, in bounded memory.
 
 The step (`glove.glove_step`) is AdaGrad entry by entry on copies of the rows the batch
-touches (on CPU; Hogwild threads with `train.threads` > 1). The ranks then sum their
-changes to the four tables and to their AdaGrad sums with one `SparseRowsExchange`, and
-every rank applies the same sum, so the replicas stay identical. With unevenly sized
-shards, a few entries of the larger shares go unseen in an epoch (the loop's agreement
-ends it for everyone when one rank's share is done).
+touches (on CPU; Hogwild threads with `train.threads` > 1), added to this rank's tables.
+Across ranks, `sync.RowSync` sums the ranks' changes to the four tables and their AdaGrad
+sums every `sync_every` entries a rank, overlapped with the next interval's training.
+With unevenly sized shards, a few entries of the larger shares go unseen in an epoch (the
+loop's agreement ends it for everyone when one rank's share is done).
 
 The learning rate is constant (`train.glove.lr`). The AdaGrad sums are part of the state:
 checkpoints hold the four tables, their sums, and W + C under "input" (the published
@@ -38,10 +38,11 @@ from embedpipe.train.data import (
     cooccur_chunks,
     count_rows,
 )
-from embedpipe.train.distributed import Cluster, SparseRowsExchange, set_kernel_threads
+from embedpipe.train.distributed import Cluster, set_kernel_threads, sync_group
 from embedpipe.train.glove import TABLES, GloVe, glove_step
 from embedpipe.train.loop import ModelRun, Resumed
 from embedpipe.train.registry import GloVeConfig
+from embedpipe.train.sync import RowSync
 from embedpipe.train.windows import RowCompactor
 from embedpipe.workdir import Workdir
 
@@ -74,8 +75,13 @@ class GloVeRun(ModelRun):
                 for name, p, s in zip(TABLES, self.params, self.sums, strict=True):
                     p.copy_(resumed[0][name])
                     s.copy_(resumed[0][f"adagrad.{name}"])
-        self.exchange = SparseRowsExchange({}, cluster.world) if cluster.world > 1 else None
         self.compact = RowCompactor(vocab_size)
+        self.sync = None
+        if cluster.world > 1:
+            payload = getattr(torch, options.sync_payload)
+            tables = [*self.params, *self.sums]
+            self.sync = RowSync(tables, sync_group(cluster), cluster.world, payload)
+            self.sync_every = options.sync_every * cluster.world
 
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Batch]]:
         return iter_glove_batches(
@@ -92,11 +98,22 @@ class GloVeRun(ModelRun):
                 self.params, self.sums, *batch.tensors(), o.x_max, o.alpha, lr, self.threads,
                 self.compact,
             )  # fmt: skip
-            apply_changes(
-                [*self.params, *self.sums], result.rows, result.changes, self.exchange,
-                o.batch_size,
-            )  # fmt: skip
+            for i, (p, rows, change) in enumerate(
+                zip([*self.params, *self.sums], result.rows, result.changes, strict=True)
+            ):
+                p.index_add_(0, rows, change)
+                if self.sync is not None:
+                    self.sync.mark(i, rows.numpy() if rows.device.type == "cpu" else rows.cpu())
         return result.loss, batch.pairs
+
+    def exchange(self) -> None:
+        assert self.sync is not None
+        self.sync.boundary()
+
+    def drain(self) -> float:
+        if self.sync is not None:
+            self.sync.finish()
+        return 0.0
 
     def tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"input": self.model.vectors()}
@@ -105,7 +122,7 @@ class GloVeRun(ModelRun):
         return tensors
 
     def summary(self) -> dict[str, Any]:
-        return {"bytes_per_step": self.exchange.bytes_per_step if self.exchange else 0}
+        return self.sync.summary() if self.sync is not None else {}
 
 
 def pool_order(seed: int, n_chunks: int, epoch: int, rank: int) -> list[list[int]]:
@@ -149,25 +166,3 @@ def iter_glove_batches(
             yield batches
     finally:
         read.close()
-
-
-def apply_changes(
-    params: list[torch.Tensor],
-    rows: list[torch.Tensor],
-    changes: list[torch.Tensor],
-    exchange: SparseRowsExchange | None,
-    bound: int,
-) -> None:
-    """Add every rank's changes of a step to `params` (the same sum on every rank)."""
-    if exchange is not None:
-        local = [
-            torch.sparse_coo_tensor(
-                r.unsqueeze(0), c, p.shape, check_invariants=False, is_coalesced=True
-            )
-            for p, r, c in zip(params, rows, changes, strict=True)
-        ]
-        summed = exchange.exchange([(g, bound) for g in local])
-        rows = [g._indices()[0] for g in summed]  # averages over ranks: scale back to sums
-        changes = [g._values().mul_(exchange.world) for g in summed]
-    for p, r, c in zip(params, rows, changes, strict=True):
-        p.index_add_(0, r, c)

@@ -1,19 +1,14 @@
 """Skip-gram (`train.model = "sgns"`) and CBOW (`"cbow"`) on the `sequences` table.
 
 Each rank streams its own row range of `sequences`; the loop's data thread turns the next
-chunk into window batches (`windows`: subsampling, dynamic windows, negatives, the rows
-each batch touches) while the current one trains. One process on CPU trains the tables in
-place (`SkipGram.train_in_place`, word2vec.c's way) from batches over global ids
-(`windows.SpanBatch`: no compaction), its `train.threads` threads taking whole batches at
-once (`InPlaceTrainer`). Across ranks or on GPUs the step works on copies of the touched
-rows (a compiled kernel on CPU, blocked tensor operations on GPUs) and returns
-(rows before - rows after) / lr as coalesced sparse gradients, which
-DistributedDataParallel reduces through `SparseRowsExchange` (one all-reduce over the
-union of the rows the ranks touched: traffic grows with the batch, never with the
-vocabulary). The loss is multiplied by the world size so each rank's updates count fully
-(DDP averages), and every rank applies the same plain SGD update: the sum of all ranks'
-updates of the step, as word2vec's threads each apply their own. A rank misses the other
-ranks' updates of the current step: bigger batches mean fewer exchanges but staler rows.
+chunk into window batches (`windows`: subsampling, dynamic windows, negatives) while the
+current one trains. On CPU every rank trains its tables in place (`SkipGram.train_in_place`,
+word2vec.c's way) from batches over global ids (`windows.SpanBatch`), its `train.threads`
+threads taking whole batches at once (`InPlaceTrainer`). On GPUs the step runs blocked
+tensor operations on copies of the touched rows (`windows.WindowBatch`) and adds the
+result to the tables. Across ranks, every rank marks the rows its batches touch and
+`sync.RowSync` sums the ranks' changes every `sync_every` words a rank, overlapped with
+the next interval's training (see `sync` for what a rank may miss and why that is safe).
 """
 
 from __future__ import annotations
@@ -24,21 +19,16 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from embedpipe import schemas as S
 from embedpipe.config import TrainConfig
 from embedpipe.train.cbow import CBOW
 from embedpipe.train.data import Batch, Chunk, ChunkReader, chunk_seed, rank_chunks
-from embedpipe.train.distributed import (
-    Cluster,
-    SparseRowsExchange,
-    set_kernel_threads,
-    sparse_rows_hook,
-)
+from embedpipe.train.distributed import Cluster, set_kernel_threads, sync_group
 from embedpipe.train.loop import ModelRun, Resumed
 from embedpipe.train.registry import Word2VecConfig
 from embedpipe.train.sgns import InPlaceTrainer, SkipGram
+from embedpipe.train.sync import RowSync
 from embedpipe.train.windows import (
     RowCompactor,
     WindowBatch,
@@ -77,20 +67,15 @@ class SkipGramRun(ModelRun):
             with torch.no_grad():
                 self.model.input.weight.copy_(resumed[0]["input"])
                 self.model.output.weight.copy_(resumed[0]["output"])
-        self.ddp, self.exchange = self.model, None
-        if cluster.world > 1:
-            self.ddp = DistributedDataParallel(self.model)
-            # Rows a batch can touch: its span of tokens (input), centres and negatives (output).
-            bounds = {
-                self.model.input.weight: options.batch_size + 2 * options.window,
-                self.model.output.weight: options.batch_size * (1 + options.negatives),
-            }
-            self.exchange = SparseRowsExchange(bounds, cluster.world)
-            self.ddp.register_comm_hook(self.exchange, sparse_rows_hook)
         self.params = [self.model.input.weight, self.model.output.weight]
-        # One process on CPU: the kernel trains the tables in place (nothing to exchange).
-        self.in_place = cluster.world == 1 and cluster.device.type == "cpu"
+        # On CPU the kernel trains the tables in place; GPUs step on copies of the rows.
+        self.in_place = cluster.device.type == "cpu"
         self.runner = InPlaceTrainer(self.model, config.threads) if self.in_place else None
+        self.sync = None
+        if cluster.world > 1:
+            payload = getattr(torch, options.sync_payload)
+            self.sync = RowSync(self.params, sync_group(cluster), cluster.world, payload)
+            self.sync_every = options.sync_every * cluster.world
 
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Batch]]:
         return iter_batches(
@@ -104,29 +89,45 @@ class SkipGramRun(ModelRun):
         return max(o.min_lr, o.lr - (o.lr - o.min_lr) * progress)
 
     def train_step(self, batch: Batch, lr: float, step: int) -> tuple[float, int]:
+        if self.sync is not None:
+            self.mark(batch.data)
         if self.runner is not None:
             return self.runner.submit(batch.data, lr), batch.pairs
         data = WindowBatch(*(t.to(self.cluster.device) for t in batch.tensors()))
-        loss = self.ddp(data, lr)
-        # DDP averages gradients over ranks; scale so each rank's pairs count fully, as
-        # word2vec's threads each apply their own updates.
-        (loss * self.cluster.world).backward()
         with torch.no_grad():
-            for p in self.params:  # plain SGD on the rows the step touched
-                # (index_add_ is slower with an alpha: scale first)
-                step_rows = p.grad._values().mul_(-lr)
-                p.index_add_(0, p.grad._indices()[0], step_rows)
-                p.grad = None
-        return loss.item(), batch.pairs
+            loss, grad_in, grad_out = self.model.step(*self.params, data, lr)
+            for p, rows, grad in zip(
+                self.params, (data.in_rows, data.out_rows), (grad_in, grad_out), strict=True
+            ):  # plain SGD on the rows the step touched (index_add_ is slower with alpha)
+                p.index_add_(0, rows, grad.mul_(-lr))
+        return float(loss), batch.pairs
+
+    def mark(self, data: Any) -> None:
+        """Note the rows a batch touches: its tokens (input), centres and negatives (output)."""
+        assert self.sync is not None
+        if isinstance(data, WindowBatch):
+            self.sync.mark(0, data.in_rows.numpy())
+            self.sync.mark(1, data.out_rows.numpy())
+        else:  # SpanBatch over global ids
+            self.sync.mark(0, data.span)
+            self.sync.mark(1, data.centres)
+            self.sync.mark(1, data.negatives.reshape(-1))
+
+    def exchange(self) -> None:
+        assert self.sync is not None
+        self.sync.boundary()
 
     def drain(self) -> float:
-        return self.runner.drain() if self.runner is not None else 0.0
+        loss = self.runner.drain() if self.runner is not None else 0.0
+        if self.sync is not None:
+            self.sync.finish()
+        return loss
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"input": self.model.input.weight, "output": self.model.output.weight}
 
     def summary(self) -> dict[str, Any]:
-        return {"bytes_per_step": self.exchange.bytes_per_step if self.exchange else 0}
+        return self.sync.summary() if self.sync is not None else {}
 
 
 class CBOWRun(SkipGramRun):
