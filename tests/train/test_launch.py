@@ -25,6 +25,7 @@ RDZV_PORT = 29640  # this area's rendezvous ports: 29640-29659
 TRAIN = [
     "train.sgns.dim=8", "train.sgns.window=3", "train.sgns.negatives=3", "train.sgns.batch_size=48",
     "train.sgns.sync_every=200",  # words a rank trains between exchanges: several per epoch
+    "train.threads=1",  # bit-reproducible ranks (auto gives a lone rank every core: Hogwild)
 ]  # fmt: skip
 # Gloo and the rendezvous stay on loopback; the launch environment of launch.py.
 LOOPBACK = {**os.environ, **TORCHRUN_ENV, "GLOO_SOCKET_IFNAME": "lo"}
