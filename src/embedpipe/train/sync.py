@@ -5,8 +5,9 @@ the rows each batch touches. At every sync boundary (the loop calls `boundary()`
 `sync_every` words a rank, at the same step on every rank) a rank
 
 1. waits for the exchange it launched at the previous boundary and applies it: the base
-   (the state every rank agrees on) gains the sum S of all ranks' deltas on the union of
-   their rows, and the rank's tables gain S minus its own delta d (which they already hold);
+   (the state every rank agrees on) has gained the sum S of all ranks' deltas on the union
+   of their rows (on the exchange thread), and the rank's tables gain S minus its own delta
+   d, which they already hold (one pass over the union rows on the training thread);
 2. snapshots its new delta d = tables - base on the rows it touched since, and hands it to
    a background thread that sums it over ranks (one all-gather of row ids, one dense
    all-reduce of the values over the union of rows) while the next interval trains.
@@ -44,7 +45,7 @@ class Exchange:
     rows: list[torch.Tensor]  # per table: rows I touched (sorted, int64)
     deltas: list[torch.Tensor]  # per table: tables - base on those rows, at launch
     unions: list[torch.Tensor] | None = None  # per table: rows any rank touched
-    sums: list[torch.Tensor] | None = None  # per table: sum of deltas over ranks, on unions
+    sums: list[torch.Tensor] | None = None  # per table: the other ranks' deltas, on unions
     error: BaseException | None = None
 
 
@@ -139,19 +140,28 @@ class RowSync:
         self._apply(exchange)
 
     def _apply(self, exchange: Exchange) -> None:
+        """Add the other ranks' changes to the tables: one pass over the union rows on the
+        training thread (the base was updated by the exchange thread)."""
         if exchange.error is not None:
             raise RuntimeError("the row exchange between ranks failed") from exchange.error
         assert exchange.unions is not None and exchange.sums is not None
         with torch.no_grad():
-            for i, table in enumerate(self.tables):
-                union, total = exchange.unions[i], exchange.sums[i]
-                self.base[i].index_add_(0, union, total)
-                table.index_add_(0, union, total)
-                table.index_add_(0, exchange.rows[i], exchange.deltas[i], alpha=-1)
+            for table, union, others in zip(
+                self.tables, exchange.unions, exchange.sums, strict=True
+            ):
+                table.index_add_(0, union, others)
 
     def _run(self, exchange: Exchange) -> None:
+        """On the exchange thread: the sum over ranks, added to the base; then what the
+        tables lack of it (the sum less this rank's own delta, which they hold already).
+        The base is read again only at the next boundary, after this thread is joined."""
         try:
-            exchange.unions, exchange.sums = self._sum_over_ranks(exchange)
+            unions, sums = self._sum_over_ranks(exchange)
+            with torch.no_grad():
+                for i, (union, total) in enumerate(zip(unions, sums, strict=True)):
+                    self.base[i].index_add_(0, union, total)
+                    total[torch.searchsorted(union, exchange.rows[i])] -= exchange.deltas[i]
+            exchange.unions, exchange.sums = unions, sums
         except BaseException as e:  # surfaced by _apply on the training thread
             exchange.error = e
 
