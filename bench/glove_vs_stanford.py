@@ -129,7 +129,7 @@ def run_embedpipe(
         "batch_size": batch_size,
         "training_seconds": summary["seconds"],
         "entries_per_sec": summary["words_per_sec"],
-        "bytes_per_step": summary.get("bytes_per_step"),
+        "bytes_per_word": summary.get("bytes_per_word", 0),  # exchanged a trained entry
         **scores(weights["input"], vocab),
     }
 
@@ -192,7 +192,8 @@ def main() -> None:
             print(f"{name}: {m['entries_per_sec'] / stanford['entries_per_sec']:.2f}x the "
                   f"Stanford tool's entries/s; scores minus Stanford's: {gaps}")  # fmt: skip
     for r in (r for name, rs in runs.items() if name.startswith("embedpipe") for r in rs):
-        print(f"bytes exchanged per step, {r['processes']} processes: {r['bytes_per_step']:,}")
+        if r["processes"] > 1:
+            print(f"bytes exchanged per entry, {r['processes']} processes: {r['bytes_per_word']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {RESULTS}")

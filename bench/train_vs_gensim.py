@@ -143,7 +143,7 @@ def run_embedpipe(
     return {
         "seconds": summary["seconds"],
         "words_per_sec": summary["words_per_sec"],
-        "bytes_per_step": summary.get("bytes_per_step"),
+        "bytes_per_word": summary.get("bytes_per_word", 0),  # exchanged a trained word
         "steps": summary["steps"],
         **scores(weights["input"], vocab),
     }
@@ -223,7 +223,7 @@ def main() -> None:
               f"{diff['simlex999']:+.4f}, analogy {diff['analogy']:+.4f} (target >= -0.01)")  # fmt: skip
         if args.scaling:
             print(f"  {args.nproc} processes exchange "
-                  f"{row['embedpipe_nproc']['bytes_per_step'] / 1e6:.2f} MB a step and rank")  # fmt: skip
+                  f"{row['embedpipe_nproc']['bytes_per_word']} bytes a word and rank")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {RESULTS}")
