@@ -18,8 +18,10 @@ and exchanging every `sync_every` words it trains (S). The model, stated:
 - ring all-reduce: 2 (N - 1) / N x payload / bandwidth + 2 (N - 1) x 50 us latency, plus the
   row-id all-gather (N - 1) x ids / bandwidth;
 - the exchange of interval t runs while interval t + 1 trains (`sync.RowSync`): an interval
-  costs max(T_c, T_comm) + T_apply, T_apply being the measured cost of a boundary on the
-  training thread (snapshot and apply: about three passes over the union rows);
+  costs max(T_c, T_comm) + T_apply, T_apply being the cost of a boundary on the training
+  thread (the snapshot of the rank's rows and one pass over the union rows), timed here;
+- the exchange's own CPU work (gloo's copies on loopback, the union, the base update) runs
+  on cores the node does not train on: on the same cores (part 1) it competes with training;
 - efficiency E(N) = T_c / (max(T_c, T_comm) + T_apply). Target: E(16) >= 0.8 at 25 Gb/s.
 
 Usage: python bench/scaleout.py --corpus /work/bench-data/corpus-10m.txt \
@@ -136,21 +138,24 @@ def project(
     return rows
 
 
-def apply_cost(width: int, union_rows: float) -> float:
-    """Seconds a boundary costs the training thread: snapshot (gather, subtract) and apply
-    (three index_add_) over the union rows, timed here on tables of that size."""
-    import torch
+def apply_cost(width: int, mine_rows: float, union_rows: float) -> float:
+    """Seconds a boundary costs the training thread, timed with `sync.RowSync`'s own
+    kernels: the snapshot of this rank's rows and one pass over the union rows."""
+    from embedpipe.train.kernels import add_rows, row_deltas
 
-    n = max(1, int(union_rows))
-    table = torch.randn(4 * n, width)
-    base = table.clone()
-    rows = torch.randperm(4 * n)[:n].sort().values
+    n, m = max(1, int(union_rows)), max(1, int(mine_rows))
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((2 * n, width), dtype=np.float32)
+    base = table.copy()
+    union = np.sort(rng.permutation(2 * n)[:n])
+    mine = np.sort(rng.choice(union, m, replace=False))
+    others = rng.standard_normal((n, width), dtype=np.float32)
+    delta = np.empty((m, width), dtype=np.float32)
+    row_deltas(table, base, mine, delta)  # compiled before timing
     start = time.perf_counter()
     for _ in range(5):
-        delta = table[rows] - base[rows]
-        base.index_add_(0, rows, delta)
-        table.index_add_(0, rows, delta)
-        table.index_add_(0, rows, delta, alpha=-1)
+        row_deltas(table, base, mine, delta)
+        add_rows(table, union, others)
     return (time.perf_counter() - start) / 5
 
 
@@ -201,6 +206,33 @@ def print_projection(rows: list[dict[str, Any]]) -> None:
               + f"   union {cells[0]['union_rows']:,} rows, {cells[0]['payload_mb']} MB")  # fmt: skip
 
 
+def add_projection(row: dict[str, Any], model: str, workdir: Path, settings: list[str]) -> None:
+    """The cluster projection of a word2vec model from its measured 1-process rate."""
+    from embedpipe.train.registry import get_model
+
+    options = get_model(model).section()
+    sync = next((int(s.split("=")[1]) for s in settings
+                 if s.startswith(f"train.{model}.sync_every=")), options.sync_every)  # fmt: skip
+    probabilities = touch_probabilities(workdir, sync, options.window, options.negatives)
+    union = sum(float((1 - (1 - p) ** 2).sum()) for p in probabilities.values())
+    mine = sum(float(p.sum()) for p in probabilities.values())
+    row["predicted_bytes_per_sync_2"] = round(union * (options.dim * 4 + 4))
+    apply = apply_cost(options.dim, mine, union)
+    row["projection"] = project(row["threads"]["rate"], sync, options.dim, probabilities, apply)
+    row["apply_seconds"] = round(apply, 5)
+
+
+def reproject(args: argparse.Namespace) -> None:
+    """Recompute the projections of an earlier run's results (no training)."""
+    results = json.loads(RESULTS.read_text())
+    for model, row in results["models"].items():
+        if model in ("sgns", "cbow"):
+            add_projection(row, model, args.workdir, args.set)
+            print(f"{model}: boundary {row['apply_seconds'] * 1e3:.1f} ms on the training thread")
+            print_projection(row["projection"])
+    RESULTS.write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
@@ -210,8 +242,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="for every model (default: as the benches)")
     parser.add_argument("--seeds", type=int, default=1, help="runs of each layout, seeds 1..N")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--reproject", action="store_true", help="projections of the last run")
     args = parser.parse_args()
-    from embedpipe.train.registry import get_model
+    if args.reproject:
+        return reproject(args)
 
     manifests = prepare(args.corpus, args.workdir, ("tokenize", "build_vocab", "encode", "cooccur"))
     words = manifests["tokenize"]["counts"]["tokens"]
@@ -225,17 +259,7 @@ def main() -> None:
                     ("tokenize", "build_vocab", "encode", "bucket"))  # fmt: skip
         row = measure(args, model, workdir)
         if model in ("sgns", "cbow"):
-            options = get_model(model).section()
-            sync = next((int(s.split("=")[1]) for s in args.set
-                         if s.startswith(f"train.{model}.sync_every=")), options.sync_every)  # fmt: skip
-            probabilities = touch_probabilities(workdir, sync, options.window, options.negatives)
-            union = sum(float((1 - (1 - p) ** 2).sum()) for p in probabilities.values())
-            row["predicted_bytes_per_sync_2"] = round(union * (options.dim * 4 + 4))
-            apply = apply_cost(options.dim, union)
-            row["projection"] = project(
-                row["threads"]["rate"], sync, options.dim, probabilities, apply
-            )
-            row["apply_seconds"] = round(apply, 5)
+            add_projection(row, model, workdir, args.set)
         results["models"][model] = row
         print_model(model, row, args.nproc)
         if "projection" in row:

@@ -200,25 +200,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_pipeline_commands(sub)
-
-    p = sub.add_parser("evaluate", help="benchmark scores of an artefact")
-    add_artefact_args(p)
-    p.add_argument(
-        "--pairs", action="append", default=[], metavar="FILE",
-        help="also score your own word<TAB>word<TAB>score file (repeatable)",
-    )  # fmt: skip
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("neighbors", help="nearest neighbours of a word")
-    add_artefact_args(p)
-    p.add_argument("word")
-    p.add_argument("-k", type=int, default=10)
-    p.set_defaults(func=cmd_neighbors)
-
+def add_artefacts_commands(sub: argparse._SubParsersAction) -> None:
+    """`embedpipe artefacts ACTION`: the store's commands."""
     p = sub.add_parser("artefacts", help="list, show, verify, diff, alias, export, gc artefacts")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list", help="every name and version, with aliases")
@@ -256,6 +239,28 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--include-special", action="store_true")
     a.add_argument("--store")
     p.set_defaults(func=cmd_artefacts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_pipeline_commands(sub)
+
+    p = sub.add_parser("evaluate", help="benchmark scores of an artefact")
+    add_artefact_args(p)
+    p.add_argument(
+        "--pairs", action="append", default=[], metavar="FILE",
+        help="also score your own word<TAB>word<TAB>score file (repeatable)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("neighbors", help="nearest neighbours of a word")
+    add_artefact_args(p)
+    p.add_argument("word")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=cmd_neighbors)
+
+    add_artefacts_commands(sub)
 
     p = sub.add_parser("report", help="Markdown report with plots for an artefact version")
     p.add_argument("name")

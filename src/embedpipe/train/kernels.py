@@ -319,3 +319,22 @@ def glove_adagrad(
         word_bias_sq[i, 0] += g * g
         context_bias_sq[j, 0] += g * g
     return loss
+
+
+@numba.njit(nogil=True, cache=True)
+def row_deltas(table: np.ndarray, base: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = table[rows[i]] - base[rows[i]]: a rank's changes since the last exchange."""
+    for i in range(len(rows)):
+        r = rows[i]
+        for j in range(table.shape[1]):
+            out[i, j] = table[r, j] - base[r, j]
+
+
+@numba.njit(nogil=True, cache=True)
+def add_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """table[rows[i]] += values[i] for distinct rows (one pass; torch's index_add_ on CPU
+    was several times slower at this size)."""
+    for i in range(len(rows)):
+        r = rows[i]
+        for j in range(table.shape[1]):
+            table[r, j] += values[i, j]

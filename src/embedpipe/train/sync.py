@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from embedpipe.train.kernels import add_rows, row_deltas
+
 
 @dataclass
 class Exchange:
@@ -128,7 +130,12 @@ class RowSync:
             r = torch.from_numpy(np.flatnonzero(touched)).to(table.device)
             touched[:] = False
             rows.append(r)
-            deltas.append(table.detach()[r] - base[r])
+            if table.device.type == "cpu":
+                delta = torch.empty((len(r), *table.shape[1:]), dtype=table.dtype)
+                row_deltas(as_rows(table), as_rows(base), r.numpy(), as_rows(delta))
+            else:
+                delta = table.detach()[r] - base[r]
+            deltas.append(delta)
         return Exchange(rows, deltas)
 
     def _apply_pending(self) -> None:
@@ -149,7 +156,10 @@ class RowSync:
             for table, union, others in zip(
                 self.tables, exchange.unions, exchange.sums, strict=True
             ):
-                table.index_add_(0, union, others)
+                if table.device.type == "cpu":
+                    add_rows(as_rows(table), union.numpy(), as_rows(others.contiguous()))
+                else:
+                    table.index_add_(0, union, others)
 
     def _run(self, exchange: Exchange) -> None:
         """On the exchange thread: the sum over ranks, added to the base; then what the
@@ -191,6 +201,12 @@ class RowSync:
         self.syncs += 1
         self.bytes += mine.numel() * mine.element_size() + values.numel() * values.element_size()
         return unions, [v.to(self.tables[i].dtype) for i, v in enumerate(views)]
+
+
+def as_rows(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a 2-D numpy view (rows x width; a 1-D table is one column)."""
+    array = tensor.detach().numpy()
+    return array.reshape(len(array), int(np.prod(array.shape[1:], dtype=np.int64)))
 
 
 def gather(tensor: torch.Tensor, world: int, group: dist.ProcessGroup | None) -> torch.Tensor:
