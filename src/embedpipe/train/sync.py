@@ -169,7 +169,10 @@ class RowSync:
             unions, sums = self._sum_over_ranks(exchange)
             with torch.no_grad():
                 for i, (union, total) in enumerate(zip(unions, sums, strict=True)):
-                    self.base[i].index_add_(0, union, total)
+                    if total.device.type == "cpu":
+                        add_rows(as_rows(self.base[i]), union.numpy(), as_rows(total))
+                    else:
+                        self.base[i].index_add_(0, union, total)
                     total[torch.searchsorted(union, exchange.rows[i])] -= exchange.deltas[i]
             exchange.unions, exchange.sums = unions, sums
         except BaseException as e:  # surfaced by _apply on the training thread
