@@ -12,6 +12,7 @@ from embedpipe.train.checkpoint import (
     MARKER,
     STATE,
     WEIGHTS,
+    CheckpointError,
     complete_checkpoints,
     latest_checkpoint,
     load_checkpoint,
@@ -29,6 +30,7 @@ def test_roundtrip(tmp_path: Path) -> None:
     assert path == tmp_path / "step-7"
     tensors, state = load_checkpoint(path)
     assert torch.equal(tensors["input"], torch.full((3, 2), 7.0))
+    assert state.pop("files")[WEIGHTS]["bytes"] == (path / WEIGHTS).stat().st_size
     assert state == {"epoch": 0, "fingerprint": "f", "step": 7}
 
 
@@ -44,7 +46,7 @@ def test_incomplete_checkpoints_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     assert complete_checkpoints(tmp_path) == [tmp_path / "step-5"]
     assert latest_checkpoint(tmp_path) == tmp_path / "step-5"
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         load_checkpoint(crashed)
     # The resumed run writes step-9 again over the debris.
     save(tmp_path, 9)
@@ -64,3 +66,53 @@ def test_numeric_order_not_lexical(tmp_path: Path) -> None:
         save(tmp_path, step)
     assert latest_checkpoint(tmp_path).name == "step-100"
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedpipe.train.checkpoint import resume_checkpoint
+
+    for step in (3, 5):
+        save(tmp_path, step)
+    # The recorded hash travels in state.json: editing it there would be caught as well.
+    for step in (3, 5):
+        path = tmp_path / f"step-{step}" / STATE
+        path.write_text(json.dumps({**json.loads(path.read_text()), "world": 1}))
+    weights = tmp_path / "step-5" / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-40])  # COMPLETE is there, the data is not
+    path, tensors, state = resume_checkpoint(tmp_path, "f", world=1)
+    assert path == tmp_path / "step-3" and state["step"] == 3
+    assert torch.equal(tensors["input"], torch.full((3, 2), 3.0))
+    warning = capsys.readouterr().out
+    assert str(weights) in warning and "bytes" in warning
+
+
+def test_a_corrupt_checkpoint_names_its_file(tmp_path: Path) -> None:
+    from embedpipe.train.checkpoint import CheckpointError, resume_checkpoint
+
+    path = save(tmp_path, 4)
+    weights = path / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{weights}: sha256 differs"):
+        load_checkpoint(path)
+    (path / STATE).write_text('{"step": 4, "epo')  # a truncated state file
+    with pytest.raises(CheckpointError, match=f"{path / STATE}: unreadable checkpoint state"):
+        load_checkpoint(path)
+    # Nothing verifies: one error listing what was wrong, naming the path.
+    with pytest.raises(CheckpointError, match=f"no checkpoint under {tmp_path} verifies"):
+        resume_checkpoint(tmp_path, "f", world=1)
+
+
+def test_a_checkpoint_records_its_weights_size_and_hash(tmp_path: Path) -> None:
+    from embedpipe.artefacts.files import sha256_file
+
+    path = save(tmp_path, 2)
+    recorded = json.loads((path / STATE).read_text())["files"][WEIGHTS]
+    assert recorded == {
+        "bytes": (path / WEIGHTS).stat().st_size,
+        "sha256": sha256_file(path / WEIGHTS),
+    }
+    assert not list(tmp_path.glob("*.tmp-*"))  # the staging directory was renamed away
