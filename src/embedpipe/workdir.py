@@ -23,6 +23,7 @@ TRAIN = "train"
 CHECKPOINTS = "checkpoints"
 REPORTS = "reports"
 STAGING = ".staging"
+SPARK_SECRETS = "spark-secrets.properties"
 RUN_CONFIG = "run-config.json"  # the config spark-submit jobs read (client mode)
 PY_FILES = ".py-files"  # the package as a zip for spark-submit's --py-files
 
@@ -104,6 +105,11 @@ class Workdir:
     def run_config(self) -> Path:
         """The saved run config that spark-submit jobs read."""
         return self.submit_dir / RUN_CONFIG
+
+    @property
+    def spark_secrets(self) -> Path:
+        """The properties file (mode 0600) that hands credentials to spark-submit off argv."""
+        return self.submit_dir / SPARK_SECRETS
 
     @property
     def py_files(self) -> Path:

@@ -150,3 +150,36 @@ def test_the_in_process_session_gets_the_same_properties(spark) -> None:
     conf = spark.sparkContext.getConf()
     for key, value in wanted.spark_properties().items():
         assert conf.get(key) == value, key
+
+
+def test_credentials_stay_off_the_command_line_and_out_of_readable_files(tmp_path: Path) -> None:
+    from embedpipe.config import save_config
+
+    secret = "s3cr3t-Planted\\value"
+    config = load_config(
+        None,
+        [
+            f"workdir={tmp_path}",
+            'spark.conf={"spark.hadoop.fs.s3a.secret.key": "'
+            + secret.replace("\\", "\\\\")
+            + '", "spark.hadoop.fs.s3a.endpoint": "http://minio:9000"}',
+        ],
+    )
+    wd = Workdir(str(tmp_path))
+    config_file = save_config(config, wd.run_config)
+    command = submit_command("encode", config, config_file, ZIP, wd.spark_secrets)
+    assert not any("s3cr3t" in arg for arg in command)  # what `ps` would show
+    assert "spark.hadoop.fs.s3a.endpoint=http://minio:9000" in command
+    at = command.index("--properties-file")
+    assert command[at + 1] == str(wd.spark_secrets) and "--load-spark-defaults" in command
+    # The properties file (Java escaping of the backslash) and the run config the job
+    # reads hold it, readable by their owner only.
+    lines = wd.spark_secrets.read_text().splitlines()
+    assert lines == ["spark.hadoop.fs.s3a.secret.key=s3cr3t-Planted\\\\value"]
+    for path in (wd.spark_secrets, config_file):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    # The training run's saved config masks it (training needs no storage credentials).
+    masked = tmp_path / "train-run-config.json"
+    save_config(config, masked, redact=True)
+    assert "s3cr3t" not in masked.read_text() and "***" in masked.read_text()
+    assert load_config(masked).spark.conf["spark.hadoop.fs.s3a.secret.key"] == "***"

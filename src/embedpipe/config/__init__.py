@@ -40,6 +40,7 @@ __all__ = [
     "LaunchConfig", "RunConfig", "SparkConfig", "TokenizeConfig", "TrainConfig", "VocabConfig",
     "apply_overrides", "check_value", "fingerprint", "from_dict", "is_secret_key",
     "load_config", "parse_override", "read_config_file", "redacted", "save_config", "to_dict",
+    "write_private",
 ]  # fmt: skip
 
 
@@ -132,9 +133,19 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
-    """Write a RunConfig as JSON that `load_config` reads back (for jobs and torchrun)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-    return p
+def save_config(config: RunConfig, path: str | os.PathLike, redact: bool = False) -> Path:
+    """Write a RunConfig as JSON that `load_config` reads back (for jobs and torchrun),
+    readable by its owner only (mode 0600: it may hold credentials); `redact` masks them
+    where the reader does not need them."""
+    data = redacted(config) if redact else config.to_dict()
+    return write_private(Path(path), json.dumps(data, indent=2, sort_keys=True))
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write `text` to `path` with mode 0600, whatever the umask or an older file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path

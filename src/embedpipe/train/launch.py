@@ -87,7 +87,7 @@ def run_training(
     if stale or summary_path.is_file():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    config_file = save_config(config, out / "run-config.json")
+    config_file = save_config(config, out / "run-config.json", redact=True)
     command = torchrun_command(config_file, out, config.train.nproc, config.launch)
     log(describe_layout(config))
     log("$ " + " ".join(command))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import embedpipe
-from embedpipe.config import RunConfig, save_config
+from embedpipe.config import RunConfig, is_secret_key, save_config, write_private
 from embedpipe.corpus.registry import get_stage
 from embedpipe.processes import run_logged
 from embedpipe.version import source_hash
@@ -56,14 +56,20 @@ def spark_submit_executable() -> str:
 
 
 def submit_command(
-    stage: str, config: RunConfig, config_file: Path, py_files: Path | None
+    stage: str,
+    config: RunConfig,
+    config_file: Path,
+    py_files: Path | None,
+    secrets_file: Path | None = None,
 ) -> list[str]:
     """The spark-submit command line of one stage for `config.spark`'s master and mode.
 
     Client mode (local, standalone, YARN or Kubernetes): the driver runs here and reads the
     config file from this disk. Cluster mode (YARN, Kubernetes): the driver runs on the
     cluster, so the config file travels with `--files` and is named by its base name there;
-    the workdir must then be a URL every node reads (HDFS, object storage).
+    the workdir must then be a URL every node reads (HDFS, object storage). Properties that
+    hold credentials never go on the command line (which `ps` shows): they are written to
+    `secrets_file` (mode 0600) and passed with `--properties-file`, cluster defaults kept.
     """
     get_stage(stage)  # an unknown stage is refused before anything is submitted
     spark = config.spark
@@ -79,8 +85,18 @@ def submit_command(
     if spark.deploy_mode == "cluster":
         command += ["--files", str(config_file)]
         config_arg = config_file.name
+    secrets = {}
     for key, value in spark.spark_properties().items():
-        command += ["--conf", f"{key}={value}"]
+        if is_secret_key(key):
+            secrets[key] = value
+        else:
+            command += ["--conf", f"{key}={value}"]
+    if secrets:
+        if secrets_file is None:
+            raise ValueError("spark.conf holds credentials: give a secrets_file for them")
+        lines = (f"{key}={value.replace(chr(92), chr(92) * 2)}" for key, value in secrets.items())
+        write_private(secrets_file, "\n".join(lines) + "\n")
+        command += ["--properties-file", str(secrets_file), "--load-spark-defaults"]
     job_file = spark.job_file or str(JOB_FILE)
     return [*command, job_file, stage, "--config", config_arg]
 
@@ -98,7 +114,7 @@ def submit_stage(
     workdir = Workdir(config.workdir)
     config_file = save_config(config, workdir.run_config)
     py_files = package_zip(workdir.py_files) if config.spark.ship_package else None
-    command = submit_command(stage, config, config_file, py_files)
+    command = submit_command(stage, config, config_file, py_files, workdir.spark_secrets)
     env = {
         **os.environ,
         "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
