@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -183,3 +184,22 @@ def test_credentials_stay_off_the_command_line_and_out_of_readable_files(tmp_pat
     save_config(config, masked, redact=True)
     assert "s3cr3t" not in masked.read_text() and "***" in masked.read_text()
     assert load_config(masked).spark.conf["spark.hadoop.fs.s3a.secret.key"] == "***"
+
+
+def test_the_shipped_zip_has_the_source_hash_of_the_package(tmp_path: Path) -> None:
+    """Run from the `--py-files` zip (as spark-submit's executors and driver do), the package
+    hashes the same source: stage fingerprints agree between in-process and submitted runs."""
+    import subprocess
+
+    from embedpipe.corpus.spark.submit import package_zip
+    from embedpipe.version import source_hash
+
+    archive = package_zip(tmp_path)
+    probe = "import embedpipe.version as v; print(v.__file__); print(v.source_hash())"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(archive), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    where, digest = done.stdout.split()
+    assert where.startswith(str(archive))  # imported from the zip, not the checkout
+    assert digest == source_hash() != hashlib.sha256().hexdigest()[:12]
