@@ -98,7 +98,7 @@ def run(workdir: Path, model: str, nproc: int, threads: int, extra: list[str]) -
     return {**result, **scores(weights["input"], vocab)}
 
 
-def touch_probabilities(workdir: Path, words: int, window: int, negatives: int) -> dict:
+def touch_probabilities(workdir: Path, words: int, negatives: int) -> dict:
     """Per row, the chance that one node's interval of `words` corpus words touches it."""
     vocab = pq.read_table(workdir / "vocab", columns=["count", "keep_prob", "noise_prob"])
     counts = vocab.column("count").to_numpy().astype(np.float64)
@@ -213,7 +213,7 @@ def add_projection(row: dict[str, Any], model: str, workdir: Path, settings: lis
     options = get_model(model).section()
     sync = next((int(s.split("=")[1]) for s in settings
                  if s.startswith(f"train.{model}.sync_every=")), options.sync_every)  # fmt: skip
-    probabilities = touch_probabilities(workdir, sync, options.window, options.negatives)
+    probabilities = touch_probabilities(workdir, sync, options.negatives)
     union = sum(float((1 - (1 - p) ** 2).sum()) for p in probabilities.values())
     mine = sum(float(p.sum()) for p in probabilities.values())
     row["predicted_bytes_per_sync_2"] = round(union * (options.dim * 4 + 4))

@@ -33,7 +33,7 @@ from embedpipe.config import (
 )
 from embedpipe.corpus.registry import STAGES, get_stage
 from embedpipe.version import source_hash
-from embedpipe.workdir import Workdir
+from embedpipe.workdir import CHECKPOINTS, SUMMARY, Workdir
 
 
 def _parameter_fields() -> dict[str, Any]:
@@ -154,7 +154,7 @@ def training_cache_key(config: RunConfig) -> str:
 
 def training_output_matches(config: RunConfig, summary: dict[str, Any]) -> bool:
     """True when `<workdir>/train` still holds this training summary and its checkpoint."""
-    from embedpipe.train.loop import SUMMARY
+    from embedpipe.train.checkpoint import MARKER
 
     out = Workdir(config.workdir).train_dir
     path = out / SUMMARY
@@ -165,5 +165,5 @@ def training_output_matches(config: RunConfig, summary: dict[str, Any]) -> bool:
     return (
         on_disk.get("fingerprint") == summary.get("fingerprint")
         and checkpoint is not None
-        and (out / "checkpoints" / checkpoint / "COMPLETE").is_file()
+        and (out / CHECKPOINTS / checkpoint / MARKER).is_file()
     )

@@ -20,7 +20,9 @@ import fsspec
 MANIFEST = "_MANIFEST.json"  # a table directory counts only with this file
 TOKENIZER_MODEL = "_sentencepiece.model"  # SentencePiece model beside the tokens table
 TRAIN = "train"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = "checkpoints"  # in the train dir: step-N/ checkpoint directories
+SUMMARY = "_TRAINED.json"  # in the train dir: the finished run's summary
+METRICS = "metrics.jsonl"  # in the train dir: one JSON record per logged step (rank 0)
 REPORTS = "reports"
 STAGING = ".staging"
 SPARK_SECRETS = "spark-secrets.properties"

@@ -6,7 +6,6 @@ real loop on the GPU and checks what it wrote.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,4 +86,3 @@ def test_layout_auto_runs_one_process_per_gpu() -> None:
 
     train_config = resolve_layout(load_config(None)).train
     assert train_config.nproc == torch.cuda.device_count()
-    assert dataclasses.replace(train_config, nproc=1).nproc == 1

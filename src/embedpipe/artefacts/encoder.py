@@ -31,6 +31,7 @@ from embedpipe.artefacts.files import ArtefactError, join, read_bytes
 from embedpipe.artefacts.loader import ENCODER_FILE, VECTORS_FILE, VECTORS_KEY, Embeddings
 from embedpipe.evaluate import BENCHMARKS, PROBE_WORDS, probe_neighbours
 from embedpipe.schemas import SPECIAL_TOKENS, UNK_ID
+from embedpipe.workdir import CHECKPOINTS
 
 if TYPE_CHECKING:
     from embedpipe.train.mlm import EncoderConfig, MaskedLM
@@ -243,7 +244,7 @@ def write_encoder_files(train_dir: Path, summary: dict[str, Any], out: Path) -> 
 
     from embedpipe.train.checkpoint import load_checkpoint
 
-    tensors, state = load_checkpoint(train_dir / "checkpoints" / summary["checkpoint"])
+    tensors, state = load_checkpoint(train_dir / CHECKPOINTS / summary["checkpoint"])
     weights = {
         k.removeprefix("model."): v.float().contiguous()
         for k, v in tensors.items()

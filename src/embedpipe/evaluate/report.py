@@ -30,9 +30,10 @@ from embedpipe.artefacts.loader import Embeddings, read_embeddings
 from embedpipe.artefacts.manifest import Manifest
 from embedpipe.evaluate.benchmarks import BENCHMARKS, Benchmark
 from embedpipe.schemas import SPECIAL_TOKENS
+from embedpipe.workdir import METRICS
 
 REPORT_FILE = "report.md"
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = METRICS  # the training metrics an artefact carries
 LOSS_PLOT = "loss.png"
 SCORES_PLOT = "scores.png"
 PROJECTION_PLOT = "projection.png"

@@ -19,9 +19,10 @@ from typing import Any
 
 from embedpipe.config import LaunchConfig, RunConfig, save_config
 from embedpipe.processes import run_logged
+from embedpipe.train.checkpoint import STATE
 from embedpipe.train.layout import describe_layout, resolve_layout
-from embedpipe.train.loop import SUMMARY, training_fingerprint
-from embedpipe.workdir import Workdir
+from embedpipe.train.loop import training_fingerprint
+from embedpipe.workdir import CHECKPOINTS, RUN_CONFIG, SUMMARY, Workdir
 
 # The environment every torchrun launch gets (the flow, the CLI, infra/ scripts, tests):
 # - unbuffered workers, so their lines reach the log (and the Prefect run log) as printed;
@@ -79,7 +80,7 @@ def run_training(
         summary = json.loads(summary_path.read_text())
         if summary.get("fingerprint") == expected_fingerprint:
             return {**summary, "skipped": True}
-    checkpoint_states = sorted((out / "checkpoints").glob("step-*/state.json"))
+    checkpoint_states = sorted((out / CHECKPOINTS).glob(f"step-*/{STATE}"))
     stale = any(
         json.loads(p.read_text()).get("fingerprint") != expected_fingerprint
         for p in checkpoint_states
@@ -87,7 +88,7 @@ def run_training(
     if stale or summary_path.is_file():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    config_file = save_config(config, out / "run-config.json", redact=True)
+    config_file = save_config(config, out / RUN_CONFIG, redact=True)
     command = torchrun_command(config_file, out, config.train.nproc, config.launch)
     log(describe_layout(config))
     log("$ " + " ".join(command))

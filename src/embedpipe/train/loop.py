@@ -37,11 +37,8 @@ from embedpipe.train.data import Prefetcher
 from embedpipe.train.distributed import Cluster, agree, gather_cursors, setup_cluster
 from embedpipe.train.layout import resolve_threads
 from embedpipe.train.registry import get_model, resolve
-from embedpipe.workdir import Workdir
+from embedpipe.workdir import CHECKPOINTS, METRICS, SUMMARY, Workdir
 
-SUMMARY = "_TRAINED.json"
-METRICS = "metrics.jsonl"  # one JSON record per logged step (rank 0); loss.png plots it
-CHECKPOINTS = "checkpoints"
 PREFETCH = 1  # chunks the data thread may prepare ahead
 
 Resumed = tuple[dict[str, torch.Tensor], dict[str, Any]]  # a checkpoint's (tensors, state)

@@ -109,13 +109,6 @@ class RowSync:
         if not bool((every == mine).all()):
             raise RuntimeError(f"ranks hold different tables after an exchange: {every.tolist()}")
 
-    def reset(self) -> None:
-        """Take the tables as they are as the common base (after a checkpoint is loaded)."""
-        self._apply_pending()
-        for table, base, touched in zip(self.tables, self.base, self.touched, strict=True):
-            base.copy_(table)
-            touched[:] = False
-
     def summary(self) -> dict[str, int]:
         """What the exchange cost this rank: syncs and bytes sent."""
         return {

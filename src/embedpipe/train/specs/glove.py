@@ -103,7 +103,7 @@ class GloVeRun(ModelRun):
             ):
                 p.index_add_(0, rows, change)
                 if self.sync is not None:
-                    self.sync.mark(i, rows.numpy() if rows.device.type == "cpu" else rows.cpu())
+                    self.sync.mark(i, rows.cpu().numpy())
         return result.loss, batch.pairs
 
     def exchange(self) -> None:
