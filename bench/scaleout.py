@@ -47,6 +47,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_vs_gensim import prepare, scores  # noqa: E402
 
+from embedpipe.train.registry import MLMConfig  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "scaleout.json"
 NODES = (2, 4, 8, 16, 32, 64)
@@ -159,6 +161,8 @@ def apply_cost(width: int, mine_rows: float, union_rows: float) -> float:
     return (time.perf_counter() - start) / 5
 
 
+# max_tokens is per rank (DDP's local batch): the processes layout gets the one process's
+# budget split over its ranks, so both layouts take the same steps on the same global batch.
 EPOCHS = {"sgns": 5, "cbow": 5, "glove": 15, "mlm": 1}
 
 
@@ -170,6 +174,8 @@ def measure(args: argparse.Namespace, model: str, workdir: Path) -> dict[str, An
     for seed in range(1, args.seeds + 1):
         for name, (nproc, threads) in layouts.items():
             extra = [f"train.epochs={epochs}", f"train.seed={seed}", *args.set]
+            if model == "mlm" and nproc > 1:  # the same global batch, split over the ranks
+                extra.append(f"train.mlm.max_tokens={MLMConfig().max_tokens // nproc}")
             runs[name].append(run(workdir, model, nproc, threads, extra))
     keys = [k for k in ("rate", "wordsim353", "simlex999", "analogy", "heldout_perplexity")
             if runs["threads"][0].get(k) is not None]  # fmt: skip

@@ -33,11 +33,19 @@ def changes(rank: int, interval: int) -> list[tuple[int, np.ndarray, np.ndarray]
     return out
 
 
-def with_changes(tables: list[torch.Tensor], ranks: range, intervals: range) -> list[torch.Tensor]:
+def with_changes(
+    tables: list[torch.Tensor],
+    ranks: range,
+    intervals: range,
+    rows_below: tuple[int, int] = (0, ROWS),
+) -> list[torch.Tensor]:
+    """`tables` plus the changes of `ranks` in `intervals` to rows in [lo, hi)."""
+    lo, hi = rows_below
     for rank in ranks:
         for interval in intervals:
             for table, rows, values in changes(rank, interval):
-                tables[table][torch.from_numpy(rows)] += torch.from_numpy(values)
+                keep = (rows >= lo) & (rows < hi)
+                tables[table][torch.from_numpy(rows[keep])] += torch.from_numpy(values[keep])
     return tables
 
 
@@ -46,21 +54,32 @@ def initial_tables() -> list[torch.Tensor]:
     return [torch.randn(ROWS, WIDTH, generator=g), torch.randn(ROWS, generator=g)]
 
 
-def worker(rank: int, port: int, out: str, payload: str) -> None:
+def expected_after(rank: int, interval: int, hot: int, rare_every: int) -> list[torch.Tensor]:
+    """What a rank's tables hold after the boundary that ends `interval` (staleness).
+
+    Its own changes up to `interval`; the other rank's hot rows up to interval - 1 (that
+    interval's exchange is still in flight); its rare rows up to the last boundary that
+    sent them (every `rare_every`-th) before this one.
+    """
+    other = range(1 - rank, 2 - rank)
+    last_full = interval // rare_every * rare_every  # boundaries are numbered from 1
+    tables = with_changes(initial_tables(), range(rank, rank + 1), range(interval + 1))
+    tables = with_changes(tables, other, range(interval), (0, hot))
+    return with_changes(tables, other, range(last_full), (hot, ROWS))
+
+
+def worker(rank: int, port: int, out: str, payload: str, hot: int, rare_every: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     tables = initial_tables()
-    sync = RowSync(tables, dist.new_group(backend="gloo"), 2, getattr(torch, payload))
+    group = dist.new_group(backend="gloo")
+    sync = RowSync(tables, group, 2, getattr(torch, payload), hot_rows=hot, full_every=rare_every)
     tolerance = 1e-5 if payload == "float32" else 0.05
     for interval in range(INTERVALS):
         for table, rows, values in changes(rank, interval):
             tables[table][torch.from_numpy(rows)] += torch.from_numpy(values)
             sync.mark(table, rows)
         sync.boundary()
-        # Staleness: after the boundary that ends interval k, a rank's tables hold every
-        # rank's changes up to interval k - 1 and its own of interval k; the other rank's
-        # changes of interval k are still in flight.
-        expected = with_changes(initial_tables(), range(2), range(interval))
-        expected = with_changes(expected, range(rank, rank + 1), range(interval, interval + 1))
+        expected = expected_after(rank, interval, hot, rare_every)
         for t in range(2):
             gap = float((tables[t] - expected[t]).abs().max())
             assert gap < tolerance, f"rank {rank} interval {interval} table {t}: {gap}"
@@ -72,14 +91,19 @@ def worker(rank: int, port: int, out: str, payload: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("payload", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    ("payload", "hot", "rare_every"),
+    [("float32", ROWS, 1), ("bfloat16", ROWS, 1), ("float32", 20, 3)],
+    ids=["float32", "bfloat16", "rare-rows-every-3rd"],
+)
 def test_two_ranks_end_with_identical_tables_holding_every_change(
-    tmp_path: Path, payload: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, payload: str, hot: int, rare_every: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The spawned ranks import this module by name: from the repository root.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
-    mp.spawn(worker, args=(free_port(), str(tmp_path), payload), nprocs=2, join=True)
+    args = (free_port(), str(tmp_path), payload, hot, rare_every)
+    mp.spawn(worker, args=args, nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     expected = with_changes(initial_tables(), range(2), range(INTERVALS))
     tolerance = 1e-5 if payload == "float32" else 0.05  # bf16 keeps 8 bits of mantissa

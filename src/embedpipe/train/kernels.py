@@ -338,3 +338,36 @@ def add_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
         r = rows[i]
         for j in range(table.shape[1]):
             table[r, j] += values[i, j]
+
+
+@numba.njit(nogil=True, cache=True)
+def pack_rows(out: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
+    """out[positions[i]] = values[i], zeros in every other row of `out`: a rank's deltas
+    placed among the union's rows, in one pass (`positions` ascending)."""
+    j = 0
+    for i in range(out.shape[0]):
+        if j < len(positions) and positions[j] == i:
+            for k in range(out.shape[1]):
+                out[i, k] = values[j, k]
+            j += 1
+        else:
+            for k in range(out.shape[1]):
+                out[i, k] = 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def merge_sums(
+    base: np.ndarray, union: np.ndarray, sums: np.ndarray, positions: np.ndarray, own: np.ndarray
+) -> None:
+    """base[union] += sums; sums less this rank's own deltas (at ascending `positions`),
+    which its tables hold already: what the tables still lack. One pass."""
+    j = 0
+    for i in range(len(union)):
+        r = union[i]
+        mine = j < len(positions) and positions[j] == i
+        for k in range(sums.shape[1]):
+            base[r, k] += sums[i, k]
+            if mine:
+                sums[i, k] -= own[j, k]
+        if mine:
+            j += 1

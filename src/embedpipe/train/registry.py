@@ -98,13 +98,17 @@ class Word2VecConfig:
     lr: float = 0.025
     min_lr: float = 0.0001
     batch_size: int = 16384  # centre words per step and rank
-    # Across ranks: corpus words a rank trains between exchanges of the changed rows
-    # (`sync.RowSync`), and the exchange's number format.
+    # Across ranks (`sync.RowSync`): corpus words a rank trains between exchanges of the
+    # changed rows of the `sync_hot_rows` most frequent words (0: of every word); the rows of
+    # the other words go at every `sync_rare_every`-th exchange; the number format.
     sync_every: int = 262_144
+    sync_hot_rows: int = 0
+    sync_rare_every: int = 1
     sync_payload: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("dim", "window", "negatives", "batch_size", "sync_every"):
+        _check(self.sync_hot_rows >= 0, "sync_hot_rows must be >= 0")
+        for name in ("dim", "window", "negatives", "batch_size", "sync_every", "sync_rare_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(0 < self.min_lr <= self.lr, "min_lr must be in (0, lr]")
 

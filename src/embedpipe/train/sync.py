@@ -14,7 +14,11 @@ the rows each batch touches. At every sync boundary (the loop calls `boundary()`
 
 Staleness: a rank sees another rank's change of interval k after the boundary that ends
 interval k + 1, so it trains without at most the last two intervals of the other ranks'
-changes: 2 x sync_every x (world - 1) words. Word2vec's Hogwild threads already train on
+changes: 2 x sync_every x (world - 1) words. With `hot_rows`, that holds for the rows of
+the most frequent words; the other rows go at every `full_every`-th boundary, so a rank
+may miss up to 2 x full_every x sync_every x (world - 1) words of the other ranks' changes
+to a rare word (a few occurrences: most rows of the output table are touched only as
+negative samples, with tiny steps). Word2vec's Hogwild threads already train on
 rows that other threads change under them; local SGD with periodic averaging (Ji et al.
 2016, pWord2Vec) converges the same way for these sparse, small-step updates, and the
 bench measures the scores (bench/scaleout.py).
@@ -37,22 +41,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from embedpipe.train.kernels import add_rows, row_deltas
+from embedpipe.train.kernels import add_rows, merge_sums, pack_rows, row_deltas
 
 
 @dataclass
 class Exchange:
     """One launched exchange: my rows and deltas, and (when done) the union and the sums."""
 
-    rows: list[torch.Tensor]  # per table: rows I touched (sorted, int64)
+    rows: list[torch.Tensor]  # per table: rows I send (sorted, int64)
     deltas: list[torch.Tensor]  # per table: tables - base on those rows, at launch
-    unions: list[torch.Tensor] | None = None  # per table: rows any rank touched
+    unions: list[torch.Tensor] | None = None  # per table: rows any rank sent
     sums: list[torch.Tensor] | None = None  # per table: the other ranks' deltas, on unions
     error: BaseException | None = None
 
 
 class RowSync:
-    """The overlapped delta exchange of `tables` between the ranks of `group`."""
+    """The overlapped delta exchange of `tables` between the ranks of `group`.
+
+    Rows are vocabulary ids, which the vocabulary sorts by count: the first `hot_rows` of a
+    table are its most frequent words. Those are exchanged at every boundary; the others,
+    touched far less often, at every `full_every`-th boundary (their deltas keep adding up
+    in the tables meanwhile, so nothing is lost, only seen later).
+    """
 
     def __init__(
         self,
@@ -60,17 +70,27 @@ class RowSync:
         group: dist.ProcessGroup | None,
         world: int,
         payload: torch.dtype = torch.float32,
+        hot_rows: int | None = None,
+        full_every: int = 1,
     ) -> None:
         self.tables = list(tables)
         self.base = [t.detach().clone() for t in self.tables]
         self.group = group
         self.world = world
         self.payload = payload
-        # Rows touched since the last boundary, marked by the loop per batch (numpy: cheap).
+        self.hot_rows = hot_rows
+        self.full_every = full_every
+        # Rows touched since they were last sent, marked by the loop per batch (numpy: cheap).
         self.touched = [np.zeros(t.shape[0], dtype=np.bool_) for t in self.tables]
         self.pending: tuple[Exchange, threading.Thread] | None = None
+        self.boundaries = 0
         self.syncs = 0
         self.bytes = 0  # payload this rank sent: row ids gathered + values reduced
+        # Grow-only buffers, reused by every exchange: fresh ones of tens of MB each time
+        # cost page faults (kernel time) on every boundary.
+        self._deltas = [torch.empty(0, dtype=t.dtype) for t in self.tables]
+        self._values = torch.empty(0, dtype=torch.float32)
+        self._wire = torch.empty(0, dtype=payload)
 
     def mark(self, table: int, rows: np.ndarray) -> None:
         """Note that a batch touches `rows` of table number `table`."""
@@ -79,7 +99,8 @@ class RowSync:
     def boundary(self) -> None:
         """End an interval: apply the previous exchange, launch this interval's."""
         self._apply_pending()
-        exchange = self._snapshot()
+        self.boundaries += 1
+        exchange = self._snapshot(full=self.boundaries % self.full_every == 0)
         thread = threading.Thread(target=self._run, args=(exchange,), daemon=True)
         thread.start()
         self.pending = (exchange, thread)
@@ -88,7 +109,7 @@ class RowSync:
         """Exchange everything now; afterwards every rank's tables equal the common base
         (checked: a checksum of the tables, compared across ranks)."""
         self._apply_pending()
-        exchange = self._snapshot()
+        exchange = self._snapshot(full=True)
         self._run(exchange)
         self._apply(exchange)
         with torch.no_grad():
@@ -117,14 +138,20 @@ class RowSync:
             "bytes_per_sync": round(self.bytes / max(self.syncs, 1)),
         }
 
-    def _snapshot(self) -> Exchange:
+    def _snapshot(self, full: bool) -> Exchange:
+        """On the training thread: the rows to send (all touched ones, or the hot ones) and
+        their deltas, which stop counting as touched."""
         rows, deltas = [], []
-        for table, base, touched in zip(self.tables, self.base, self.touched, strict=True):
-            r = torch.from_numpy(np.flatnonzero(touched)).to(table.device)
-            touched[:] = False
+        for i, (table, base, touched) in enumerate(
+            zip(self.tables, self.base, self.touched, strict=True)
+        ):
+            sent = touched if full or self.hot_rows is None else touched[: self.hot_rows]
+            r = torch.from_numpy(np.flatnonzero(sent)).to(table.device)
+            sent[:] = False
             rows.append(r)
             if table.device.type == "cpu":
-                delta = torch.empty((len(r), *table.shape[1:]), dtype=table.dtype)
+                self._deltas[i] = grown(self._deltas[i], (len(r), *table.shape[1:]))
+                delta = self._deltas[i][: len(r)]
                 row_deltas(as_rows(table), as_rows(base), r.numpy(), as_rows(delta))
             else:
                 delta = table.detach()[r] - base[r]
@@ -150,7 +177,7 @@ class RowSync:
                 self.tables, exchange.unions, exchange.sums, strict=True
             ):
                 if table.device.type == "cpu":
-                    add_rows(as_rows(table), union.numpy(), as_rows(others.contiguous()))
+                    add_rows(as_rows(table), union.numpy(), as_rows(others))
                 else:
                     table.index_add_(0, union, others)
 
@@ -159,21 +186,29 @@ class RowSync:
         tables lack of it (the sum less this rank's own delta, which they hold already).
         The base is read again only at the next boundary, after this thread is joined."""
         try:
-            unions, sums = self._sum_over_ranks(exchange)
+            unions, positions = self._unions(exchange.rows)
+            sums = self._sum_over_ranks(exchange, unions, positions)
             with torch.no_grad():
                 for i, (union, total) in enumerate(zip(unions, sums, strict=True)):
                     if total.device.type == "cpu":
-                        add_rows(as_rows(self.base[i]), union.numpy(), as_rows(total))
+                        merge_sums(
+                            as_rows(self.base[i]),
+                            union.numpy(),
+                            as_rows(total),
+                            positions[i].numpy(),
+                            as_rows(exchange.deltas[i]),
+                        )
                     else:
                         self.base[i].index_add_(0, union, total)
-                    total[torch.searchsorted(union, exchange.rows[i])] -= exchange.deltas[i]
+                        total[positions[i]] -= exchange.deltas[i]
             exchange.unions, exchange.sums = unions, sums
         except BaseException as e:  # surfaced by _apply on the training thread
             exchange.error = e
 
-    def _sum_over_ranks(self, exchange: Exchange) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """All-gather every table's row ids at once, then one all-reduce over the unions."""
-        rows, device = exchange.rows, self.tables[0].device
+    def _unions(self, rows: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """All-gather every table's row ids at once: per table the sorted union of the rows
+        any rank sends, and where this rank's rows sit in it."""
+        device = self.tables[0].device
         counts = torch.tensor([len(r) for r in rows], dtype=torch.int64, device=device)
         widths = gather(counts, self.world, self.group).max(dim=0).values.tolist()
         starts = np.cumsum([0, *widths]).tolist()
@@ -181,22 +216,70 @@ class RowSync:
         for r, start in zip(rows, starts, strict=False):
             mine[start : start + len(r)] = r
         every = gather(mine, self.world, self.group)
-        unions = []
-        for start, stop in zip(starts, starts[1:], strict=False):
+        self.bytes += mine.numel() * mine.element_size()
+        unions, positions = [], []
+        for table, r, start, stop in zip(self.tables, rows, starts, starts[1:], strict=False):
             ids = every[:, start:stop].reshape(-1)
-            unions.append(torch.unique(ids[ids >= 0]).long())  # sorted
+            if device.type == "cpu":  # a bitmap over the rows: linear, no sort
+                member = np.zeros(table.shape[0], dtype=np.bool_)
+                member[ids.numpy()] = True  # a -1 pad marks the last row, cleared next
+                member[-1] = bool((ids == table.shape[0] - 1).any())
+                union = torch.from_numpy(np.flatnonzero(member))
+                index = np.cumsum(member, dtype=np.int64) - 1
+                where = torch.from_numpy(index[r.numpy()])
+            else:
+                union = torch.unique(ids[ids >= 0]).long()  # sorted
+                where = torch.searchsorted(union, r)
+            unions.append(union)
+            positions.append(where)
+        return unions, positions
+
+    def _sum_over_ranks(
+        self, exchange: Exchange, unions: list[torch.Tensor], positions: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """One all-reduce of every table's deltas, placed on the union rows (zeros where this
+        rank sent none); returns the sums per table, as float32 views of one buffer."""
         shapes = [(len(u), *t.shape[1:]) for u, t in zip(unions, self.tables, strict=True)]
         offsets = np.cumsum([0, *(int(np.prod(s)) for s in shapes)]).tolist()
-        values = torch.zeros(offsets[-1], dtype=self.payload, device=device)
-        views = []
-        for i, union in enumerate(unions):
-            view = values[offsets[i] : offsets[i + 1]].view(shapes[i])
-            view[torch.searchsorted(union, rows[i])] = exchange.deltas[i].to(self.payload)
-            views.append(view)
-        dist.all_reduce(values, group=self.group)
+        device = self.tables[0].device
+        if device.type == "cpu":
+            self._values = grown(self._values, (offsets[-1],))
+            values = self._values[: offsets[-1]]
+        else:
+            values = torch.empty(offsets[-1], dtype=torch.float32, device=device)
+        views = [
+            values[a:b].view(shape)
+            for a, b, shape in zip(offsets, offsets[1:], shapes, strict=False)
+        ]
+        for view, where, delta in zip(views, positions, exchange.deltas, strict=True):
+            if device.type == "cpu":
+                pack_rows(as_rows(view), where.numpy(), as_rows(delta))
+            else:
+                view.zero_()[where] = delta
+        if self.payload == torch.float32:
+            dist.all_reduce(values, group=self.group)
+        else:
+            if device.type == "cpu":
+                self._wire = grown(self._wire, (offsets[-1],))
+                wire = self._wire[: offsets[-1]]
+            else:
+                wire = torch.empty(offsets[-1], dtype=self.payload, device=device)
+            wire.copy_(values)
+            dist.all_reduce(wire, group=self.group)
+            values.copy_(wire)
         self.syncs += 1
-        self.bytes += mine.numel() * mine.element_size() + values.numel() * values.element_size()
-        return unions, [v.to(self.tables[i].dtype) for i, v in enumerate(views)]
+        self.bytes += values.numel() * torch.finfo(self.payload).bits // 8
+        return views
+
+
+def grown(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """`buffer` if it holds at least prod(shape) elements, else a new one 1.5x that size;
+    returned reshaped to hold `shape` rows first: callers slice `[:n]`."""
+    need = int(np.prod(shape))
+    if buffer.numel() < need:
+        buffer = torch.empty(int(need * 1.5) + 1, dtype=buffer.dtype)
+    rows = buffer.numel() // max(int(np.prod(shape[1:])), 1)
+    return buffer[: rows * int(np.prod(shape[1:]))].view(rows, *shape[1:])
 
 
 def as_rows(tensor: torch.Tensor) -> np.ndarray:

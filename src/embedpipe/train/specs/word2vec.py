@@ -74,7 +74,14 @@ class SkipGramRun(ModelRun):
         self.sync = None
         if cluster.world > 1:
             payload = getattr(torch, options.sync_payload)
-            self.sync = RowSync(self.params, sync_group(cluster), cluster.world, payload)
+            self.sync = RowSync(
+                self.params,
+                sync_group(cluster),
+                cluster.world,
+                payload,
+                hot_rows=options.sync_hot_rows or None,
+                full_every=options.sync_rare_every,
+            )
             self.sync_every = options.sync_every * cluster.world
 
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Batch]]:
