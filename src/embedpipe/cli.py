@@ -5,12 +5,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from embedpipe.config import RunConfig, load_config
 from embedpipe.corpus.registry import STAGES
+from embedpipe.version import __version__
+
+USAGE_ERROR = 2  # the command line or the config: as argparse exits on a bad option
+FAILED = 1  # an expected failure of the command (bad input, no such artefact, ...)
+BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away, as `yes | head` ends
+
+# Errors a user can act on, by module, class and exit status: one line on stderr, no
+# traceback (`--debug` shows it). Looked up among the modules already imported (an error
+# cannot be raised before its class's module is), so the CLI imports no pyspark or torch
+# for them. Any other exception is a bug and keeps its traceback.
+EXPECTED_ERRORS = (
+    ("embedpipe.config.values", "ConfigError", USAGE_ERROR),
+    ("embedpipe.corpus.sources", "CorpusError", FAILED),
+    ("embedpipe.artefacts.files", "ArtefactError", FAILED),  # the store's errors' base
+    ("embedpipe.train.checkpoint", "CheckpointError", FAILED),
+    ("embedpipe.corpus.spark.session", "JavaNotFoundError", FAILED),
+)
+
+
+class CommandError(Exception):
+    """An expected failure of a command; its message says it all."""
+
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -96,7 +119,7 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
     emb = load(args.artefact, version=args.version, store=args.store)
     words = tokenize_line(args.word) or [args.word]
     if emb.lookup(words[0]) is None:
-        sys.exit(f"{args.word!r} is not in the vocabulary of {emb.path}")
+        raise CommandError(f"{args.word!r} is not in the vocabulary of {emb.path}")
     for token, score in emb.most_similar(words[0], k=args.k):
         print(f"{score:.4f}  {token}")
 
@@ -243,6 +266,8 @@ def add_artefacts_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print its traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
     add_pipeline_commands(sub)
 
@@ -268,12 +293,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--store")
     p.set_defaults(func=cmd_report)
+    add_debug_flag(sub)
     return parser
 
 
+def add_debug_flag(sub: argparse._SubParsersAction) -> None:
+    """`--debug` after the command too (`embedpipe prepare --config x --debug`), in every
+    sub-command and theirs; absent there, it leaves the global flag's value alone."""
+    for parser in sub.choices.values():
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                add_debug_flag(action)
+
+
+def exit_status(error: BaseException) -> int | None:
+    """The exit status of an expected error (`EXPECTED_ERRORS`, a missing file, a failed
+    command); None for any other (a bug: it keeps its traceback)."""
+    if isinstance(error, CommandError):
+        return FAILED
+    for module, name, status in EXPECTED_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(error, cls):
+            return status
+    if isinstance(error, FileNotFoundError):
+        return FAILED
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line."""
+    return re.sub(r"\s*\n\s*", "; ", str(error).strip()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run a command. An expected error prints `embedpipe: error: ...` on stderr and exits
+    1 (2 for the command line and config: argparse's status for a bad option); with
+    `--debug`, or for any other exception, the traceback is printed."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(BROKEN_PIPE)
+    except Exception as e:
+        status = exit_status(e)
+        if status is None or args.debug:
+            raise
+        print(f"embedpipe: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(status)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not
+    raise BrokenPipeError again (Python's documented way; see the `signal` docs)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured)
+        pass
 
 
 if __name__ == "__main__":

@@ -343,7 +343,7 @@ def test_cli_on_the_store(
     diff = json.loads(capsys.readouterr().out)
     assert (diff["a"]["version"], diff["b"]["version"]) == ("v0001", "v0003")
     with pytest.raises(ArtefactError, match="production"):
-        main(["artefacts", "delete", "emb", "v0001", *store])
+        main(["--debug", "artefacts", "delete", "emb", "v0001", *store])
     main(["artefacts", "gc", "emb", "--keep", "1", *store])
     assert capsys.readouterr().out == "deleted: v0002\n"
     out = join(root, "exports", "v.txt")

@@ -89,9 +89,29 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """Load a RunConfig from TOML, YAML or JSON (or defaults) and apply `a.b=value` overrides."""
-    data = read_config_file(path) if path is not None else {}
-    return from_dict(RunConfig, apply_overrides(data, overrides))
+    """Load a RunConfig from TOML, YAML or JSON (or defaults) and apply `a.b=value` overrides.
+
+    With a file, an error in a value also names where the value came from: the override
+    that set its key (`override 'vocab.min_count=x': ...`), else the file
+    (`run.toml: vocab.min_count: ...`).
+    """
+    overrides = list(overrides)
+    if path is None:
+        return from_dict(RunConfig, apply_overrides({}, overrides))
+    data = apply_overrides(read_config_file(path), overrides)
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as e:
+        message = str(e)
+        item = next((o for o in overrides if _names_key(message, o.partition("=")[0])), None)
+        where = f"override {item!r}" if item is not None else str(path)
+        raise ConfigError(f"{where}: {message}") from e
+
+
+def _names_key(message: str, key: str) -> bool:
+    """Whether an error message names the config key `key` (or a key inside it)."""
+    key = key.strip()
+    return bool(key) and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
 
 
 REDACTED = "***"

@@ -20,11 +20,20 @@ class CorpusConfig:
     format: Literal["text", "jsonl", "parquet"] = "text"
     text_field: str = "text"  # JSON field / Parquet column holding the text
     unit: Literal["line", "sentence"] = "line"  # one sequence per line/record, or per sentence
+    # Files that cannot be read as they are (binary, UTF-16, damaged archives) are set aside
+    # and named in tokens/_rejects/; the stage fails when they hold more than this share of
+    # the input bytes (bytes, not files: one large file can be most of the text). 0: fail on
+    # any such file.
+    max_reject_share: float = 0.01
 
     def __post_init__(self) -> None:
         check(len(self.paths) > 0, "corpus.paths: give at least one path")
         check(self.format in ("text", "jsonl", "parquet"), f"corpus.format: {self.format!r}")
         check(self.unit in ("line", "sentence"), f"corpus.unit: {self.unit!r}")
+        check(
+            0.0 <= self.max_reject_share <= 1.0,
+            f"corpus.max_reject_share must be in [0, 1], got {self.max_reject_share!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class VocabConfig:
     noise_power: float = 0.75  # `noise_prob` is count ** noise_power, normalised
 
     def __post_init__(self) -> None:
-        check(self.min_count >= 1, "vocab.min_count must be >= 1")
+        check(self.min_count >= 1, f"vocab.min_count must be >= 1, got {self.min_count!r}")
         check(self.max_size is None or self.max_size >= 1, "vocab.max_size must be >= 1")
         check(self.sample >= 0, "vocab.sample must be >= 0")
         check(self.noise_power > 0, "vocab.noise_power must be > 0")
@@ -223,7 +232,8 @@ class TrainConfig:
             f"({section.__name__})",
         )
         for name in ("epochs", "log_every"):
-            check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
+            value = getattr(self, name)
+            check(value >= 1, f"train.{name} must be >= 1, got {value!r}")
         for name in ("nproc", "threads"):
             value = getattr(self, name)
             check(value == "auto" or value >= 1, f"train.{name} must be >= 1 or 'auto'")

@@ -24,12 +24,17 @@ from embedpipe.corpus.cooccur import write_cooccur
 from embedpipe.corpus.encode import write_sequences
 from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.sources import (
+    SILENT_CODECS,
     CorpusError,
-    check_text_file,
-    find_unreadable,
+    SetAside,
+    check_reject_share,
+    failed_file,
+    file_sizes,
+    find_damaged,
     fingerprint_files,
     list_input_files,
     read_lines,
+    sniff_files,
 )
 from embedpipe.corpus.spark.commit import run_stage
 from embedpipe.corpus.spark.parts import write_dataframe
@@ -43,40 +48,95 @@ REJECTS = "_rejects"  # tokens/_rejects/: hidden from readers of tokens/ (leadin
 
 
 def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
-    """Raw text -> tokens/ (rejected records in tokens/_rejects/).
+    """Raw text -> tokens/ (records and files set aside in tokens/_rejects/).
 
-    Refuses missing paths, non-text files, unreadable archives and a corpus with no tokens,
-    naming the path.
+    Refuses missing paths and a corpus with no tokens, naming the path. A file that cannot
+    be read as it is (binary, UTF-16, a damaged archive: `sources`) is set aside, named in
+    `_rejects/` (source, reason, record "") and counted, and the run goes on, unless the
+    files set aside hold more than `corpus.max_reject_share` of the input bytes: then it
+    fails naming them.
     """
     files = list_input_files(config.corpus.paths)
-    if config.corpus.format == "text":
-        for url in files:
-            check_text_file(url)
-    inputs = {"files": len(files), "fingerprint": fingerprint_files(files)}
+    sizes = file_sizes(files)
+    inputs = {"files": len(files), "fingerprint": fingerprint_files(sizes)}
+    limit = config.corpus.max_reject_share
 
     def write(out: str) -> dict[str, Any]:
-        lines, rejects = read_lines(spark, files, config.corpus)
-        sp_model = None
-        if config.tokenize.kind == "sentencepiece":
-            sp_model = train_sentencepiece(sample_text(lines, config.tokenize), config.tokenize)
-        try:
-            counts = write_tokens(lines, config.tokenize, out, sp_model)
-        except Exception as e:
-            bad = find_unreadable(files) if "Py4J" in type(e).__name__ else None
-            if bad:
-                raise CorpusError(f"{bad[0]} is truncated or corrupt ({bad[1]})") from e
-            raise
-        if counts["tokens"] == 0:
-            raise CorpusError(f"corpus {', '.join(config.corpus.paths)} holds no tokens")
-        if sp_model is not None:
-            with fsspec.open(f"{out}/{SP_MODEL_FILE}", "wb") as f:
-                f.write(sp_model)
-        rejected = 0
-        if rejects is not None:
-            rejected = write_dataframe(rejects, f"{out}/{REJECTS}", S.REJECTS_SCHEMA)
-        return {**counts, "rejected_records": rejected}
+        aside = sniff_files(files, config.corpus.format)
+        if config.corpus.format != "parquet":  # damage Spark would read past quietly
+            readable = [f for f in files if f not in aside]
+            for url, error in find_damaged(spark, readable, SILENT_CODECS).items():
+                aside[url] = SetAside(f"truncated or corrupt ({error})", salvage=True)
+        while True:  # each pass sets aside at least one more file, or returns, or raises
+            share = check_reject_share(aside, sizes, limit)
+            try:
+                counts = tokenize_files(spark, config, files, aside, out)
+                break
+            except Exception as e:  # noqa: BLE001 - re-raised unless a file is to blame
+                failed = failed_file(e, files)
+                if failed is None:
+                    raise
+                url, cause = failed
+                if url in aside:  # even read up to its damage, Spark fails on it
+                    raise CorpusError(f"{url} cannot be read ({cause})") from e
+                readable = [f for f in files if f not in aside]
+                damaged = {url: cause, **find_damaged(spark, readable)}
+                for bad, error in damaged.items():
+                    aside[bad] = SetAside(f"truncated or corrupt ({error})", salvage=True)
+                _remove(out)
+        counts["rejected_files"] = len(aside)
+        counts["rejected_bytes"] = sum(sizes[url][0] for url in aside)
+        counts["input_bytes"] = sum(size for size, _ in sizes.values())
+        counts["rejected_share"] = round(share, 6)
+        return counts
 
     return run_stage(STAGES["tokenize"], config, write, inputs)
+
+
+def tokenize_files(
+    spark: SparkSession,
+    config: RunConfig,
+    files: list[str],
+    aside: dict[str, SetAside],
+    out: str,
+) -> dict[str, Any]:
+    """One attempt of the tokenize stage on the files not set aside (and what decodes of
+    the damaged ones): the tokens table, its rejects and counts, at `out`."""
+    readable = [f for f in files if f not in aside]
+    salvage = [f for f, a in aside.items() if a.salvage]
+    if not readable and not salvage:
+        raise CorpusError(f"corpus {', '.join(config.corpus.paths)}: every file was set aside")
+    lines, rejects = read_lines(spark, readable, config.corpus, salvage)
+    sp_model = None
+    if config.tokenize.kind == "sentencepiece":
+        sp_model = train_sentencepiece(sample_text(lines, config.tokenize), config.tokenize)
+    counts: dict[str, Any] = write_tokens(lines, config.tokenize, out, sp_model)
+    if counts["tokens"] == 0:
+        raise CorpusError(f"corpus {', '.join(config.corpus.paths)} holds no tokens")
+    if sp_model is not None:
+        with fsspec.open(f"{out}/{SP_MODEL_FILE}", "wb") as f:
+            f.write(sp_model)
+    counts["salvaged_sequences"] = (
+        read_lines(spark, [], config.corpus, salvage)[0].count() if salvage else 0
+    )
+    if aside:  # one row per file set aside, beside the records set aside
+        set_aside = spark.createDataFrame(
+            [(url, a.reason, "") for url, a in aside.items()], S.spark_ddl(S.REJECTS_SCHEMA)
+        )
+        rejects = set_aside if rejects is None else rejects.unionByName(set_aside)
+    rows = (
+        write_dataframe(rejects, f"{out}/{REJECTS}", S.REJECTS_SCHEMA) if rejects is not None else 0
+    )
+    counts["rejected_records"] = rows - len(aside)
+    return counts
+
+
+def _remove(url: str) -> None:
+    """Remove what a failed attempt left at `url` (its part files are named by partition,
+    and the next attempt may have fewer partitions)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def build_vocab_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:

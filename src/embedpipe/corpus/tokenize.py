@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame
 
 from embedpipe import schemas as S
 from embedpipe.config import TokenizeConfig
+from embedpipe.corpus.sources import CONTROL_BYTES
 from embedpipe.corpus.spark.parts import (
     PartWriter,
     finish_table,
@@ -26,6 +27,42 @@ from embedpipe.text import tokenize_arrow
 from embedpipe.text.tokenizer import split_long_line
 
 _BATCH_SCHEMA = pa.schema([f for f in S.TOKENS_SCHEMA if f.name != S.SEQ_ID])
+_CONTROL = np.zeros(256, bool)
+_CONTROL[list(CONTROL_BYTES)] = True
+_CONTROL_TABLE = dict.fromkeys(CONTROL_BYTES, " ")
+
+
+def replace_controls(texts: pa.Array) -> tuple[pa.StringArray, int]:
+    """(texts with every NUL and control character but tab and line ends replaced by a
+    space, how many strings held one); null becomes "".
+
+    They are single bytes in UTF-8 (never part of a longer character), so the bytes are
+    replaced in place over the whole batch, offsets unchanged.
+    """
+    texts = pc.fill_null(texts, "").cast(pa.string())
+    if len(texts) == 0:
+        return texts, 0
+    buffers = texts.buffers()
+    offsets = np.frombuffer(buffers[1], np.int32, count=len(texts) + 1, offset=4 * texts.offset)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(buffers[2], np.uint8)[lo:hi] if buffers[2] is not None else None
+    if data is None or not data.size:
+        return texts, 0
+    bad = _CONTROL[data]
+    if not bad.any():
+        return texts, 0
+    rows = np.searchsorted(offsets, np.flatnonzero(bad) + lo, side="right") - 1
+    cleaned = np.where(bad, np.uint8(0x20), data)
+    new_offsets = (offsets - lo).astype(np.int32)
+    out = pa.StringArray.from_buffers(
+        len(texts), pa.py_buffer(new_offsets), pa.py_buffer(cleaned.tobytes())
+    )
+    return out, int(np.unique(rows).size)
+
+
+def replace_controls_line(text: str) -> str:
+    """`replace_controls` for one string (the SentencePiece sample on the driver)."""
+    return text.translate(_CONTROL_TABLE)
 
 
 def split_long_lines(batch: pa.RecordBatch, limit: int) -> tuple[pa.Array, pa.Array, pa.Array]:
@@ -48,6 +85,26 @@ def split_long_lines(batch: pa.RecordBatch, limit: int) -> tuple[pa.Array, pa.Ar
     return pa.array(texts, pa.string()), pa.array(flags, pa.bool_()), pa.array(splits, pa.bool_())
 
 
+SLICE_BYTES = 1 << 24  # text tokenized at a time
+
+
+def text_slices(text: pa.Array, limit: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges covering `text`, each of at most `limit` bytes of text
+    (or one row, when a row alone is longer)."""
+    n = len(text)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(pc.binary_length(pc.fill_null(text, "")).to_numpy(), out=offsets[1:])
+    if offsets[-1] <= limit:
+        return [(0, n)]
+    ranges, start = [], 0
+    while start < n:
+        stop = int(np.searchsorted(offsets, offsets[start] + limit, side="right")) - 1
+        stop = min(max(stop, start + 1), n)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
 def sample_text(lines: DataFrame, config: TokenizeConfig) -> list[str]:
     """A seeded sample of about `sp_sample_lines` normalised lines, for training SentencePiece.
 
@@ -58,7 +115,7 @@ def sample_text(lines: DataFrame, config: TokenizeConfig) -> list[str]:
     text = lines.select(S.TEXT)
     if fraction < 1.0:
         text = text.sample(fraction=fraction, seed=config.seed)
-    return [row[0] for row in text.toLocalIterator() if row[0]]
+    return [replace_controls_line(row[0]) for row in text.toLocalIterator() if row[0]]
 
 
 def tokenize_batch(
@@ -69,14 +126,29 @@ def tokenize_batch(
     if processor is not None:
         from embedpipe.text.sentencepiece import encode_pieces_arrow
 
-        tokens = encode_pieces_arrow(text, processor, config)
+        def tokenize(texts: pa.Array) -> pa.Array:
+            return encode_pieces_arrow(texts, processor, config)
     else:
-        tokens = tokenize_arrow(text, config)
+
+        def tokenize(texts: pa.Array) -> pa.Array:
+            return tokenize_arrow(texts, config)
+
+    # A slice of the text at a time: the word splitter's temporaries are several times
+    # its text, and a batch of long lines (a 100 MB line, split) can be large.
+    slices = [tokenize(text.slice(a, b - a)) for a, b in text_slices(text, SLICE_BYTES)]
+    tokens = slices[0] if len(slices) == 1 else pa.concat_arrays(slices)
     lengths = pc.list_value_length(tokens).cast(pa.int32())
     return pa.RecordBatch.from_arrays([tokens, lengths, repaired, split], schema=_BATCH_SCHEMA)
 
 
-_STATS = ("sequences", "tokens", "invalid_utf8_lines", "split_pieces", "empty_lines")
+_STATS = (
+    "sequences",
+    "tokens",
+    "invalid_utf8_lines",
+    "control_char_lines",
+    "split_pieces",
+    "empty_lines",
+)
 _STATS_SCHEMA = pa.schema([pa.field(name, pa.int64()) for name in _STATS])
 
 
@@ -97,6 +169,10 @@ def write_tokens(
     lines: DataFrame, config: TokenizeConfig, out: str, sp_model: bytes | None = None
 ) -> dict[str, int]:
     """Lines (text, repaired) -> the tokens table at `out`, and its counts.
+
+    NUL and other control characters (not tab or line ends) are replaced by spaces first
+    and the lines that held one counted (`control_char_lines`): they separate words
+    anyway, and a SentencePiece model should not learn them as pieces.
 
     Each task tokenises its partition in Arrow batches and writes `part-<partition>.parquet`
     (TOKENS_SCHEMA, in input order) and its token counts `_counts/part-<partition>.parquet`
@@ -120,6 +196,11 @@ def write_tokens(
         next_id = partition << 33
         try:
             for batch in batches:
+                text, controls = replace_controls(batch.column(S.TEXT))
+                stats["control_char_lines"] += controls
+                batch = pa.RecordBatch.from_arrays(
+                    [text, batch.column(S.REPAIRED)], names=[S.TEXT, S.REPAIRED]
+                )
                 tokenized = tokenize_batch(batch, config, processor)
                 n = tokenized.num_rows
                 seq_ids = pa.array(np.arange(next_id, next_id + n, dtype=np.int64))

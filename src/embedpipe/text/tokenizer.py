@@ -31,6 +31,7 @@ URL_PATTERN = r"(?:[hH][tT][tT][pP][sS]?://|[wW][wW][wW]\.)[!-~]+"
 URL_TOKEN = "url"
 
 _URL = re.compile(URL_PATTERN)
+_BLANKS = re.compile(r"[ \t]+")
 _CJK_CHAR = regex.compile(_CJK)
 
 
@@ -183,11 +184,14 @@ def split_long_line(text: str, limit: int) -> list[str]:
     """Pieces of at most `limit` characters, cut at the last whitespace before the limit
     (or at the limit when a piece has none); nothing is lost but the whitespace at cuts."""
     pieces = []
-    while len(text) > limit:
-        cut = max(text.rfind(" ", 0, limit + 1), text.rfind("\t", 0, limit + 1))
-        if cut <= 0:
-            cut = limit
-        pieces.append(text[:cut])
-        text = text[cut:].lstrip(" \t")
-    pieces.append(text)
+    start, end = 0, len(text)
+    while end - start > limit:  # by index: no copy of the rest per piece
+        stop = start + limit + 1
+        cut = max(text.rfind(" ", start, stop), text.rfind("\t", start, stop))
+        if cut <= start:
+            cut = start + limit
+        pieces.append(text[start:cut])
+        blank = _BLANKS.match(text, cut)
+        start = blank.end() if blank else cut
+    pieces.append(text[start:])
     return pieces
