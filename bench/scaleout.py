@@ -14,7 +14,10 @@ and exchanging every `sync_every` words it trains (S). The model, stated:
   bytes (+ 4-byte row ids). The chance that one node's interval touches row r comes from
   the vocabulary table itself (input rows: the kept tokens, count x keep_prob; output rows:
   the same centres plus `negatives` noise draws per centre from noise_prob), so the union
-  over N nodes is sum_r 1 - (1 - p_r)^N; at N = 2 it is checked against the measured bytes;
+  over N nodes is sum_r 1 - (1 - p_r)^N; at N = 2 it is checked against the measured bytes.
+  With `sync_hot_rows` H and `sync_rare_every` K, an exchange carries the hot rows (ids < H)
+  touched in S words, and every K-th one the other rows touched in K x S words: the payload
+  per exchange is the hot union plus a K-th of the rare union;
 - ring all-reduce: 2 (N - 1) / N x payload / bandwidth + 2 (N - 1) x 50 us latency, plus the
   row-id all-gather (N - 1) x ids / bandwidth;
 - the exchange of interval t runs while interval t + 1 trains (`sync.RowSync`): an interval
@@ -38,6 +41,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +120,17 @@ def touch_probabilities(workdir: Path, words: int, negatives: int) -> dict:
 
 
 def project(
-    rate: float, sync_words: int, width: int, probabilities: dict, apply_seconds: float
+    rate: float,
+    sync_words: int,
+    width: int,
+    rows: Callable[[int], tuple[float, float]],
+    apply_seconds: float,
 ) -> list[dict[str, Any]]:
-    """Efficiency at each cluster size and link speed (the model in the module doc)."""
-    rows = []
+    """Efficiency at each cluster size and link speed (the model in the module doc);
+    `rows(nodes)` is (rows one node sends, rows of the union) per exchange, on average."""
+    out = []
     for nodes in NODES:
-        union = sum(float((1 - (1 - p) ** nodes).sum()) for p in probabilities.values())
-        mine = sum(float(p.sum()) for p in probabilities.values())
+        mine, union = rows(nodes)
         payload = union * width * 4
         for gbit in LINKS_GBIT:
             bandwidth = gbit * 1e9 / 8
@@ -131,12 +139,32 @@ def project(
             compute = sync_words / rate
             comm = ring + gather
             efficiency = compute / (max(compute, comm) + apply_seconds)
-            rows.append(
+            out.append(
                 {"nodes": nodes, "gbit": gbit, "union_rows": round(union),
                  "payload_mb": round(payload / 1e6, 2), "compute_ms": round(compute * 1e3, 1),
                  "comm_ms": round(comm * 1e3, 1), "efficiency": round(efficiency, 3),
                  "words_per_sec": round(nodes * rate * efficiency)}
             )  # fmt: skip
+    return out
+
+
+def rows_per_exchange(
+    workdir: Path, sync: int, negatives: int, hot: int, rare_every: int
+) -> Callable[[int], tuple[float, float]]:
+    """(mine, union) rows of an exchange at N nodes, hot and rare rows as `RowSync` sends them."""
+    hot = hot or 1 << 62  # 0: every row is hot
+    often = touch_probabilities(workdir, sync, negatives)
+    seldom = touch_probabilities(workdir, sync * rare_every, negatives)
+
+    def rows(nodes: int) -> tuple[float, float]:
+        mine = union = 0.0
+        for table in often:
+            p_hot, p_rare = often[table][:hot], seldom[table][hot:]
+            mine += float(p_hot.sum()) + float(p_rare.sum()) / rare_every
+            union += float((1 - (1 - p_hot) ** nodes).sum())
+            union += float((1 - (1 - p_rare) ** nodes).sum()) / rare_every
+        return mine, union
+
     return rows
 
 
@@ -217,14 +245,16 @@ def add_projection(row: dict[str, Any], model: str, workdir: Path, settings: lis
     from embedpipe.train.registry import get_model
 
     options = get_model(model).section()
-    sync = next((int(s.split("=")[1]) for s in settings
-                 if s.startswith(f"train.{model}.sync_every=")), options.sync_every)  # fmt: skip
-    probabilities = touch_probabilities(workdir, sync, options.negatives)
-    union = sum(float((1 - (1 - p) ** 2).sum()) for p in probabilities.values())
-    mine = sum(float(p.sum()) for p in probabilities.values())
+    prefix = f"train.{model}."
+    given = {k.removeprefix(prefix): v for k, _, v in (s.partition("=") for s in settings)
+             if k.startswith(prefix)}  # fmt: skip
+    sync, hot, rare_every = (int(given.get(k, getattr(options, k)))
+                             for k in ("sync_every", "sync_hot_rows", "sync_rare_every"))  # fmt: skip
+    rows = rows_per_exchange(workdir, sync, options.negatives, hot, rare_every)
+    mine, union = rows(2)
     row["predicted_bytes_per_sync_2"] = round(union * (options.dim * 4 + 4))
     apply = apply_cost(options.dim, mine, union)
-    row["projection"] = project(row["threads"]["rate"], sync, options.dim, probabilities, apply)
+    row["projection"] = project(row["threads"]["rate"], sync, options.dim, rows, apply)
     row["apply_seconds"] = round(apply, 5)
 
 

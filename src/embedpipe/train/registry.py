@@ -102,8 +102,8 @@ class Word2VecConfig:
     # changed rows of the `sync_hot_rows` most frequent words (0: of every word); the rows of
     # the other words go at every `sync_rare_every`-th exchange; the number format.
     sync_every: int = 262_144
-    sync_hot_rows: int = 0
-    sync_rare_every: int = 1
+    sync_hot_rows: int = 4000
+    sync_rare_every: int = 4
     sync_payload: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
