@@ -12,7 +12,8 @@ from embedpipe.artefacts import ArtefactError, ArtefactStore
 
 @pytest.fixture
 def store(tmp_path: Path) -> ArtefactStore:
-    return ArtefactStore(tmp_path / "store")
+    # No grace period: gc deletes superseded versions at once (test_store_races.py tests it).
+    return ArtefactStore(tmp_path / "store", grace=0)
 
 
 def publish_n(store: ArtefactStore, tmp_path: Path, n: int, name: str = "emb") -> None:

@@ -25,7 +25,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from safetensors.numpy import save_file
 
 import embedpipe
-from embedpipe.artefacts import ArtefactError, ArtefactStore, load, read_manifest, verify
+from embedpipe.artefacts import ArtefactError, ArtefactStore, load, read_manifest, retention, verify
 from embedpipe.artefacts.export import export
 from embedpipe.artefacts.store import filesystem, join
 from embedpipe.cli import main
@@ -113,7 +113,7 @@ def test_publish_resolve_and_load(root: Path | str, tmp_path: Path) -> None:
 
 
 def test_aliases_delete_protection_and_retention(root: Path | str, tmp_path: Path) -> None:
-    store = ArtefactStore(root)
+    store = ArtefactStore(root, grace=0)  # gc deletes superseded versions at once
     publish_n(store, tmp_path, 5)
     store.set_alias("emb", "production", "v0002")
     store.set_alias("emb", "candidate", "latest")
@@ -139,7 +139,7 @@ def test_aliases_delete_protection_and_retention(root: Path | str, tmp_path: Pat
     assert store.versions("emb") == ["v0004", "v0006"]
 
     # Retention as a store option: every publish keeps the newest 2 and the aliased ones.
-    kept = ArtefactStore(root, keep=2)
+    kept = ArtefactStore(root, keep=2, grace=0)
     publish_n(kept, tmp_path, 3, "other")
     assert kept.versions("other") == ["v0002", "v0003"]
     publish_n(kept, tmp_path, 1, "emb")
@@ -321,8 +321,12 @@ def test_nothing_is_unpickled(
 
 
 def test_cli_on_the_store(
-    root: Path | str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    root: Path | str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(retention, "GRACE", 0.0)  # the CLI's gc: no grace period
     publish_n(ArtefactStore(root), tmp_path, 3)
     store = ["--store", str(root)]
     main(["artefacts", "alias", "emb", "production", "v0001", *store])

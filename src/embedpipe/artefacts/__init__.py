@@ -13,7 +13,12 @@ from embedpipe.artefacts.export import (
     write_word2vec_binary,
     write_word2vec_text,
 )
-from embedpipe.artefacts.files import ArtefactError, sha256_file
+from embedpipe.artefacts.files import (
+    ArtefactError,
+    ArtefactPathError,
+    VersionGoneError,
+    sha256_file,
+)
 from embedpipe.artefacts.integrity import is_artefact, read_manifest, verify
 from embedpipe.artefacts.loader import Embeddings, load, read_embeddings
 from embedpipe.artefacts.manifest import (
@@ -31,6 +36,7 @@ from embedpipe.artefacts.store import ArtefactStore, open_store, store_root
 __all__ = [
     "EXPORT_FORMATS",
     "ArtefactError",
+    "ArtefactPathError",
     "ArtefactStore",
     "Embeddings",
     "FileEntry",
@@ -40,6 +46,7 @@ __all__ = [
     "Metrics",
     "Model",
     "StageRecord",
+    "VersionGoneError",
     "diff_manifests",
     "export_vectors",
     "format_diff",

@@ -218,10 +218,8 @@ def with_encoder(emb: Embeddings) -> ContextualEmbeddings:
         config = json.loads(blobs[ENCODER_CONFIG_FILE])
     except Exception as e:  # safetensors and json raise their own error types
         raise ArtefactError(f"{emb.path}: unreadable encoder files: {e}") from e
-    if config.get("format") != FORMAT:
-        raise ArtefactError(f"{emb.path}: {ENCODER_CONFIG_FILE} is not of format {FORMAT}")
-    architecture = config["architecture"]
-    if architecture.get("vocab_size") != len(emb) or architecture.get("width") != emb.dim:
+    architecture = _architecture(config, join(emb.path, ENCODER_CONFIG_FILE))
+    if architecture["vocab_size"] != len(emb) or architecture["width"] != emb.dim:
         raise ArtefactError(
             f"{emb.path}: the encoder expects a {architecture.get('vocab_size')} x "
             f"{architecture.get('width')} input matrix, the artefact has {len(emb)} x {emb.dim}"
@@ -232,6 +230,44 @@ def with_encoder(emb: Embeddings) -> ContextualEmbeddings:
         encoder_weights={k: v.astype(np.float32, copy=False) for k, v in weights.items()},
         encoder_config=architecture,
     )  # fmt: skip
+
+
+def _architecture(config: Any, where: object) -> dict[str, Any]:
+    """The "architecture" object of encoder.json `config`, every field checked against
+    `EncoderConfig` (ArtefactError naming the file `where` and the field)."""
+    import dataclasses
+
+    from embedpipe.train.mlm import EncoderConfig
+
+    if not isinstance(config, dict):
+        raise ArtefactError(f"{where} must hold a JSON object, not {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise ArtefactError(
+            f"{where}: field 'format' must be {FORMAT!r}, not {config.get('format')!r}"
+        )
+    architecture = config.get("architecture")
+    if not isinstance(architecture, dict):
+        raise ArtefactError(f"{where}: field 'architecture' is missing or not an object")
+    types = {"int": int, "float": (int, float), "bool": bool, "str": str}
+    for field in dataclasses.fields(EncoderConfig):
+        value = architecture.get(field.name, field.default)
+        if value is dataclasses.MISSING:
+            raise ArtefactError(f"{where}: field 'architecture.{field.name}' is missing")
+        wanted = types.get(str(field.type), object)
+        if (
+            not isinstance(value, wanted)
+            or (wanted is not bool and isinstance(value, bool))
+            or (wanted is int and value < 0)
+        ):
+            what = "a non-negative int" if wanted is int else f"a {field.type}"
+            raise ArtefactError(
+                f"{where}: field 'architecture.{field.name}' must be {what}, not {value!r}"
+            )
+    try:
+        EncoderConfig.from_dict(architecture)
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise ArtefactError(f"{where}: field 'architecture' is invalid: {e}") from e
+    return architecture
 
 
 def write_encoder_files(train_dir: Path, summary: dict[str, Any], out: Path) -> dict[str, Path]:

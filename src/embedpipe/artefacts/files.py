@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import stat
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,8 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
+
+from embedpipe.faults import crash_point
 
 BLOCK = 1 << 20  # the read size for hashing and copying
 READ_ONLY = 0o444
@@ -30,6 +33,29 @@ Location = Path | str
 
 class ArtefactError(Exception):
     """An artefact is missing, malformed, badly named or was modified after publish."""
+
+
+class VersionGoneError(ArtefactError):
+    """A version was deleted after it was resolved, or while it was being read.
+
+    Retryable: resolve the name (or alias) again. `location` is the version's directory and
+    `version` its string ('v0003'), `name` the artefact's name when known.
+    """
+
+    def __init__(self, location: str | os.PathLike[str], cause: str = "") -> None:
+        self.location = as_location(location)
+        self.version = posixpath.basename(os.fspath(location).rstrip("/"))
+        self.name = posixpath.basename(posixpath.dirname(os.fspath(location).rstrip("/")))
+        super().__init__(
+            f"{self.name} {self.version} ({self.location}) was deleted while it was being read"
+            + (f" ({cause})" if cause else "")
+            + ": resolve it again (a newer version, or the alias's new target, may be there)"
+        )
+
+
+class ArtefactPathError(ArtefactError):
+    """An artefact file or version directory is a symbolic link (or not a regular file or
+    directory), so reading it could read data from outside the store."""
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
@@ -136,11 +162,19 @@ def make_read_only(fs: AbstractFileSystem, path: str) -> None:
         os.chmod(path, READ_ONLY)
 
 
-def write_atomic(fs: AbstractFileSystem, path: str, data: bytes, read_only: bool = False) -> None:
+def write_atomic(
+    fs: AbstractFileSystem,
+    path: str,
+    data: bytes,
+    read_only: bool = False,
+    point: str | None = None,
+) -> None:
     """Write `data` to a unique temporary name beside `path`, then move it onto `path`.
 
     Locally the move is rename(2); on object stores a copy of one object. Either way a reader
-    sees the old content or the new, never a partial file.
+    sees the old content or the new, never a partial file. `point` names the crash point
+    between the two (see `embedpipe.faults`). A temporary file left by a killed writer starts
+    with TMP_PREFIX; the store's gc removes it once it is older than its grace period.
     """
     parent, name = posixpath.split(path)
     tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
@@ -151,12 +185,89 @@ def write_atomic(fs: AbstractFileSystem, path: str, data: bytes, read_only: bool
             sync(f)
         if read_only:
             make_read_only(fs, tmp)
+        if point is not None:
+            crash_point(point)
         fs.mv(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             fs.rm_file(tmp)
         raise
     fsync_dir(fs, parent)
+
+
+def is_link(fs: AbstractFileSystem, path: str) -> bool:
+    """True when `path` is a symbolic link (only local filesystems have them)."""
+    return isinstance(fs, LocalFileSystem) and os.path.islink(path)
+
+
+def check_inside(fs: AbstractFileSystem, directory: str, relname: str = "") -> None:
+    """Refuse (ArtefactPathError naming the path) a symbolic link at `directory` or at any
+    component of `directory/relname`, and a last component that is not a regular file
+    (a directory when `relname` is empty). Missing paths raise FileNotFoundError.
+
+    Artefact files and version directories must be what they look like, inside the store:
+    a link could make a verified load read bytes from anywhere. Only local filesystems have
+    links; elsewhere this checks nothing.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        return
+    parts = [p for p in relname.split("/") if p]
+    path = directory.rstrip("/") or "/"
+    for i in range(len(parts) + 1):
+        if i:
+            path = f"{path.rstrip('/')}/{parts[i - 1]}"
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise ArtefactPathError(
+                f"{path} is a symbolic link: artefact files and version directories must be "
+                "regular files and directories inside the store (refusing to follow it)"
+            )
+        if i == len(parts) and parts:
+            if not stat.S_ISREG(mode):
+                raise ArtefactPathError(f"{path} is not a regular file: refusing to read it")
+        elif not stat.S_ISDIR(mode):
+            raise ArtefactPathError(f"{path} is not a directory: refusing to read it")
+
+
+def remove_tree(fs: AbstractFileSystem, path: str) -> None:
+    """Remove `path` and everything under it; what another process removed first is fine.
+
+    Locally entries are unlinked one by one (a symbolic link is removed, never followed), so
+    two concurrent removals of one tree both finish; elsewhere `fs.rm(recursive=True)`.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path, recursive=True)
+        return
+    if os.path.islink(path) or os.path.isfile(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    for top, dirs, names in os.walk(path, topdown=False):
+        for entry in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(top, entry))
+            crash_point("remove.entry")
+        for d in dirs:
+            if not os.path.islink(os.path.join(top, d)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(os.path.join(top, d))
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)
+
+
+def modified_before(fs: AbstractFileSystem, path: str, cutoff: datetime) -> bool:
+    """True when `path` was last modified before `cutoff` (False when the filesystem cannot
+    say, or the path is gone)."""
+    try:
+        when = fs.modified(path)
+    except (OSError, NotImplementedError, KeyError, ValueError, TypeError):
+        return False
+    if not isinstance(when, datetime):
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when < cutoff
 
 
 def entry_names(fs: AbstractFileSystem, directory: str) -> list[str]:

@@ -21,13 +21,14 @@ from safetensors.numpy import load as load_safetensors
 from embedpipe.artefacts.files import (
     ArtefactError,
     Location,
+    VersionGoneError,
     as_location,
     filesystem,
     join,
     read_bytes,
     validate_name,
 )
-from embedpipe.artefacts.integrity import is_artefact, verify
+from embedpipe.artefacts.integrity import gone_or, is_artefact, verify, was_deleted
 from embedpipe.artefacts.manifest import MANIFEST, Manifest
 from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.schemas import COUNT, ID, PAD, SPECIAL_TOKENS, TOKEN, VOCAB_SCHEMA
@@ -42,6 +43,7 @@ VOCAB_FILE = "vocab.parquet"
 VECTORS_KEY = "vectors"
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece model of a SentencePiece artefact
 ENCODER_FILE = "encoder.safetensors"  # masked-LM artefacts: see artefacts/encoder.py
+RETRIES = 2  # re-resolutions of an alias whose version is deleted while it is read
 
 
 class Embeddings:
@@ -277,26 +279,57 @@ def load(
     version) from a store (path, URL or ArtefactStore; None: `store_root()`, i.e.
     $EMBEDPIPE_STORE or ./artefacts).
 
-    The artefact is verified against its manifest first, so a modified file fails with
-    ArtefactError instead of loading silently.
+    With `store` given, a bare name ("emb") is that store's artefact, never a directory of
+    the working directory ("./emb" is one); without it, a version directory of that name
+    wins. The artefact is verified against its manifest first, so a modified file fails
+    with ArtefactError instead of loading silently. A version deleted while it is read
+    raises VersionGoneError, unless `version` is an alias (`latest` included) that names
+    another version by then: that one is loaded.
     """
-    if is_artefact(path_or_name):
-        directory = as_location(path_or_name)
-    else:
-        name = os.fspath(path_or_name)
+    name = os.fspath(path_or_name)
+    try:
+        by_name = validate_name(name) == name
+    except ArtefactError:
+        by_name = False
+    if (store is None or not by_name) and is_artefact(path_or_name):
+        return read_embeddings(as_location(path_or_name))
+    if not by_name:
+        if was_deleted(path_or_name):
+            raise VersionGoneError(path_or_name)
+        raise ArtefactError(
+            f"{name} is neither an artefact directory (no {MANIFEST}) nor an artefact name"
+        )
+    opened = open_store(store)
+    directory = opened.resolve(name, version)
+    for _ in range(RETRIES):
         try:
-            validate_name(name)
-        except ArtefactError:
-            raise ArtefactError(
-                f"{name} is neither an artefact directory (no {MANIFEST}) nor an artefact name"
-            ) from None
-        directory = open_store(store).resolve(name, version)
+            return read_embeddings(directory)
+        except VersionGoneError:
+            try:
+                again = opened.resolve(name, version)
+            except ArtefactError:
+                again = directory  # nothing left under that name: the version is gone
+            if again == directory:
+                raise
+            directory = again
     return read_embeddings(directory)
 
 
 def read_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
-    """Verify and read the embedding artefact in version directory `directory` (path or URL)."""
+    """Verify and read the embedding artefact in version directory `directory` (path or URL).
+
+    VersionGoneError when the version is deleted while it is read."""
     directory = as_location(directory)
+    try:
+        return _read_embeddings(directory)
+    except (ArtefactError, OSError) as e:
+        error = gone_or(directory, e)
+        if error is e:
+            raise
+        raise error from e
+
+
+def _read_embeddings(directory: Location) -> Embeddings:
     manifest = verify(directory)
     for file in (VECTORS_FILE, VOCAB_FILE):
         if file not in manifest.files:

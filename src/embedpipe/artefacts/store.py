@@ -19,8 +19,20 @@ Object stores have no rename, so a publish does not rename a directory into plac
 3. writes ``manifest.json`` last, to a temporary name moved onto the final one: the manifest
    is the commit marker, and a version exists exactly when its manifest does.
 
-Aliases are small files replaced the same way (temporary file, then move). Deletion reverses
-a publish: tombstone, then the manifest (the version disappears at once), then the rest.
+Aliases are small files replaced the same way (temporary file, then move); `latest` always
+means the newest committed version, whatever its file says (see `aliases.py`). Deletion
+reverses a publish: tombstone, then the manifest (the version disappears at once), then the
+rest; `gc` spares versions superseded less than a grace period ago, so readers of a version
+they resolved as `latest` are not cut off (see `retention.py`).
+
+A process killed anywhere in a publish, an alias move, a delete or a gc leaves no partial
+version: what it left is invisible to readers and removed by the next publish or gc (the
+fault-injection suite, tests/artefacts/test_store_faults.py, kills at every commit point).
+Errors after a publish's commit (moving `latest`, retention) are warnings, not exceptions:
+the version is published, and a caller that retried would publish it twice.
+
+Artefact files and version directories must be regular files and directories inside the
+store: a symbolic link is refused (`ArtefactPathError`) rather than followed.
 
 What each backend guarantees:
 
@@ -39,8 +51,9 @@ What each backend guarantees:
 * ``memory://``: one process; it is for tests.
 
 Where things are: the manifest schema in `manifest.py`; reading and verifying a version in
-`integrity.py`; deletion and retention in `retention.py`; filesystem helpers in `files.py`;
-where the store is in `store_root` below.
+`integrity.py`; listing and resolving versions in `listing.py`; claims in `claims.py`;
+aliases in `aliases.py`; deletion and retention in `retention.py`; filesystem helpers in
+`files.py`; where the store is in `store_root` below.
 """
 
 from __future__ import annotations
@@ -50,42 +63,37 @@ import hashlib
 import json
 import os
 import posixpath
-import socket
-import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from fsspec import AbstractFileSystem
 
+from embedpipe.artefacts import retention
+from embedpipe.artefacts.aliases import Aliases
+from embedpipe.artefacts.claims import Claims
 from embedpipe.artefacts.files import (
     BLOCK,
     ArtefactError,
     Location,
     as_location,
-    entry_names,
     filesystem,
     join,
     make_read_only,
     relative_name,
+    remove_tree,
+    sha256_of,
     sync,
     utc_now,
     validate_name,
     write_atomic,
 )
 from embedpipe.artefacts.integrity import read_manifest
-from embedpipe.artefacts.layout import (
-    ALIASES,
-    CLAIMS,
-    LATEST,
-    TOMBSTONES,
-    format_version,
-    is_number,
-    is_version_like,
-    version_number,
-)
+from embedpipe.artefacts.layout import LATEST
+from embedpipe.artefacts.listing import Listing
 from embedpipe.artefacts.manifest import IDENTITY, MANIFEST, Manifest, parse_details
-from embedpipe.artefacts.retention import Retention
+from embedpipe.artefacts.retention import ABANDONED_AFTER, Retention, check_seconds
+from embedpipe.faults import crash_point
 
 STORE_ENV = "EMBEDPIPE_STORE"
 DEFAULT_STORE = "artefacts"
@@ -109,18 +117,23 @@ def open_store(store: str | os.PathLike[str] | ArtefactStore | None = None) -> A
     return ArtefactStore(store_root(store))
 
 
-class ArtefactStore(Retention):
+class ArtefactStore(Listing, Claims, Aliases, Retention):
     """Immutable numbered versions of named artefacts under one root (a path or fsspec URL).
 
     Locations are handed back in the form the root was given: Paths for a path, URL strings
     for a URL. With `keep`, every publish is followed by `gc(name, keep)`: the newest `keep`
-    versions and every aliased one stay (retention).
+    versions and every aliased one stay (retention). `grace` (seconds, default
+    `retention.GRACE`): how long `gc` leaves a superseded version readable, and how old a
+    temporary file must be before gc removes it.
     """
 
-    def __init__(self, root: str | os.PathLike[str], keep: int | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], keep: int | None = None, grace: float | None = None
+    ) -> None:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ArtefactError(f"keep must be an integer >= 1 or None, got {keep!r}")
         self.keep = keep
+        self.grace = check_seconds(retention.GRACE if grace is None else grace, "grace")
         self.root: Location = as_location(root)
         self.fs, self._root = filesystem(self.root)
         self._root = self._root.rstrip("/") or "/"
@@ -140,7 +153,11 @@ class ArtefactStore(Retention):
     # -- publishing -------------------------------------------------------------------------
 
     def publish(
-        self, name: str, files: Mapping[str, str | os.PathLike[str]], details: Mapping[str, Any]
+        self,
+        name: str,
+        files: Mapping[str, str | os.PathLike[str]],
+        details: Mapping[str, Any],
+        skip_unchanged: bool = False,
     ) -> Location:
         """Copy `files` ({relative name: source path or URL}) into the next version of `name`.
 
@@ -150,30 +167,97 @@ class ArtefactStore(Retention):
         the manifest last as the commit marker and moves `latest` to the newest version.
         Returns the version's location. Safe against concurrent publishers (see the module).
         A version that fails half-way is removed; its number stays claimed.
+
+        `skip_unchanged`: when the newest version already holds exactly these files (by
+        sha256) and details, return it instead of publishing a copy (after moving `latest` and
+        applying retention, as its own publish would have), so a publish rerun after one
+        killed past its commit does not publish twice. The sources are hashed first.
         """
         validate_name(name)
         self._check_details(name, details)
         sources = self._sources(name, files)
+        if skip_unchanged and (same := self._unchanged(name, sources, details)) is not None:
+            self._after_publish(name, same)  # what the earlier publish may not have finished
+            return self.location(name, same)
         base = self._path(name)
         self.fs.makedirs(base, exist_ok=True)
         version = self._claim(name)
+        crash_point("publish.claimed")
         directory = f"{base}/{version}"
         try:
             table = {key: self._copy(fs, path, f"{directory}/{key}") for key, (fs, path) in
                      sources.items()}  # fmt: skip
-            identity = {"name": name, "version": version, "created": utc_now(), "files": table}
-            where = str(join(self.root, name, version, MANIFEST))
-            manifest = Manifest.from_json({**details, **identity}, where)
-            text = json.dumps(manifest.to_json(), sort_keys=True, indent=2) + "\n"
-            write_atomic(self.fs, f"{directory}/{MANIFEST}", text.encode(), read_only=True)
+            crash_point("publish.copied")
+            text = self._manifest_text(name, version, details, table)
+            write_atomic(
+                self.fs, f"{directory}/{MANIFEST}", text.encode(), read_only=True,
+                point="publish.manifest-written",
+            )  # fmt: skip
         except BaseException:
             with contextlib.suppress(OSError):
-                self.fs.rm(directory, recursive=True)
+                remove_tree(self.fs, directory)
             raise
-        self._advance_latest(name)
-        if self.keep is not None:
-            self.gc(name, self.keep)
+        crash_point("publish.committed")
+        self._after_publish(name, version)
         return self.location(name, version)
+
+    def _manifest_text(
+        self, name: str, version: str, details: Mapping[str, Any], table: dict[str, Any]
+    ) -> str:
+        """The manifest.json of a version: `details` plus the identity the store sets."""
+        identity = {"name": name, "version": version, "created": utc_now(), "files": table}
+        where = str(join(self.root, name, version, MANIFEST))
+        manifest = Manifest.from_json({**details, **identity}, where)
+        return json.dumps(manifest.to_json(), sort_keys=True, indent=2) + "\n"
+
+    def _after_publish(self, name: str, version: str) -> None:
+        """Move `latest`, apply retention and clean leftovers, after `version`'s commit.
+
+        The version is published whatever happens here, so a failure is a warning: raising
+        would make a caller that retries publish it twice. The next publish or gc redoes it.
+        """
+        try:
+            self._repair_latest(name)
+            crash_point("publish.aliased")
+            if self.keep is not None:
+                self.gc(name, self.keep)
+            else:
+                self._remove_leftovers(name, ABANDONED_AFTER, self.grace)
+        except Exception as e:
+            warnings.warn(
+                f"{name} {version} is published, but moving {LATEST!r} or cleaning up after it "
+                f"failed ({type(e).__name__}: {e}); the next publish or gc of {name!r} retries",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _unchanged(
+        self,
+        name: str,
+        sources: Mapping[str, tuple[AbstractFileSystem, str]],
+        details: Mapping[str, Any],
+    ) -> str | None:
+        """The newest version of `name` when it holds exactly `sources` and `details`."""
+        newest = self.newest(name)
+        if newest is None:
+            return None
+        try:
+            old = read_manifest(self.location(name, newest)).to_json()
+        except ArtefactError:
+            return None
+        files = old.get("files", {})
+        if set(files) != set(sources):
+            return None
+        for key, (fs, path) in sources.items():
+            if fs.size(path) != files[key]["bytes"]:
+                return None
+        new = json.loads(self._manifest_text(name, newest, details, files))
+        if {**new, "created": None} != {**old, "created": None}:
+            return None  # other details
+        for key, (fs, path) in sources.items():
+            if sha256_of(fs, path) != files[key]["sha256"]:
+                return None
+        return newest
 
     def _check_details(self, name: str, details: Mapping[str, Any]) -> None:
         """Refuse manifest content that is not JSON, sets what the store sets, or mistypes a
@@ -218,180 +302,3 @@ class ArtefactStore(Retention):
             sync(fout)
         make_read_only(self.fs, dst)
         return {"sha256": h.hexdigest(), "bytes": n}
-
-    def _claim(self, name: str) -> str:
-        """Create `.claims/vNNNN` exclusively for the next free number; return 'vNNNN'."""
-        claims = self._path(name, CLAIMS)
-        self.fs.makedirs(claims, exist_ok=True)
-        exclusive = self._exclusive_create_works(claims)
-        record = {"claimed": utc_now(), "host": socket.gethostname(), "pid": os.getpid(),
-                  "token": uuid.uuid4().hex}  # fmt: skip
-        n = self._max_number(name) + 1
-        while True:
-            version = format_version(n)
-            try:
-                self._create(f"{claims}/{version}", json.dumps(record).encode(), exclusive)
-            except FileExistsError:
-                n = max(n, self._max_number(name)) + 1
-                continue
-            return version
-
-    def _create(self, path: str, data: bytes, exclusive: bool) -> None:
-        """Create a new file, raising FileExistsError when it exists (atomically if exclusive)."""
-        if not exclusive and self.fs.exists(path):
-            raise FileExistsError(path)
-        with self.fs.open(path, "xb" if exclusive else "wb") as f:
-            f.write(data)
-            sync(f)
-
-    def _exclusive_create_works(self, directory: str) -> bool:
-        """Probe once whether the filesystem refuses a second exclusive create of a file."""
-        if self._exclusive is None:
-            probe = f"{directory}/.probe-{uuid.uuid4().hex}"
-            try:
-                works = False
-                try:
-                    for _ in range(2):
-                        with self.fs.open(probe, "xb") as f:
-                            f.write(b"probe")
-                except FileExistsError:
-                    works = True
-                except (ValueError, NotImplementedError):
-                    works = False  # the backend has no exclusive mode at all
-            finally:
-                with contextlib.suppress(OSError):
-                    self.fs.rm_file(probe)
-            if not works:
-                warnings.warn(
-                    f"{type(self.fs).__name__} does not honour exclusive file creation: "
-                    f"concurrent publishers to {self.root} may collide (publish from one "
-                    "process at a time there)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            self._exclusive = works
-        return self._exclusive
-
-    def _advance_latest(self, name: str) -> None:
-        """Point `latest` at the newest version, re-checking so a racing publisher cannot
-        leave it at an older one: the last writer always saw every version committed before it.
-        """
-        while True:
-            newest = self.versions(name)[-1]
-            self._write_alias(name, LATEST, newest)
-            if self.versions(name)[-1] == newest:
-                return
-
-    def _max_number(self, name: str) -> int:
-        """The highest version number of `name` ever claimed, written or deleted (0 if none).
-
-        Claims and tombstones mean a number is never handed out again, so a version string
-        names the same bytes forever (version directories count for stores without claims).
-        """
-        numbers = [
-            version_number(entry)
-            for directory in ((), (CLAIMS,), (TOMBSTONES,))
-            for entry in entry_names(self.fs, self._path(name, *directory))
-        ]
-        return max((n for n in numbers if n is not None), default=0)
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def versions(self, name: str) -> list[str]:
-        """The committed versions of `name` (those with a manifest), oldest first."""
-        base = self._path(validate_name(name))
-        self.fs.invalidate_cache(base)
-        try:
-            found = self.fs.find(base, maxdepth=2, withdirs=False)
-        except FileNotFoundError:
-            return []
-        numbers = []
-        for path in found:
-            parts = posixpath.relpath(path, base).split("/")
-            if len(parts) == 2 and parts[1] == MANIFEST:
-                n = version_number(parts[0])
-                if n is not None and parts[0] == format_version(n):
-                    numbers.append(n)
-        return [format_version(n) for n in sorted(numbers)]
-
-    def names(self) -> list[str]:
-        """The artefact names with at least one committed version, sorted."""
-        found = []
-        for entry in entry_names(self.fs, self._root):
-            with contextlib.suppress(ArtefactError):
-                if self.versions(validate_name(entry)):
-                    found.append(entry)
-        return sorted(found)
-
-    def manifests(self, name: str) -> list[Manifest]:
-        """The manifests of every committed version of `name`, oldest first (the history a
-        report compares a version with)."""
-        return [read_manifest(self.location(name, v)) for v in self.versions(name)]
-
-    def set_alias(self, name: str, alias: str, version: str | int) -> None:
-        """Point `alias` of `name` at an existing version (atomically replacing any old target)."""
-        validate_name(name)
-        self._check_alias(alias)
-        target = self._version_of(name, version)
-        self._write_alias(name, alias, target)
-
-    def _write_alias(self, name: str, alias: str, version: str) -> None:
-        write_atomic(self.fs, self._path(name, ALIASES, alias), (version + "\n").encode())
-
-    @staticmethod
-    def _check_alias(alias: str) -> str:
-        """Validate an alias like a name; also refuse version-like aliases ('v3', '3')."""
-        validate_name(alias, "alias")
-        if is_version_like(alias):
-            raise ArtefactError(f"invalid alias {alias!r}: it looks like a version")
-        return alias
-
-    def aliases(self, name: str) -> dict[str, str]:
-        """{alias: version} for `name`."""
-        directory = self._path(validate_name(name), ALIASES)
-        found = {}
-        for alias in sorted(entry_names(self.fs, directory)):
-            if alias.startswith("."):
-                continue
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                found[alias] = self.fs.cat_file(f"{directory}/{alias}").decode().strip()
-        return found
-
-    def resolve(self, name: str, version: str | int = LATEST) -> Location:
-        """The location of a version of `name`: 'latest', an alias, 'v0003', '3' or 3."""
-        return self.location(name, self._version_of(name, version))
-
-    def _version_of(self, name: str, version: str | int) -> str:
-        """The committed version string ('v0003') that `version` names, else ArtefactError."""
-        validate_name(name)
-        base = self._path(name)
-        if not self.fs.isdir(base):
-            raise ArtefactError(f"no artefact named {name!r} in store {self.root}")
-        if isinstance(version, bool):
-            raise ArtefactError(f"invalid version {version!r} for artefact {name!r}")
-        if isinstance(version, int) or (isinstance(version, str) and is_number(version)):
-            version = format_version(int(version))
-        if not isinstance(version, str) or not version:
-            raise ArtefactError(f"invalid version {version!r} for artefact {name!r}")
-        n = version_number(version)
-        if n is None:
-            alias_file = f"{base}/{ALIASES}/{self._check_alias(version)}"
-            try:
-                target = self.fs.cat_file(alias_file).decode().strip()
-            except FileNotFoundError:
-                raise ArtefactError(
-                    f"artefact {name!r} has no alias {version!r} in store {self.root} "
-                    f"(aliases: {sorted(self.aliases(name)) or 'none'})"
-                ) from None
-            n = version_number(target)
-            if n is None:
-                raise ArtefactError(
-                    f"alias file {join(self.root, name, ALIASES, version)} holds no version: "
-                    f"{target!r}"
-                )
-        if not self.fs.isfile(f"{base}/{format_version(n)}/{MANIFEST}"):
-            raise ArtefactError(
-                f"artefact {name!r} has no version {format_version(n)} in store {self.root} "
-                f"(versions: {self.versions(name) or 'none'})"
-            )
-        return format_version(n)
