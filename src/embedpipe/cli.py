@@ -183,7 +183,9 @@ def cmd_artefacts(args: argparse.Namespace) -> None:
             + (f" (aliases removed: {removed})" if removed else "")
         )
     elif action == "gc":
-        print("deleted: " + (", ".join(store.gc(args.name, keep=args.keep)) or "nothing"))
+        print(
+            "deleted: " + (", ".join(store.gc(args.name, args.keep, grace=args.grace)) or "nothing")
+        )
     elif action == "export":
         path = store.resolve(args.name, args.version)
         print(export_vectors(path, args.format, args.out, include_special=args.include_special))
@@ -253,6 +255,12 @@ def add_artefacts_commands(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("gc", help="keep the newest N versions (and every aliased one)")
     a.add_argument("name")
     a.add_argument("--keep", type=int, required=True)
+    a.add_argument(
+        "--grace",
+        type=float,
+        help="seconds a superseded version stays readable for readers that resolved it "
+        "(default: the store's, 600)",
+    )
     a.add_argument("--store")
     a = actions.add_parser("export", help="word2vec text/binary or Parquet (token, vector)")
     a.add_argument("name")

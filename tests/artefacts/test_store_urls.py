@@ -25,7 +25,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from safetensors.numpy import save_file
 
 import embedpipe
-from embedpipe.artefacts import ArtefactError, ArtefactStore, load, read_manifest, retention, verify
+from embedpipe.artefacts import ArtefactError, ArtefactStore, load, read_manifest, verify
 from embedpipe.artefacts.export import export
 from embedpipe.artefacts.store import filesystem, join
 from embedpipe.cli import main
@@ -326,7 +326,6 @@ def test_cli_on_the_store(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(retention, "GRACE", 0.0)  # the CLI's gc: no grace period
     publish_n(ArtefactStore(root), tmp_path, 3)
     store = ["--store", str(root)]
     main(["artefacts", "alias", "emb", "production", "v0001", *store])
@@ -348,7 +347,7 @@ def test_cli_on_the_store(
     assert (diff["a"]["version"], diff["b"]["version"]) == ("v0001", "v0003")
     with pytest.raises(ArtefactError, match="production"):
         main(["--debug", "artefacts", "delete", "emb", "v0001", *store])
-    main(["artefacts", "gc", "emb", "--keep", "1", *store])
+    main(["artefacts", "gc", "emb", "--keep", "1", "--grace", "0", *store])
     assert capsys.readouterr().out == "deleted: v0002\n"
     out = join(root, "exports", "v.txt")
     main(["artefacts", "export", "emb", "--format", "w2v-text", "--out", str(out), *store])
