@@ -508,8 +508,10 @@ def compare(glove_out: Path, workdir: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from embedpipe import schemas as S
+    from embedpipe.workdir import Workdir
 
-    vocab = pq.read_table(f"{workdir}/vocab").sort_by(S.ID)
+    wd = Workdir(str(workdir))
+    vocab = pq.read_table(wd.table_path("vocab")).sort_by(S.ID)
     ours_tokens = vocab.column(S.TOKEN).to_pylist()
     ours_counts = dict(zip(ours_tokens, vocab.column(S.COUNT).to_pylist(), strict=True))
     for special in S.SPECIAL_TOKENS:
@@ -537,7 +539,7 @@ def compare(glove_out: Path, workdir: Path) -> dict[str, Any]:
     del g
     order = np.argsort(g_key, kind="stable")
     g_key, g_val = g_key[order], g_val[order]
-    table = pq.read_table(f"{workdir}/cooccur", columns=[S.ROW, S.COL, S.WEIGHT])
+    table = pq.read_table(wd.table_path("cooccur"), columns=[S.ROW, S.COL, S.WEIGHT])
     o_key = (table.column(S.ROW).to_numpy().astype(np.int64) << 32) | table.column(
         S.COL
     ).to_numpy().astype(np.int64)

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from embedpipe.workdir import Workdir
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_vs_gensim import prepare, scores, write_tokens_text  # noqa: E402
 
@@ -121,7 +123,8 @@ def run_embedpipe(
         raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
     summary = json.loads((out / "_TRAINED.json").read_text())
     weights = load_file(str(out / "checkpoints" / summary["checkpoint"] / "model.safetensors"))
-    vocab = pq.read_table(workdir / "vocab").sort_by("id").column("token").to_pylist()
+    vocab = pq.read_table(Workdir(str(workdir)).table_path("vocab"))
+    vocab = vocab.sort_by("id").column("token").to_pylist()
     return {
         "seed": seed,
         "processes": nproc,

@@ -171,9 +171,9 @@ def main() -> None:
     run = load_config(args.config, args.set)
     config = dataclasses.replace(run.train.options, heldout=0.0)  # every sequence trains
     workdir = Workdir(args.workdir or run.workdir)
-    table = workdir.path("buckets")
     manifest = workdir.require("buckets")
-    vocab = count_rows(workdir.path("vocab"))
+    table = workdir.table_path("buckets", manifest=manifest)
+    vocab = count_rows(workdir.table_path("vocab"))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from embedpipe.workdir import Workdir
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_vs_gensim import prepare, scores  # noqa: E402
 
@@ -100,13 +102,16 @@ def run(workdir: Path, model: str, nproc: int, threads: int, extra: list[str]) -
         last = summary["heldout"][-1] if summary.get("heldout") else {}
         return {**result, "heldout_perplexity": last.get("perplexity")}
     weights = load_file(str(out / "checkpoints" / summary["checkpoint"] / "model.safetensors"))
-    vocab = pq.read_table(workdir / "vocab").sort_by("id").column("token").to_pylist()
+    vocab = pq.read_table(Workdir(str(workdir)).table_path("vocab"))
+    vocab = vocab.sort_by("id").column("token").to_pylist()
     return {**result, **scores(weights["input"], vocab)}
 
 
 def touch_probabilities(workdir: Path, words: int, negatives: int) -> dict:
     """Per row, the chance that one node's interval of `words` corpus words touches it."""
-    vocab = pq.read_table(workdir / "vocab", columns=["count", "keep_prob", "noise_prob"])
+    vocab = pq.read_table(
+        Workdir(str(workdir)).table_path("vocab"), columns=["count", "keep_prob", "noise_prob"]
+    )
     counts = vocab.column("count").to_numpy().astype(np.float64)
     kept = counts * vocab.column("keep_prob").to_numpy()
     p_token = kept / kept.sum()

@@ -34,6 +34,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from embedpipe.workdir import Workdir
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "train_vs_gensim.json"
 SETTINGS = {
@@ -74,7 +76,8 @@ def write_tokens_text(workdir: Path) -> Path:
         return out
     tmp = out.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        for batch in pq.ParquetDataset(workdir / "tokens").read(columns=["tokens"]).to_batches():
+        tokens_table = Workdir(str(workdir)).table_path("tokens")
+        for batch in pq.ParquetDataset(tokens_table).read(columns=["tokens"]).to_batches():
             for tokens in batch.column(0).to_pylist():
                 if tokens:
                     f.write(" ".join(tokens) + "\n")
@@ -139,7 +142,8 @@ def run_embedpipe(
         raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
     summary = json.loads((out / "_TRAINED.json").read_text())
     weights = load_file(str(out / "checkpoints" / summary["checkpoint"] / "model.safetensors"))
-    vocab = pq.read_table(workdir / "vocab").sort_by("id").column("token").to_pylist()
+    vocab = pq.read_table(Workdir(str(workdir)).table_path("vocab"))
+    vocab = vocab.sort_by("id").column("token").to_pylist()
     return {
         "seconds": summary["seconds"],
         "words_per_sec": summary["words_per_sec"],

@@ -136,8 +136,13 @@ def stage_cache_key(stage: str, config: RunConfig, upstream: dict[str, str]) -> 
 
 def stage_output_matches(config: RunConfig, stage: str, manifest: dict[str, Any]) -> bool:
     """True when the stage's table is on disk, complete, with this manifest's fingerprint."""
-    on_disk = Workdir(config.workdir).read_manifest(get_stage(stage).table)
-    return on_disk is not None and on_disk.get("fingerprint") == manifest.get("fingerprint")
+    from embedpipe.corpus.spark.commit import table_damage
+
+    workdir, table = Workdir(config.workdir), get_stage(stage).table
+    on_disk = workdir.read_manifest(table)
+    if on_disk is None or on_disk.get("fingerprint") != manifest.get("fingerprint"):
+        return False
+    return table_damage(workdir, table, on_disk) is None
 
 
 def training_cache_key(config: RunConfig) -> str:

@@ -50,7 +50,7 @@ TOKENS_SCHEMA = pa.schema(
     ]
 )
 
-# Records set aside by the tokenize stage (written to tokens/_rejects/), never dropped.
+# Records set aside by the tokenize stage (the side table tokens.rejects/), never dropped.
 REJECTS_SCHEMA = pa.schema(
     [
         pa.field(SOURCE, pa.string(), nullable=False),

@@ -1,9 +1,25 @@
 """The work directory: every path a run reads or writes under `config.workdir`, in one place.
 
-Tables (one directory per corpus stage, each complete only with its `_MANIFEST.json`) may
-live on any fsspec URL; the training directory (checkpoints, metrics, the summary) and
-the reports are written by local processes (torchrun ranks, matplotlib), so they need a
-local or mounted path. Nothing else in the package builds a path under the workdir.
+Tables (one per corpus stage) may live on any fsspec URL; the training directory
+(checkpoints, metrics, the summary) and the reports are written by local processes (torchrun
+ranks, matplotlib), so they need a local or mounted path. Nothing else in the package builds
+a path under the workdir.
+
+A table's layout (see `corpus.spark.commit` for how a stage writes and commits it):
+
+    <table>/_MANIFEST.json      the commit: names the run directory holding the data ("data")
+    <table>/<run>/              the table's files (Parquet parts, `bucket=k/`, the tokenizer
+                                model): what `table_path(table)` returns
+    <table>.<side>/<run>/       side tables committed with it (`tokens.rejects/`,
+                                `tokens.counts/`): `table_path(table, side)`; outside
+                                `<table>/`, so a glob of `<table>/**/*.parquet` reads the table
+                                alone
+    .staging/<stage>.lock       who runs the stage now (`corpus.spark.lock`)
+
+Readers resolve a table's data through `table_path`, which reads the manifest: they see one
+committed run, never a run being written. Once no run of the stage is in progress `<table>/`
+holds the manifest and that one run directory only. A manifest without "data" (written
+before run directories) names `<table>/` itself, with its side tables in `<table>/_<side>/`.
 """
 
 from __future__ import annotations
@@ -18,7 +34,8 @@ from typing import Any
 import fsspec
 
 MANIFEST = "_MANIFEST.json"  # a table directory counts only with this file
-TOKENIZER_MODEL = "_sentencepiece.model"  # SentencePiece model beside the tokens table
+TOKENIZER_MODEL = "_sentencepiece.model"  # SentencePiece model, in the tokens run directory
+RUN_PREFIX = "run-"  # <table>/run-<utc time>-<id>/: one stage run's output
 TRAIN = "train"
 CHECKPOINTS = "checkpoints"  # in the train dir: step-N/ checkpoint directories
 SUMMARY = "_TRAINED.json"  # in the train dir: the finished run's summary
@@ -37,8 +54,33 @@ class Workdir:
     root: str
 
     def path(self, table: str) -> str:
-        """The directory (or URL) of one table."""
+        """The directory (or URL) of one table: its manifest and its run directories. Read the
+        table's data at `table_path(table)`, not here."""
         return f"{self.root.rstrip('/')}/{table}"
+
+    def side_root(self, table: str, side: str) -> str:
+        """The directory of one side table of `table` (`tokens.rejects`): its runs' dirs."""
+        return f"{self.path(table)}.{side_name(side)}"
+
+    def table_path(
+        self, table: str, side: str | None = None, manifest: dict[str, Any] | None = None
+    ) -> str:
+        """Where the committed data of `table` (or of its side table `side`) is: the run
+        directory its manifest names. Every reader of a table goes through here.
+
+        `manifest`: the table's manifest when the caller has read it already (so the data and
+        the fingerprint it uses are of one commit); read here otherwise. Raises
+        FileNotFoundError, naming the table, when it has no committed output.
+        """
+        if manifest is None:
+            manifest = self.require(table)
+        run = manifest.get("data")
+        if run is None:  # written before run directories: the table directory itself
+            base = self.path(table)
+            return base if side is None else f"{base}/_{side_name(side)}"
+        if side is None:
+            return f"{self.path(table)}/{run}"
+        return f"{self.side_root(table, side)}/{run}"
 
     def read_manifest(self, table: str) -> dict[str, Any] | None:
         """The table's manifest, or None when the table has no complete output."""
@@ -85,13 +127,22 @@ class Workdir:
 
     @property
     def tokenizer_model(self) -> str:
-        """The SentencePiece model the tokenize stage trained (present only for that kind)."""
-        return f"{self.path('tokens')}/{TOKENIZER_MODEL}"
+        """The SentencePiece model the tokenize stage trained (present only for that kind),
+        in the committed tokens run (a path that does not exist when there is none)."""
+        manifest = self.read_manifest("tokens")
+        base = (
+            self.path("tokens") if manifest is None else self.table_path("tokens", None, manifest)
+        )
+        return f"{base}/{TOKENIZER_MODEL}"
 
     @property
     def staging(self) -> str:
-        """Where stages write before they commit."""
+        """The stages' scratch space: their locks (and what runs killed there left)."""
         return self.path(STAGING)
+
+    def stage_lock(self, stage: str) -> str:
+        """The lock file of one stage (`corpus.spark.lock.StageLock`)."""
+        return f"{self.staging}/{stage}.lock"
 
     @property
     def submit_dir(self) -> Path:
@@ -117,3 +168,16 @@ class Workdir:
     def py_files(self) -> Path:
         """The directory of the package zips shipped with `--py-files`."""
         return self.submit_dir / PY_FILES
+
+
+def side_name(side: str) -> str:
+    """A side table's name without the leading underscore it has inside a writer's output
+    (`_rejects` -> `rejects`)."""
+    return side.lstrip("_")
+
+
+def side_output(out: str, side: str) -> str:
+    """Where a stage whose run writes its table at `out` (`<workdir>/<table>/<run>`, the URL
+    `run_stage` hands it) writes its side table `side`: `<workdir>/<table>.<side>/<run>`."""
+    table_dir, run = out.rstrip("/").rsplit("/", 1)
+    return f"{table_dir}.{side_name(side)}/{run}"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from embedpipe.workdir import Workdir
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "infra" / "spark-standalone.sh"
 
@@ -53,6 +55,11 @@ def standalone_cluster(
         yield Standalone(started.stdout.strip().splitlines()[-1], run_dir)
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop"], env=env, timeout=60)
+
+
+def table_dir(workdir: Path, table: str, side: str | None = None) -> Path:
+    """The committed data directory of a table (or of its side table) of a local workdir."""
+    return Path(Workdir(str(workdir)).table_path(table, side))
 
 
 def rows(path: Path) -> list[tuple]:

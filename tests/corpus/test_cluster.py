@@ -12,7 +12,7 @@ from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.spark.submit import submit_stage
 from embedpipe.corpus.stages import prepare
 
-from .conftest import rows, standalone_cluster
+from .conftest import rows, standalone_cluster, table_dir
 from .test_determinism import table_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.spark]
@@ -43,8 +43,8 @@ def test_standalone_cluster_gives_the_local_tables(master: str, spark, tmp_path:
         assert manifest["counts"] == local_manifests[stage]["counts"], stage
     for table in ("tokens", "vocab", "sequences", "buckets", "cooccur"):
         local_rows, remote_rows = (
-            rows(tmp_path / "local" / table),
-            rows(tmp_path / "remote" / table),
+            rows(table_dir(tmp_path / "local", table)),
+            rows(table_dir(tmp_path / "remote", table)),
         )
         if table == "tokens":  # seq_id depends on partitioning; the content does not
             local_rows = sorted(r[1:] for r in local_rows)

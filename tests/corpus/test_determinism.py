@@ -1,5 +1,5 @@
 """The same input and config give byte-identical tables: every file, row for row and byte
-for byte, under the same name.
+for byte, under the same name (but for the run directory's, unique to each run).
 
 Every table is written by pyarrow from Spark tasks under names fixed by partition (see
 `corpus.output`). Spark's own writer would not do: its file names hold a random job id,
@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,26 +22,38 @@ from embedpipe.config import load_config
 from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.stages import prepare
 
+from .conftest import table_dir
+
 pytestmark = pytest.mark.spark
 
 TABLES = ("tokens", "vocab", "sequences", "buckets", "cooccur")
+RUN = re.compile(r"^run-\d{8}T\d{6}-[0-9a-f]{8}$")  # a stage run's directory (workdir.py)
+
+
+def relative_name(root: Path, path: Path) -> str:
+    """`path` relative to `root`, the run directory's name (unique to each run) as `run`."""
+    return "/".join("run" if RUN.match(part) else part for part in path.relative_to(root).parts)
+
+
+def parquet_files(root: Path) -> dict[str, Path]:
+    """relative_name -> path of every Parquet file under `root` (one run per table only)."""
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.parquet")):
+        name = relative_name(root, path)
+        assert name not in found, f"two runs of one table under {root}: {found[name]}, {path}"
+        found[name] = path
+    return found
 
 
 def table_files(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every Parquet file under a workdir (tables and hidden
-    sub-tables: tokens/_counts, tokens/_rejects)."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.parquet"))
-    }
+    """Relative path -> sha256 of every Parquet file under a workdir (tables and side
+    tables: tokens.counts, tokens.rejects)."""
+    return {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in parquet_files(root).items()}
 
 
 def file_rows(root: Path) -> dict[str, list[dict]]:
     """Relative path -> the rows of every Parquet file under a workdir, in file order."""
-    return {
-        p.relative_to(root).as_posix(): pq.read_table(p).to_pylist()
-        for p in sorted(root.rglob("*.parquet"))
-    }
+    return {n: pq.read_table(p).to_pylist() for n, p in parquet_files(root).items()}
 
 
 def write_inputs(directory: Path) -> None:
@@ -103,6 +116,6 @@ def test_tokenize_with_rejects_is_deterministic(spark, tmp_path: Path) -> None:
         )
         STAGES["tokenize"].run(spark, config)
         runs.append(tmp_path / name)
-    rejects = [table_files(run / "tokens" / "_rejects") for run in runs]
+    rejects = [table_files(table_dir(run, "tokens", "rejects")) for run in runs]
     assert rejects[0] and rejects[0] == rejects[1]
     assert table_files(runs[0]) == table_files(runs[1])

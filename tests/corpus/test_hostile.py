@@ -3,7 +3,7 @@
 Every case runs the tokenize stage on a corpus of good lines (`good.txt`, 1.35 MB) plus the
 case's file(s), with the default `corpus.max_reject_share` (1% of the input bytes) unless
 the case sets it. Each either succeeds, with every good line kept and the rest counted and
-set aside (named in `tokens/_rejects/` with its reason), or fails with one line naming the
+set aside (named in the side table `tokens.rejects/` with its reason), or fails with one line naming the
 file and the config key. `CASES` is the table; each row is a test:
 
 | case | outcome | lines kept | set aside |
@@ -47,8 +47,10 @@ from embedpipe import schemas as S
 from embedpipe.config import ConfigError, load_config
 from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.sources import CorpusError
+from embedpipe.corpus.stages import REJECTS
 from embedpipe.text import tokenize_line
 from embedpipe.text.tokenizer import split_long_line
+from embedpipe.workdir import Workdir
 
 pytestmark = pytest.mark.spark
 
@@ -295,7 +297,7 @@ def test_hostile_input(spark, tmp_path: Path, case: Case) -> None:
     counts = manifest["counts"]
     assert {k: counts[k] for k in expect.counts} == expect.counts
 
-    rejects_dir = tmp_path / "work" / "tokens" / "_rejects"
+    rejects_dir = Path(Workdir(str(tmp_path / "work")).table_path("tokens", REJECTS))
     rejects = pq.read_table(rejects_dir).to_pylist() if rejects_dir.exists() else []
     files = {Path(r[S.SOURCE]).name: r[S.REASON] for r in rejects if r[S.RECORD] == ""}
     assert files.keys() == expect.set_aside.keys()
@@ -322,7 +324,7 @@ def test_hostile_input(spark, tmp_path: Path, case: Case) -> None:
 
 def test_json_lines_keep_record_and_file_rejects_apart(spark, tmp_path: Path) -> None:
     """JSON Lines: a malformed record and a truncated .jsonl.gz in one run; the archive
-    is salvaged through the JSON reader, and `_rejects/` holds both kinds of row."""
+    is salvaged through the JSON reader, and `tokens.rejects/` holds both kinds of row."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     good = [json.dumps({"body": GOOD_LINE}) for _ in range(GOOD_LINES // 10)]
@@ -336,7 +338,9 @@ def test_json_lines_keep_record_and_file_rejects_apart(spark, tmp_path: Path) ->
         '[corpus]\nformat = "jsonl"\ntext_field = "body"\nmax_reject_share = 0.5\n',
     )
     counts = STAGES["tokenize"].run(spark, load_config(path))["counts"]
-    rejects = pq.read_table(tmp_path / "work" / "tokens" / "_rejects").to_pylist()
+    rejects = pq.read_table(
+        Workdir(str(tmp_path / "work")).table_path("tokens", REJECTS)
+    ).to_pylist()
     reasons = sorted((Path(r[S.SOURCE]).name, r[S.REASON].split(" (")[0]) for r in rejects)
     assert reasons == [("cut.jsonl.gz", "truncated or corrupt"), ("good.jsonl", "malformed JSON")]
     assert counts["rejected_records"] == 1 and counts["rejected_files"] == 1

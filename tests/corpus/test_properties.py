@@ -48,6 +48,7 @@ from embedpipe.corpus.vocab import (
 )
 from embedpipe.text import tokenize_line
 from embedpipe.text.tokenizer import split_long_line
+from embedpipe.workdir import Workdir
 
 N_SPECIAL = len(S.SPECIAL_TOKENS)
 # Spark examples cost seconds each: few of them, and no shrinking (a failure reports the
@@ -214,7 +215,7 @@ def test_tokenize_stage_on_text(
                 STAGES["tokenize"].run(spark, config)
             return
         manifest = STAGES["tokenize"].run(spark, config)
-        table = pq.read_table(f"{tmp}/work/tokens").sort_by(S.SEQ_ID)
+        table = pq.read_table(Workdir(f"{tmp}/work").table_path("tokens")).sort_by(S.SEQ_ID)
     columns = [S.TOKENS, S.N_TOKENS, S.REPAIRED, S.SPLIT]
     assert list(zip(*[table.column(c).to_pylist() for c in columns], strict=True)) == want
     assert len(set(table.column(S.SEQ_ID).to_pylist())) == len(want)
@@ -279,8 +280,9 @@ def test_tokenize_stage_on_json_lines(spark, records: list[str]) -> None:
             ],
         )
         manifest = STAGES["tokenize"].run(spark, config)
-        table = pq.read_table(f"{tmp}/work/tokens").sort_by(S.SEQ_ID)
-        rejects = pq.read_table(f"{tmp}/work/tokens/_rejects") if rejected else None
+        table = pq.read_table(Workdir(f"{tmp}/work").table_path("tokens")).sort_by(S.SEQ_ID)
+        rejects = Workdir(f"{tmp}/work").table_path("tokens", "rejects") if rejected else None
+        rejects = pq.read_table(rejects) if rejects else None
     assert table.column(S.TOKENS).to_pylist() == [t for t, _, _, _ in want]
     assert manifest["counts"]["rejected_records"] == len(rejected)
     if rejects is not None:

@@ -18,6 +18,9 @@ from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.sources import CorpusError
 from embedpipe.corpus.stages import prepare
 from embedpipe.text import tokenize_line
+from embedpipe.workdir import Workdir
+
+from .conftest import table_dir
 
 pytestmark = pytest.mark.spark
 
@@ -92,7 +95,7 @@ def test_stages_match_reference(spark, tmp_path: Path, seed: int) -> None:
     want = reference(lines, min_count=2, window=3)
     work = tmp_path / "work"
 
-    vocab = pq.read_table(work / "vocab")
+    vocab = pq.read_table(table_dir(work, "vocab"))
     assert [f.type for f in vocab.schema] == [f.type for f in S.VOCAB_SCHEMA]
     columns = [vocab.column(c).to_pylist() for c in (S.ID, S.TOKEN, S.COUNT)]
     assert list(zip(*columns, strict=True)) == want["vocab"]
@@ -105,13 +108,13 @@ def test_stages_match_reference(spark, tmp_path: Path, seed: int) -> None:
         vocab.column(S.NOISE_PROB).to_numpy(), counts**0.75 / (counts**0.75).sum(), rtol=1e-12
     )
 
-    sequences = pq.read_table(work / "sequences")
+    sequences = pq.read_table(table_dir(work, "sequences"))
     assert sorted(sequences.column(S.IDS).to_pylist()) == want["sequences"]
     assert sequences.column(S.LENGTH).to_pylist() == [
         len(s) for s in sequences.column(S.IDS).to_pylist()
     ]
 
-    cooc = pq.read_table(work / "cooccur")
+    cooc = pq.read_table(table_dir(work, "cooccur"))
     got = {
         (r, c): w
         for r, c, w in zip(
@@ -135,7 +138,7 @@ def test_buckets_and_shards(spark, tmp_path: Path) -> None:
     config = config_for(tmp_path, tmp_path / "corpus", **{"bucket.boundaries": [2, 5]})
     manifests = prepare(spark, config)
     work = tmp_path / "work"
-    buckets = pq.read_table(work / "buckets")
+    buckets = pq.read_table(table_dir(work, "buckets"))
     for length, bucket in zip(
         buckets.column(S.LENGTH).to_pylist(), buckets.column(S.BUCKET).to_pylist(), strict=True
     ):
@@ -147,7 +150,7 @@ def test_buckets_and_shards(spark, tmp_path: Path) -> None:
             1 - b["tokens"] / (b["sequences"] * b["max_length"]), abs=1e-6
         )
 
-    for shard_dir in sorted((work / "cooccur").glob("shard=*")):
+    for shard_dir in sorted(table_dir(work, "cooccur").glob("shard=*")):
         shard = int(shard_dir.name.split("=")[1])
         for part in shard_dir.glob("*.parquet"):
             table = pq.read_table(part)
@@ -170,13 +173,18 @@ def test_rerun_is_identical_and_skips(spark, tmp_path: Path) -> None:
     other = config_for(tmp_path / "second", tmp_path / "corpus")
     prepare(spark, other)
     for table in ("vocab", "sequences", "buckets", "cooccur"):
-        assert table_rows(tmp_path / "work" / table) == table_rows(
-            tmp_path / "second" / "work" / table
+        assert table_rows(table_dir(tmp_path / "work", table)) == table_rows(
+            table_dir(tmp_path / "second" / "work", table)
         )
 
     changed = prepare(spark, config_for(tmp_path, tmp_path / "corpus", **{"vocab.min_count": 3}))
     assert changed["tokenize"]["skipped"]
     assert not any(changed[s]["skipped"] for s in ("build_vocab", "encode", "bucket", "cooccur"))
+    # Each table holds its manifest and the one run it names; the old runs are gone.
+    for name, manifest in changed.items():
+        table = STAGES[name].table
+        entries = sorted(p.name for p in (tmp_path / "work" / table).iterdir())
+        assert entries == sorted(["_MANIFEST.json", manifest["data"]]), (table, entries)
 
 
 def test_missing_path_is_named(spark, tmp_path: Path) -> None:
@@ -200,8 +208,9 @@ def test_empty_corpus_fails_and_leaves_nothing(spark, tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="empty.txt holds no tokens"):
         STAGES["tokenize"].run(spark, config_for(tmp_path, corpus))
     work = tmp_path / "work"
-    assert not (work / "tokens").exists()
-    assert list((work / ".staging").iterdir()) == []
+    assert Workdir(str(work)).read_manifest("tokens") is None
+    assert not (work / "tokens").exists() and not list(work.glob("tokens.*"))
+    assert list((work / ".staging").iterdir()) == []  # the stage's lock is gone
 
 
 def test_jsonl_rejects_are_set_aside_and_counted(spark, tmp_path: Path) -> None:
@@ -218,11 +227,11 @@ def test_jsonl_rejects_are_set_aside_and_counted(spark, tmp_path: Path) -> None:
         **{"corpus.format": "jsonl", "corpus.text_field": "body", "corpus.unit": "sentence"},
     )
     manifest = STAGES["tokenize"].run(spark, config)
-    tokens = pq.read_table(tmp_path / "work" / "tokens")
+    tokens = pq.read_table(table_dir(tmp_path / "work", "tokens"))
     assert sorted(tokens.column(S.TOKENS).to_pylist()) == [["the", "cat", "sat"]] * 2 + [
         ["the", "dog", "ran"]
     ]
-    rejects = pq.read_table(tmp_path / "work" / "tokens" / "_rejects").to_pylist()
+    rejects = pq.read_table(table_dir(tmp_path / "work", "tokens", "rejects")).to_pylist()
     assert sorted(r[S.REASON] for r in rejects) == ["malformed JSON", "missing field 'body'"]
     assert all(r[S.SOURCE].endswith("docs.jsonl") for r in rejects)
     assert any("not json" in r[S.RECORD] for r in rejects)
@@ -235,7 +244,7 @@ def test_long_lines_are_split_not_lost(spark, tmp_path: Path) -> None:
     corpus.write_text("short line\n" + " ".join(words) + "\n")
     config = config_for(tmp_path, corpus, **{"tokenize.max_line_chars": 100})
     manifest = STAGES["tokenize"].run(spark, config)
-    table = pq.read_table(tmp_path / "work" / "tokens").sort_by(S.SEQ_ID)
+    table = pq.read_table(table_dir(tmp_path / "work", "tokens")).sort_by(S.SEQ_ID)
     pieces = [
         t
         for t, split in zip(
@@ -265,7 +274,7 @@ def test_sentencepiece_tokens_and_model(spark, tmp_path: Path) -> None:
         **{"tokenize.kind": "sentencepiece", "tokenize.sp_vocab_size": 40, "vocab.min_count": 1},
     )
     prepare(spark, config)
-    model = (tmp_path / "work" / "tokens" / "_sentencepiece.model").read_bytes()
+    model = Path(Workdir(str(tmp_path / "work")).tokenizer_model).read_bytes()
 
     import sentencepiece as spm
 
@@ -274,7 +283,7 @@ def test_sentencepiece_tokens_and_model(spark, tmp_path: Path) -> None:
         line.decode("utf-8", errors="replace").lower() for line in lines
     )  # normalised the same way (NFKC changes nothing in this corpus)
     want = sorted(processor.encode(texts, out_type=str))
-    got = sorted(pq.read_table(tmp_path / "work" / "tokens").column(S.TOKENS).to_pylist())
+    got = sorted(pq.read_table(table_dir(tmp_path / "work", "tokens")).column(S.TOKENS).to_pylist())
     assert got == want
-    vocab = pq.read_table(tmp_path / "work" / "vocab").column(S.TOKEN).to_pylist()
+    vocab = pq.read_table(table_dir(tmp_path / "work", "vocab")).column(S.TOKEN).to_pylist()
     assert set(vocab[len(S.SPECIAL_TOKENS) :]) == {p for pieces in want for p in pieces}

@@ -17,7 +17,7 @@ from embedpipe.corpus.spark.submit import submit_stage
 from embedpipe.corpus.stages import prepare
 from embedpipe.processes import alive, descendants
 
-from .conftest import rows, standalone_cluster
+from .conftest import rows, standalone_cluster, table_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.spark]
 
@@ -46,8 +46,9 @@ def test_a_killed_worker_does_not_change_the_table(spark, tmp_path: Path) -> Non
     local = load_config(None, [f"workdir={tmp_path / 'local'}", *common])
     prepare(spark, local)
     # The cluster run starts from the same upstream tables (manifests included).
-    for table in ("tokens", "vocab", "sequences"):
-        shutil.copytree(tmp_path / "local" / table, tmp_path / "remote" / table)
+    for table in ("tokens", "vocab", "sequences"):  # with their side tables (tokens.counts)
+        for directory in (tmp_path / "local").glob(f"{table}*"):
+            shutil.copytree(directory, tmp_path / "remote" / directory.name)
 
     with standalone_cluster(tmp_path / "standalone", workers=2, port=MASTER_PORT) as cluster:
         remote = load_config(
@@ -92,7 +93,8 @@ def test_a_killed_worker_does_not_change_the_table(spark, tmp_path: Path) -> Non
     assert any("lost" in line.lower() and "executor" in line.lower() for line in lines), lines[-40:]
     local_manifest = local_manifest_of(tmp_path / "local")
     assert manifest["counts"]["entries"] == local_manifest["counts"]["entries"]
-    assert rows(tmp_path / "remote" / "cooccur") == rows(tmp_path / "local" / "cooccur")
+    remote_rows = rows(table_dir(tmp_path / "remote", "cooccur"))
+    assert remote_rows == rows(table_dir(tmp_path / "local", "cooccur"))
 
 
 def local_manifest_of(workdir: Path) -> dict:

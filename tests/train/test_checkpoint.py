@@ -116,3 +116,19 @@ def test_a_checkpoint_records_its_weights_size_and_hash(tmp_path: Path) -> None:
         "sha256": sha256_file(path / WEIGHTS),
     }
     assert not list(tmp_path.glob("*.tmp-*"))  # the staging directory was renamed away
+
+
+def test_a_killed_writers_leftovers_go_at_the_next_save(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    save(tmp_path, 3)
+    for name in (f"step-6.tmp-{proc.pid}", f"step-1.old-{proc.pid}", f"step-7.tmp-{os.getppid()}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / WEIGHTS).write_bytes(b"partial")
+    save(tmp_path, 6, keep=1)
+    # The dead writer's are gone; a live process's (the parent's) is not ours to remove.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-6", f"step-7.tmp-{os.getppid()}"]

@@ -50,9 +50,11 @@ class TinyRun(ModelRun):
     ) -> None:
         self.options: TinyConfig = config.options
         self.seed, self.cluster = config.seed, cluster
-        vocab_size = count_rows(workdir.path("vocab"))
-        self.chunks = rank_chunks(workdir.path("sequences"), cluster.rank, cluster.world, 64)
-        self.corpus_words = workdir.require("sequences")["counts"]["tokens"]
+        vocab_size = count_rows(workdir.table_path("vocab"))
+        sequences = workdir.require("sequences")
+        table = workdir.table_path("sequences", manifest=sequences)
+        self.chunks = rank_chunks(table, cluster.rank, cluster.world, 64)
+        self.corpus_words = sequences["counts"]["tokens"]
         self.epoch_words = self.corpus_words
         self.table = torch.nn.Embedding(vocab_size, self.options.dim)
         torch.nn.init.normal_(self.table.weight, generator=torch.Generator().manual_seed(self.seed))

@@ -126,11 +126,12 @@ def publish_training(
     spec = get_model(config.train.model)
     summary, vectors = read_trained(train_dir, spec.vectors)
     wd = Workdir(config.workdir)
-    vocab = pq.read_table(wd.path("vocab")).select(S.VOCAB_SCHEMA.names).sort_by(S.ID)
+    vocab_url = wd.table_path("vocab")
+    vocab = pq.read_table(vocab_url).select(S.VOCAB_SCHEMA.names).sort_by(S.ID)
     tokens = vocab.column(S.TOKEN).to_pylist()
     if len(tokens) != len(vectors):
         raise ValueError(
-            f"{wd.path('vocab')} has {len(tokens)} tokens but the model has {len(vectors)} rows: "
+            f"{vocab_url} has {len(tokens)} tokens but the model has {len(vectors)} rows: "
             "the vocabulary changed after training"
         )
     if spec.evaluate is not None:  # the model's own metrics (mlm: + held-out loss)

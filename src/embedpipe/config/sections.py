@@ -21,7 +21,7 @@ class CorpusConfig:
     text_field: str = "text"  # JSON field / Parquet column holding the text
     unit: Literal["line", "sentence"] = "line"  # one sequence per line/record, or per sentence
     # Files that cannot be read as they are (binary, UTF-16, damaged archives) are set aside
-    # and named in tokens/_rejects/; the stage fails when they hold more than this share of
+    # and named in tokens.rejects/; the stage fails when they hold more than this share of
     # the input bytes (bytes, not files: one large file can be most of the text). 0: fail on
     # any such file.
     max_reject_share: float = 0.01

@@ -1,7 +1,7 @@
 """Finding, sniffing and reading the raw input.
 
 At corpus scale one odd file among millions must not cost the run: a file that cannot be
-used is set aside, named with the reason in the tokenize stage's `_rejects/` table and its
+used is set aside, named with the reason in the tokenize stage's side table `tokens.rejects/` and its
 manifest, and the run goes on; it fails only when the files set aside hold more than
 `corpus.max_reject_share` of the input bytes, naming them. What happens to each kind of
 file:

@@ -4,7 +4,8 @@ Each `<name>_stage(spark, config)` is what `registry.STAGES[name]` names: the sp
 job (`corpus.spark.job`), `embedpipe prepare` and the Prefect flow all run a stage through
 the registry, so it runs the same way everywhere; only the session differs. The transforms
 live in one module per stage (`tokenize`, `vocab`, `encode`, `bucket`, `cooccur`); the
-commit (staging, manifest, skip when unchanged) in `spark.commit`.
+commit (run directory, manifest, skip when unchanged) in `spark.commit`; every table is
+read at `Workdir.table_path`, the run its manifest names.
 """
 
 from __future__ import annotations
@@ -39,20 +40,20 @@ from embedpipe.corpus.sources import (
 from embedpipe.corpus.spark.commit import run_stage
 from embedpipe.corpus.spark.parts import write_dataframe
 from embedpipe.corpus.tokenize import sample_text, write_tokens
-from embedpipe.corpus.vocab import write_vocab
+from embedpipe.corpus.vocab import COUNTS, write_vocab
 from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
 from embedpipe.text.sentencepiece import train_sentencepiece
-from embedpipe.workdir import Workdir
+from embedpipe.workdir import Workdir, side_output
 
-REJECTS = "_rejects"  # tokens/_rejects/: hidden from readers of tokens/ (leading underscore)
+REJECTS = "_rejects"  # the side table tokens.rejects/ (workdir.side_output), beside tokens/
 
 
 def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
-    """Raw text -> tokens/ (records and files set aside in tokens/_rejects/).
+    """Raw text -> tokens/ (records and files set aside in the side table tokens.rejects/).
 
     Refuses missing paths and a corpus with no tokens, naming the path. A file that cannot
     be read as it is (binary, UTF-16, a damaged archive: `sources`) is set aside, named in
-    `_rejects/` (source, reason, record "") and counted, and the run goes on, unless the
+    `tokens.rejects/` (source, reason, record "") and counted, and the run goes on, unless the
     files set aside hold more than `corpus.max_reject_share` of the input bytes: then it
     fails naming them.
     """
@@ -110,7 +111,9 @@ def tokenize_files(
     sp_model = None
     if config.tokenize.kind == "sentencepiece":
         sp_model = train_sentencepiece(sample_text(lines, config.tokenize), config.tokenize)
-    counts: dict[str, Any] = write_tokens(lines, config.tokenize, out, sp_model)
+    counts: dict[str, Any] = write_tokens(
+        lines, config.tokenize, out, sp_model, side_output(out, COUNTS)
+    )
     if counts["tokens"] == 0:
         raise CorpusError(f"corpus {', '.join(config.corpus.paths)} holds no tokens")
     if sp_model is not None:
@@ -125,7 +128,9 @@ def tokenize_files(
         )
         rejects = set_aside if rejects is None else rejects.unionByName(set_aside)
     rows = (
-        write_dataframe(rejects, f"{out}/{REJECTS}", S.REJECTS_SCHEMA) if rejects is not None else 0
+        write_dataframe(rejects, side_output(out, REJECTS), S.REJECTS_SCHEMA)
+        if rejects is not None
+        else 0
     )
     counts["rejected_records"] = rows - len(aside)
     return counts
@@ -142,14 +147,16 @@ def _remove(url: str) -> None:
 def build_vocab_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     """tokens/ -> vocab/ (one Parquet file, sorted by id).
 
-    Sums the tokenize tasks' partial counts (tokens/_counts/) when they are there, else
+    Sums the tokenize tasks' partial counts (tokens.counts/) when they are there, else
     counts the tokens table (see `vocab.write_vocab`).
     """
     wd = Workdir(config.workdir)
     upstream = wd.require("tokens")
 
     def write(out: str) -> dict[str, Any]:
-        counts = write_vocab(spark, wd.path("tokens"), config.vocab, out)
+        tokens = wd.table_path("tokens", manifest=upstream)
+        counts_url = wd.table_path("tokens", COUNTS, upstream)
+        counts = write_vocab(spark, tokens, config.vocab, out, counts_url)
         size, covered = counts["vocab_size"], counts["covered_tokens"]
         if size == len(S.SPECIAL_TOKENS):
             raise CorpusError(
@@ -175,11 +182,12 @@ def read_table(spark: SparkSession, path: str, schema: pa.Schema) -> DataFrame:
 
 def read_vocab_column(workdir: Workdir, column: str) -> pa.Array:
     """One column of the vocabulary by id (model-sized: read on the driver, no Spark job)."""
-    fs, path = fsspec.core.url_to_fs(workdir.path("vocab"))
+    url = workdir.table_path("vocab")
+    fs, path = fsspec.core.url_to_fs(url)
     table = pq.read_table(path, columns=[S.ID, column], filesystem=fs).sort_by(S.ID)
     ids = table.column(S.ID).to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
-        raise ValueError(f"{workdir.path('vocab')}: ids are not 0..{len(ids) - 1}")
+        raise ValueError(f"{url}: ids are not 0..{len(ids) - 1}")
     return table.column(column).combine_chunks()
 
 
@@ -190,7 +198,8 @@ def encode_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
 
     def write(out: str) -> dict[str, Any]:
         vocab = read_vocab_column(wd, S.TOKEN).to_pylist()
-        row = write_sequences(spark, wd.path("tokens"), vocab, config.encode, out)
+        tokens = wd.table_path("tokens", manifest=tokens_manifest)
+        row = write_sequences(spark, tokens, vocab, config.encode, out)
         row["dropped_empty_sequences"] = tokens_manifest["counts"]["sequences"] - row["sequences"]
         row["dropped_oov_tokens"] = tokens_manifest["counts"]["tokens"] - row["tokens"]
         return row
@@ -203,11 +212,12 @@ def bucket_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
     wd = Workdir(config.workdir)
 
     def write(out: str) -> dict[str, Any]:
-        sequences = read_table(spark, wd.path("sequences"), S.SEQUENCES_SCHEMA)
+        url = wd.table_path("sequences")
+        sequences = read_table(spark, url, S.SEQUENCES_SCHEMA)
         boundaries = list(config.bucket.boundaries or []) or derive_boundaries(
             sequences, config.bucket.num_buckets
         )
-        buckets = write_buckets(spark, wd.path("sequences"), boundaries, out)
+        buckets = write_buckets(spark, url, boundaries, out)
         return {"boundaries": boundaries, "buckets": buckets}
 
     return run_stage(STAGES["bucket"], config, write)
@@ -220,7 +230,8 @@ def cooccur_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
 
     def write(out: str) -> dict[str, Any]:
         counts = read_vocab_column(wd, S.COUNT).to_numpy()
-        files = write_cooccur(spark, wd.path("sequences"), config.cooccur, counts, out)
+        sequences = wd.table_path("sequences")
+        files = write_cooccur(spark, sequences, config.cooccur, counts, out)
         shards = []
         for shard in range(config.cooccur.num_shards):
             mine = [f for f in files if f[S.SHARD] == shard]

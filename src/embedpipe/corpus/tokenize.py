@@ -166,7 +166,11 @@ def add_stats(stats: dict[str, int], lines: pa.RecordBatch, tokenized: pa.Record
 
 
 def write_tokens(
-    lines: DataFrame, config: TokenizeConfig, out: str, sp_model: bytes | None = None
+    lines: DataFrame,
+    config: TokenizeConfig,
+    out: str,
+    sp_model: bytes | None = None,
+    counts_out: str | None = None,
 ) -> dict[str, int]:
     """Lines (text, repaired) -> the tokens table at `out`, and its counts.
 
@@ -175,13 +179,15 @@ def write_tokens(
     anyway, and a SentencePiece model should not learn them as pieces.
 
     Each task tokenises its partition in Arrow batches and writes `part-<partition>.parquet`
-    (TOKENS_SCHEMA, in input order) and its token counts `_counts/part-<partition>.parquet`
-    (token, count), which build_vocab sums instead of reading every token again. seq_id is
+    (TOKENS_SCHEMA, in input order) and its token counts `part-<partition>.parquet` (token,
+    count) in `counts_out` (default `<out>/_counts`; the stage: the side table
+    `tokens.counts/`), which build_vocab sums instead of reading every token again. seq_id is
     (partition << 33) + row number in the partition, as Spark's monotonically_increasing_id.
     Word-level by default; with a SentencePiece model (bytes), its pieces.
     """
     model = lines.sparkSession.sparkContext.broadcast(sp_model) if sp_model else None
     out = out.rstrip("/")
+    counts_out = (counts_out or f"{out}/{COUNTS}").rstrip("/")
 
     def tokenize_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         partition = task_partition()
@@ -218,7 +224,7 @@ def write_tokens(
             raise
         counts = counter.table()
         if counts.num_rows:
-            write_table(counts, f"{out}/{COUNTS}/{part_name(partition)}")
+            write_table(counts, f"{counts_out}/{part_name(partition)}")
         yield pa.RecordBatch.from_pylist([stats], schema=_STATS_SCHEMA)
 
     written = lines.select(S.TEXT, S.REPAIRED).mapInArrow(

@@ -1,10 +1,10 @@
 """build_vocab: token counts -> ids, special tokens first, then count desc, token asc.
 
 One Spark job, its heavy parts in Arrow: map tasks read the partial counts the tokenize
-tasks wrote (tokens/_counts/, or count the tokens table when it has none) and send each
-token's rows as Arrow IPC blocks to one of R reduce tasks (`token_buckets`); a reduce
-task sums its tokens, counts them and keeps those with `min_count`; one task ranks the kept
-tokens (model-sized) and writes the table. The JVM moves blocks and computes the noise
+tasks wrote (the side table tokens.counts/, or count the tokens table when it has none) and
+send each token's rows as Arrow IPC blocks to one of R reduce tasks (`token_buckets`); a
+reduce task sums its tokens, counts them and keeps those with `min_count`; one task ranks the
+kept tokens (model-sized) and writes the table. The JVM moves blocks and computes the noise
 weights count ** power with Spark's own `pow` (Java's StrictMath: numpy's libm `pow`
 differs in the last bit for some counts, and the table keeps Spark's values).
 """
@@ -32,7 +32,7 @@ from embedpipe.corpus.spark.parts import (
 )
 
 COUNTS_SCHEMA = pa.schema([pa.field(S.TOKEN, pa.string()), pa.field(S.COUNT, pa.int64())])
-COUNTS = "_counts"  # tokens/_counts/: each tokenize task's token counts (hidden from readers)
+COUNTS = "_counts"  # the side table tokens.counts/: each tokenize task's token counts
 FLUSH_TOKENS = 1 << 23
 
 
@@ -243,11 +243,18 @@ def write_specials_only(config: VocabConfig, out: str) -> dict[str, int]:
 
 
 def write_vocab(
-    spark: SparkSession, tokens_url: str, config: VocabConfig, out: str
+    spark: SparkSession,
+    tokens_url: str,
+    config: VocabConfig,
+    out: str,
+    counts_url: str | None = None,
 ) -> dict[str, int]:
     """The vocabulary of the tokens table at `tokens_url` as one file at `out`
-    (VOCAB_SCHEMA, sorted by id); returns distinct_tokens, vocab_size, covered_tokens."""
-    partial_url = f"{tokens_url.rstrip('/')}/{COUNTS}"
+    (VOCAB_SCHEMA, sorted by id); returns distinct_tokens, vocab_size, covered_tokens.
+
+    Sums the partial counts at `counts_url` (default `<tokens_url>/_counts`) when there are
+    any."""
+    partial_url = counts_url or f"{tokens_url.rstrip('/')}/{COUNTS}"
     if data_files(partial_url):
         source, columns, counted = partial_url, [S.TOKEN, S.COUNT], True
     else:  # a tokens table written without its counts: count it here

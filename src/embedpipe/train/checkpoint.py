@@ -5,7 +5,11 @@ schedule as JSON with the weights' size and sha256), every file fsynced, closed 
 `COMPLETE` marker, then renamed to `step-N/` (and the directory fsynced), so a crash or a
 power loss leaves either the whole checkpoint or none. Resuming takes the newest one that
 verifies (marker, readable state, weights of the recorded size and hash) and falls back to
-the one before when it does not, saying which and why; older ones beyond `keep` are deleted.
+the one before when it does not, saying which and why; older ones beyond `keep` are deleted,
+each first renamed to `step-N.old-<pid>/` (so a half-deleted one is never taken for a
+checkpoint). What a killed writer left (`*.tmp-<pid>/`, `*.old-<pid>/` of a process that is
+gone) is removed by the next save. The crash points (`embedpipe.faults`) between the steps
+are in CRASH_POINTS.
 """
 
 from __future__ import annotations
@@ -22,11 +26,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from embedpipe.artefacts.files import sha256_file
+from embedpipe.faults import crash_point
 
 MARKER = "COMPLETE"
 WEIGHTS = "model.safetensors"
 STATE = "state.json"
 _STEP = re.compile(r"^step-(\d+)$")
+_LEFTOVER = re.compile(r"^step-\d+\.(?:tmp|old)-(\d+)$")  # a writer's, by its pid
+# In save order: weights written; state written (before the COMPLETE marker); marked
+# (before the rename); renamed (before pruning the old ones); pruned.
+CRASH_POINTS = (
+    "checkpoint.weights_written",
+    "checkpoint.state_written",
+    "checkpoint.marked",
+    "checkpoint.renamed",
+    "checkpoint.pruned",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -38,27 +53,73 @@ def save_checkpoint(
 ) -> Path:
     """Write step-N atomically and durably; prune to the newest `keep` complete checkpoints."""
     root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(root)
     final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
     fsync_file(tmp / WEIGHTS)
+    crash_point("checkpoint.weights_written")
     files = {
         WEIGHTS: {"bytes": (tmp / WEIGHTS).stat().st_size, "sha256": sha256_file(tmp / WEIGHTS)}
     }
     write_synced(
         tmp / STATE, json.dumps({**state, "step": step, "files": files}, indent=2, sort_keys=True)
     )
+    crash_point("checkpoint.state_written")
     write_synced(tmp / MARKER, "")
     fsync_file(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    crash_point("checkpoint.marked")
+    replaced = None
+    if final.exists():  # debris of an earlier run at this step: out of the way, atomically
+        replaced = _set_aside(final)
     tmp.rename(final)
     fsync_file(root)
+    crash_point("checkpoint.renamed")
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     for old in complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(_set_aside(old), ignore_errors=True)
+    crash_point("checkpoint.pruned")
     return final
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a checkpoint directory to `<name>.old-<pid>` (no longer a checkpoint)."""
+    aside = path.with_name(f"{path.name}.old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    path.rename(aside)
+    return aside
+
+
+def remove_leftovers(root: Path) -> list[Path]:
+    """Remove the `step-N.tmp-<pid>/` and `step-N.old-<pid>/` directories of writers that
+    are gone (killed mid-save or mid-prune); returns them."""
+    removed = []
+    for path in root.iterdir() if root.is_dir() else ():
+        m = _LEFTOVER.match(path.name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue  # another live writer's (two runs sharing a directory: not ours to judge)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def write_synced(path: Path, text: str) -> None:

@@ -62,9 +62,10 @@ class GloVeRun(ModelRun):
             options, config.seed, config.threads, cluster,
         )  # fmt: skip
         set_kernel_threads(cluster, config.threads)
-        vocab_size = count_rows(workdir.path("vocab"))
-        self.chunks = cooccur_chunks(workdir.path("cooccur"), cluster.rank, cluster.world)
-        every = cooccur_chunks(workdir.path("cooccur"), 0, 1)
+        vocab_size = count_rows(workdir.table_path("vocab"))
+        cooccur = workdir.table_path("cooccur")
+        self.chunks = cooccur_chunks(cooccur, cluster.rank, cluster.world)
+        every = cooccur_chunks(cooccur, 0, 1)
         self.corpus_words = sum(c.stop - c.start for c in every)  # entries per epoch
         self.epoch_words = self.corpus_words
         self.model = GloVe(vocab_size, options.dim, config.seed).to(cluster.device)

@@ -113,10 +113,11 @@ class MaskedLMRun(ModelRun):
         mlm: MLMConfig = config.options
         self.mlm, self.seed, self.cluster = mlm, config.seed, cluster
         torch.set_num_threads(config.threads)
-        self.vocab_size = count_rows(workdir.path("vocab"))
-        table = workdir.path("buckets")
+        self.vocab_size = count_rows(workdir.table_path("vocab"))
+        manifest = workdir.require("buckets")
+        table = workdir.table_path("buckets", manifest=manifest)
         self.chunks = rank_bucket_chunks(table, cluster.rank, cluster.world, mlm.chunk_rows)
-        buckets = workdir.require("buckets")["counts"]["buckets"]
+        buckets = manifest["counts"]["buckets"]
         self.corpus_words = sum(b["tokens"] for b in buckets)
         self.epoch_words = self.corpus_words * (1.0 - mlm.heldout)  # expected training tokens
         self.encoder = EncoderConfig.from_mlm(mlm, self.vocab_size)

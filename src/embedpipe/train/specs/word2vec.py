@@ -54,13 +54,17 @@ class SkipGramRun(ModelRun):
         set_kernel_threads(cluster, config.threads)
         # Subsampling and the noise distribution come with the vocabulary (vocab.sample,
         # vocab.noise_power), computed by the build_vocab stage.
-        vocab = pq.read_table(workdir.path("vocab"), columns=[S.ID, S.KEEP_PROB, S.NOISE_PROB])
+        vocab = pq.read_table(
+            workdir.table_path("vocab"), columns=[S.ID, S.KEEP_PROB, S.NOISE_PROB]
+        )
         vocab = vocab.sort_by(S.ID)
         self.keep_prob = vocab.column(S.KEEP_PROB).to_numpy()
         self.noise = alias_table(vocab.column(S.NOISE_PROB).to_numpy())
-        self.corpus_words = workdir.require("sequences")["counts"]["tokens"]
+        sequences = workdir.require("sequences")
+        self.corpus_words = sequences["counts"]["tokens"]
         self.epoch_words = self.corpus_words
-        self.chunks = rank_chunks(workdir.path("sequences"), cluster.rank, cluster.world)
+        table = workdir.table_path("sequences", manifest=sequences)
+        self.chunks = rank_chunks(table, cluster.rank, cluster.world)
         model = self.table_class(len(self.keep_prob), options.dim, config.seed, config.threads)
         self.model = model.to(cluster.device)
         if resumed is not None:
