@@ -59,6 +59,7 @@ from embedpipe.corpus.spark.lock import (
     StageLock,
     env_seconds,
     lock_leftover_pid,
+    modified_at,
     pid_alive,
 )
 from embedpipe.faults import crash_point
@@ -285,27 +286,15 @@ def _stale_staging(fs: fsspec.AbstractFileSystem, workdir: Workdir, stage: Stage
         owner = lock_leftover_pid(name, stage.name)
         if owner is None and not name.startswith(f"{stage.table}-"):
             continue
-        mtime = _mtime(info)
+        mtime = modified_at(info)
         if mtime is None and info["type"] == "directory":  # an object store's prefix
-            found = [_mtime(i) for i in fs.find(info["name"], detail=True).values()]
+            found = [modified_at(i) for i in fs.find(info["name"], detail=True).values()]
             mtime = max((m for m in found if m is not None), default=None)
         old = now - (mtime or now) > grace
         gone = owner is not None and owner[0] == socket.gethostname() and not pid_alive(owner[1])
         if old or gone:
             stale.append(info["name"])
     return stale
-
-
-def _mtime(info: dict[str, Any]) -> float | None:
-    value = info.get("mtime") or info.get("LastModified") or info.get("updated")
-    value = value or info.get("created")
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        return None
-    return float(value) if value is not None else None
 
 
 def _side_dirs(fs: fsspec.AbstractFileSystem, workdir: Workdir, table: str) -> dict[str, str]:

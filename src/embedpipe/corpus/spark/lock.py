@@ -167,14 +167,7 @@ class StageLock:
             info = self.fs.info(self.path)
         except FileNotFoundError:
             return None
-        value = info.get("mtime") or info.get("LastModified") or info.get("updated")
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            return None
-        return float(value) if value is not None else None
+        return modified_at(info)
 
     # ------------------------------------------------------------------ create, take over
 
@@ -354,3 +347,16 @@ def lock_leftover_pid(name: str, stage: str) -> tuple[str, int] | None:
         if parts[i].isdigit():
             return ".".join(parts[:i]), int(parts[i])
     return None
+
+
+def modified_at(info: dict[str, Any]) -> float | None:
+    """A file's modification time (seconds) from an fsspec `info`, on any backend."""
+    value = info.get("mtime") or info.get("LastModified") or info.get("updated")
+    value = value or info.get("created")
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return None
+    return float(value) if value is not None else None
