@@ -136,3 +136,22 @@ def test_redacted_hides_secret_values_and_keeps_the_rest() -> None:
     assert "s3cr3t" not in json.dumps(shown)
     assert shown["vocab"] == to_dict(config)["vocab"]
     assert config.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t"  # config untouched
+
+
+def test_spark_conf_reads_env_references_only_where_spark_gets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from embedpipe.config import ConfigError
+
+    monkeypatch.setenv("EP_TEST_KEY", "from-the-env")
+    overrides = ['spark.conf={"spark.hadoop.fs.s3a.secret.key": "${env:EP_TEST_KEY}", '
+                 '"spark.app.tag": "a-${env:EP_TEST_KEY}-b"}']  # fmt: skip
+    config = load_config(None, overrides)
+    assert config.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "${env:EP_TEST_KEY}"
+    props = config.spark.spark_properties()
+    assert props["spark.hadoop.fs.s3a.secret.key"] == "from-the-env"
+    assert props["spark.app.tag"] == "a-from-the-env-b"
+    monkeypatch.delenv("EP_TEST_KEY")
+    with pytest.raises(ConfigError, match=r"spark.conf\['spark.hadoop.fs.s3a.secret.key'\]: "
+                       "the environment variable EP_TEST_KEY is not set"):  # fmt: skip
+        config.spark.spark_properties()

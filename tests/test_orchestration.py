@@ -80,6 +80,24 @@ def test_resolve_config_from_parameters_or_a_file(tmp_path: Path) -> None:
         resolve_config(params, config_path=str(path))
 
 
+def test_parameters_show_credentials_masked_and_keep_them_for_the_run() -> None:
+    """Prefect stores (and its UI shows) the parameters' JSON; the run reads the real value.
+    Parameters that went through the API come back masked and are refused, naming the key."""
+    from prefect.flows import Flow
+
+    from embedpipe.config import ConfigError
+
+    conf = {"spark.hadoop.fs.s3a.secret.key": "s3cr3t", "spark.master.ui": "x"}
+    params = PretrainParameters.model_validate({"name": "a", "spark": {"conf": conf}})
+    stored = Flow(lambda params: None).serialize_parameters({"params": params})
+    assert stored["params"]["spark"]["conf"] == {**conf, "spark.hadoop.fs.s3a.secret.key": "***"}
+    assert "s3cr3t" not in json.dumps(stored)
+    assert resolve_config(params).spark.conf == conf
+    assert params.to_run_config().spark.conf == conf
+    with pytest.raises(ConfigError, match=r"spark.conf spark.hadoop.fs.s3a.secret.key: .*masked"):
+        resolve_config(stored["params"])
+
+
 def key(config: RunConfig, stage: str) -> str:
     upstream = {"tokens": "t1", "vocab": "v1", "sequences": "s1"}
     return stage_cache_key(stage, config, upstream)

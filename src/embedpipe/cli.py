@@ -127,9 +127,12 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    from embedpipe.flows.pretrain import pretrain_embeddings
+    from embedpipe.flows.pretrain import PretrainParameters, pretrain_embeddings
 
-    result = pretrain_embeddings(config_path=args.config, overrides=args.set)
+    # Resolved here and passed as parameters, so the flow run's parameters (shown in the
+    # Prefect UI) hold every setting, with credentials masked, never a raw override.
+    config = load_config(args.config, args.set)
+    result = pretrain_embeddings(PretrainParameters.from_run_config(config))
     print_result(result)
 
 

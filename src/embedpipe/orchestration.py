@@ -24,16 +24,22 @@ from typing import Any, get_type_hints
 import pydantic
 
 from embedpipe.config import (
+    REDACTED,
+    ConfigError,
     RunConfig,
     apply_overrides,
     fingerprint,
     from_dict,
+    is_secret_key,
     load_config,
+    redacted,
     to_dict,
 )
 from embedpipe.corpus.registry import STAGES, get_stage
 from embedpipe.version import source_hash
 from embedpipe.workdir import CHECKPOINTS, SUMMARY, Workdir
+
+REVEAL = "reveal_credentials"  # serialization context key: keep credentials in a dump
 
 
 def _parameter_fields() -> dict[str, Any]:
@@ -66,9 +72,23 @@ class _ParametersBase(pydantic.BaseModel):
             from_dict(RunConfig, json.loads(json.dumps(data, default=_jsonable)))
         return data
 
+    @pydantic.model_serializer(mode="wrap")
+    def _mask_credentials(
+        self, dump: pydantic.SerializerFunctionWrapHandler, info: pydantic.SerializationInfo
+    ) -> dict[str, Any]:
+        """As JSON (what Prefect stores as the flow run's parameters and shows in its UI)
+        credentials are masked; `plain_dict` (what the run itself reads) keeps them."""
+        data = dump(self)
+        reveal = info.mode != "json" or (info.context or {}).get(REVEAL, False)
+        return data if reveal else redacted(data)
+
+    def plain_dict(self) -> dict[str, Any]:
+        """The parameters as JSON-able data, credentials included (for this process only)."""
+        return self.model_dump(mode="json", context={REVEAL: True})
+
     def to_run_config(self) -> RunConfig:
         """The RunConfig these parameters describe."""
-        return from_dict(RunConfig, self.model_dump(mode="json"))
+        return from_dict(RunConfig, self.plain_dict())
 
     @classmethod
     def from_run_config(cls, config: RunConfig) -> PretrainParameters:
@@ -99,11 +119,25 @@ def resolve_config(
     if params is not None and config_path is not None:
         raise ValueError("give either parameters or a config file, not both")
     if params is None:
-        return load_config(config_path, overrides or [])
+        return refuse_masked_credentials(load_config(config_path, overrides or []))
     if isinstance(params, dict):
         params = PretrainParameters.model_validate(params)
-    data = apply_overrides(params.model_dump(mode="json"), overrides or [])
-    return from_dict(RunConfig, data)
+    data = apply_overrides(params.plain_dict(), overrides or [])
+    return refuse_masked_credentials(from_dict(RunConfig, data))
+
+
+def refuse_masked_credentials(config: RunConfig) -> RunConfig:
+    """`config`, unless a credential in it is the mask: parameters that went through the
+    Prefect API (a deployment's run) arrive masked, and Spark would get "***" as the key."""
+    masked = sorted(k for k, v in config.spark.conf.items() if is_secret_key(k) and v == REDACTED)
+    if masked:
+        raise ConfigError(
+            f"spark.conf {', '.join(masked)}: the value arrived masked ({REDACTED!r}); Prefect "
+            "stores flow parameters with credentials masked. Give them to deployed runs as "
+            'references resolved on the worker, e.g. "${env:AWS_SECRET_ACCESS_KEY}", '
+            "or in a config file on the worker (config_path)"
+        )
+    return config
 
 
 def upstream_fingerprints(stage: str, manifests: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -122,7 +122,11 @@ def publish_training(
 ) -> Location:
     """Evaluate the trained vectors and publish them as `<store>/<name>/vNNNN`; returns the
     version's location. `store`: an ArtefactStore, a path or fsspec URL, or None for the
-    run's store (`config.store`, else $EMBEDPIPE_STORE, else ./artefacts: `store_root`)."""
+    run's store (`config.store`, else $EMBEDPIPE_STORE, else ./artefacts: `store_root`).
+
+    Idempotent: when the newest version already holds these very files and details (a
+    retried task whose first try was killed after its commit, or a rerun whose training came
+    from the cache), that version is returned and nothing is published twice."""
     spec = get_model(config.train.model)
     summary, vectors = read_trained(train_dir, spec.vectors)
     wd = Workdir(config.workdir)
@@ -164,7 +168,7 @@ def publish_training(
         words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only
         write_word2vec_text(files[WORD2VEC_FILE], tokens[words:], vectors[words:])
         return open_store(config.store if store is None else store).publish(
-            config.name, files, details
+            config.name, files, details, skip_unchanged=True
         )
 
 

@@ -6,6 +6,8 @@ before any Spark or torch work starts.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_type_hints
 
@@ -120,7 +122,9 @@ class SparkConfig:
 
     `master`: `local[*]`, `spark://host:7077` (standalone), `yarn` or `k8s://https://host:443`.
     The resource fields become the usual `spark.*` properties (`spark_properties`); `conf`
-    passes any other property through and wins over them. Stage fingerprints never include
+    passes any other property through and wins over them. A `conf` value may reference the
+    environment as `${env:NAME}` (Spark's own syntax), resolved only where the property is
+    handed to Spark: the way to give credentials to deployed runs without writing them down. Stage fingerprints never include
     this section: where a stage ran does not change its tables.
     """
 
@@ -165,7 +169,23 @@ class SparkConfig:
             "spark.cores.max": self.cores_max,
             "spark.sql.shuffle.partitions": self.shuffle_partitions,
         }
-        return {k: str(v) for k, v in props.items() if v is not None} | dict(self.conf)
+        conf = {k: resolve_env_references(f"spark.conf[{k!r}]", v) for k, v in self.conf.items()}
+        return {k: str(v) for k, v in props.items() if v is not None} | conf
+
+
+ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def resolve_env_references(where: str, value: str) -> str:
+    """`value` with each `${env:NAME}` replaced by that environment variable (which must be set)."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{where}: the environment variable {name} is not set")
+        return os.environ[name]
+
+    return ENV_REFERENCE.sub(lookup, value)
 
 
 @dataclass(frozen=True)
