@@ -287,3 +287,24 @@ def test_sentencepiece_tokens_and_model(spark, tmp_path: Path) -> None:
     assert got == want
     vocab = pq.read_table(table_dir(tmp_path / "work", "vocab")).column(S.TOKEN).to_pylist()
     assert set(vocab[len(S.SPECIAL_TOKENS) :]) == {p for pieces in want for p in pieces}
+
+
+def test_every_work_table_reads_as_one_schema_through_a_duckdb_glob(spark, tmp_path: Path) -> None:
+    """`<table>/**/*.parquet` is what DuckDB, Polars and Spark users write: each table and
+    each side table (`<table>.<side>/`) must read back whole, with its own columns only."""
+    duckdb = pytest.importorskip("duckdb")
+    write_corpus(tmp_path / "corpus", 3)
+    prepare(spark, config_for(tmp_path, tmp_path / "corpus"))
+    work = tmp_path / "work"
+    directories = sorted(
+        p.name for p in work.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    tables = set(STAGES[s].table for s in STAGES)
+    assert tables <= set(directories) and any("." in d for d in directories)
+    for name in directories:
+        table, _, side = name.partition(".")
+        committed = pq.read_table(table_dir(work, table, side or None))
+        glob = f"read_parquet('{work / name}/**/*.parquet')"
+        read = duckdb.sql(f"SELECT * FROM {glob}").fetch_arrow_table()
+        assert read.column_names == committed.column_names, name
+        assert read.num_rows == committed.num_rows > 0, name
