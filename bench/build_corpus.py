@@ -28,8 +28,8 @@ Sources (Debian package: text, licence):
 
 Usage: python bench/build_corpus.py [OUT] [--prefix-tokens 1000000] [--seed 0]
        [--shape paragraphs|sentences]
-(`--shape sentences`, with the dictionary sources, gives the second benchmark shape: short
-glosses and definitions, one per line:
+(`--shape sentences` gives the second benchmark shape, the same sources cut into short
+glosses, definitions and sentences, one per line:
 `python bench/build_corpus.py /work/bench-data/short-10m.txt --shape sentences
  --prefix-out /work/bench-data/short-1m.txt --min-tokens 9500000`: 9.9M tokens,
  971k lines of 10.2 tokens on average, against 19.2 for the default shape)
