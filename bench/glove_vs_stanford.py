@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from embedpipe.train.registry import GloVeConfig
 from embedpipe.workdir import Workdir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,7 +101,12 @@ def run_stanford(tools: Path, tokens: Path, out: Path, threads: int, seed: int) 
 
 
 def run_embedpipe(
-    workdir: Path, nproc: int, threads: int, batch_size: int, seed: int
+    workdir: Path,
+    nproc: int,
+    threads: int,
+    batch_size: int | None,
+    seed: int,
+    iterations: int = SETTINGS["iterations"],
 ) -> dict[str, Any]:
     """`nproc` processes (DDP) x `threads` Hogwild kernel threads each."""
     from safetensors.numpy import load_file
@@ -110,13 +116,14 @@ def run_embedpipe(
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "embedpipe.train", "--out", str(out), "--set", f"workdir={workdir}",
-        "--set", "train.model=glove", "--set", f"train.epochs={s['iterations']}",
+        "--set", "train.model=glove", "--set", f"train.epochs={iterations}",
         "--set", f"train.glove.dim={s['dim']}", "--set", f"train.glove.x_max={s['x_max']}",
         "--set", f"train.glove.alpha={s['alpha']}", "--set", f"train.glove.lr={s['eta']}",
         "--set", "train.log_every=1000000", "--set", f"train.threads={threads}",
-        "--set", f"train.glove.batch_size={batch_size}", "--set", "train.checkpoint_every=0",
-        "--set", f"train.seed={seed}",
+        "--set", "train.checkpoint_every=0", "--set", f"train.seed={seed}",
     ]  # fmt: skip
+    if batch_size is not None:  # otherwise the default, which is what a user gets
+        command += ["--set", f"train.glove.batch_size={batch_size}"]
     subprocess.run(["rm", "-rf", str(out)], check=True)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -129,7 +136,7 @@ def run_embedpipe(
         "seed": seed,
         "processes": nproc,
         "threads": threads,
-        "batch_size": batch_size,
+        "batch_size": batch_size or GloVeConfig().batch_size,
         "training_seconds": summary["seconds"],
         "entries_per_sec": summary["words_per_sec"],
         "bytes_per_word": summary.get("bytes_per_word", 0),  # exchanged a trained entry
@@ -150,7 +157,10 @@ def main() -> None:
         help="embedpipe runs as PROCESSESxTHREADS (default: 1 process x 2 threads, 2 x 1)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=1 << 20, help="entries per rank and step (exchange)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="entries per rank and step (default: train.glove.batch_size's default)",
     )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[1], help="one run of each side per seed"
@@ -177,7 +187,7 @@ def main() -> None:
         name: {k: float(np.mean([r[k] for r in rs])) for k in keys} for name, rs in runs.items()
     }
     results = {"corpus_tokens": manifests["tokenize"]["counts"]["tokens"], "settings": SETTINGS,
-               "cpus": os.cpu_count(), "seeds": args.seeds, "batch_size": args.batch_size,
+               "cpus": os.cpu_count(), "seeds": args.seeds, "batch_size": args.batch_size or GloVeConfig().batch_size,
                "runs": runs, "means": means, "cooccur_entries": manifests["cooccur"]["counts"]}  # fmt: skip
     print(
         f"{'':24s}{'seed':>5s}{'train s':>9s} {'entries/s':>11s} {'WS353':>7s} {'SimLex':>7s} "

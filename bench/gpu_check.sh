@@ -49,6 +49,6 @@ PY
 }
 run sgns 10 train.sgns.batch_size=65536
 run cbow 10 train.cbow.batch_size=65536
-run glove 20 train.glove.batch_size=1048576 train.glove.x_max=10.0
+run glove 20 train.glove.x_max=10.0
 run mlm 1 train.mlm.max_tokens=16384
 rm -rf "$out"

@@ -64,7 +64,7 @@ LATENCY = 50e-6  # seconds per ring hop
 MODEL_SETTINGS = {
     "sgns": ["train.sgns.dim=100", "train.sgns.window=5", "train.sgns.negatives=5"],
     "cbow": ["train.cbow.dim=100", "train.cbow.window=5", "train.cbow.negatives=5"],
-    "glove": ["train.glove.dim=100", "train.glove.x_max=10.0", "train.glove.batch_size=1048576"],
+    "glove": ["train.glove.dim=100", "train.glove.x_max=10.0"],
     "mlm": [],
 }
 
