@@ -71,7 +71,8 @@ def main() -> None:
     results: dict[str, Any] = {"corpus": str(args.corpus), "epochs": args.epochs or EPOCHS,
                                "cpus": os.cpu_count(), "models": {}}  # fmt: skip
     for model in args.models:
-        default = get_model(model).section().batch_size
+        section = get_model(model).section()
+        default = section.batch_for("cpu") if model == "glove" else section.batch_size
         runs = sweep(args.workdir, model, args.epochs or EPOCHS[model])
         chosen = choose(runs)
         at_default = next((r for r in runs if r["batch_size"] == default), None)

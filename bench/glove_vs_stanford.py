@@ -136,7 +136,7 @@ def run_embedpipe(
         "seed": seed,
         "processes": nproc,
         "threads": threads,
-        "batch_size": batch_size or GloVeConfig().batch_size,
+        "batch_size": batch_size or GloVeConfig().batch_for("cpu"),
         "training_seconds": summary["seconds"],
         "entries_per_sec": summary["words_per_sec"],
         "bytes_per_word": summary.get("bytes_per_word", 0),  # exchanged a trained entry
@@ -187,7 +187,7 @@ def main() -> None:
         name: {k: float(np.mean([r[k] for r in rs])) for k in keys} for name, rs in runs.items()
     }
     results = {"corpus_tokens": manifests["tokenize"]["counts"]["tokens"], "settings": SETTINGS,
-               "cpus": os.cpu_count(), "seeds": args.seeds, "batch_size": args.batch_size or GloVeConfig().batch_size,
+               "cpus": os.cpu_count(), "seeds": args.seeds, "batch_size": args.batch_size or GloVeConfig().batch_for("cpu"),
                "runs": runs, "means": means, "cooccur_entries": manifests["cooccur"]["counts"]}  # fmt: skip
     print(
         f"{'':24s}{'seed':>5s}{'train s':>9s} {'entries/s':>11s} {'WS353':>7s} {'SimLex':>7s} "

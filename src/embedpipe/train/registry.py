@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from embedpipe.config import ConfigError
 
@@ -122,9 +122,8 @@ class GloVeConfig:
     """
 
     dim: int = 100
-    # Co-occurrence entries per step and rank: large, chosen by measurement (bench/defaults.py:
-    # per-step costs are paid 64x less often than at 16,384; scores do not move).
-    batch_size: int = 1_048_576
+    # Co-occurrence entries per step and rank; None: `CPU_BATCH` or `CUDA_BATCH` (`batch_for`).
+    batch_size: int | None = None
     lr: float = 0.05
     x_max: float = 100.0
     alpha: float = 0.75
@@ -133,9 +132,22 @@ class GloVeConfig:
     sync_every: int = 4_194_304
     sync_payload: Literal["float32", "bfloat16"] = "float32"
 
+    # Chosen by measurement (bench/defaults.py). On CPUs the kernel trains entry by entry, so
+    # a large batch only pays per-step costs less often; on GPUs a batch is one AdaGrad step
+    # on summed gradients, so it stays small enough that few of its entries share a row.
+    CPU_BATCH: ClassVar[int] = 1_048_576
+    CUDA_BATCH: ClassVar[int] = 65_536
+
+    def batch_for(self, device_type: str) -> int:
+        """Entries per step on a device of this type ("cpu", "cuda")."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return self.CUDA_BATCH if device_type == "cuda" else self.CPU_BATCH
+
     def __post_init__(self) -> None:
-        for name in ("dim", "batch_size", "sync_every"):
+        for name in ("dim", "sync_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.lr > 0, "lr must be > 0")
         _check(self.x_max > 0, "x_max must be > 0")
         _check(0 < self.alpha <= 1, "alpha must be in (0, 1]")

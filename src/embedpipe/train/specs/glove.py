@@ -86,7 +86,12 @@ class GloVeRun(ModelRun):
 
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Batch]]:
         return iter_glove_batches(
-            self.options, self.seed, self.chunks, epoch, self.cluster.rank, cursor
+            self.options.batch_for(self.cluster.device.type),
+            self.seed,
+            self.chunks,
+            epoch,
+            self.cluster.rank,
+            cursor,
         )
 
     def learning_rate(self, step: int, progress: float) -> float:
@@ -133,16 +138,15 @@ def pool_order(seed: int, n_chunks: int, epoch: int, rank: int) -> list[list[int
 
 
 def iter_glove_batches(
-    options: GloVeConfig,
+    size: int,
     seed: int,
     chunks: list[Chunk],
     epoch: int,
     rank: int,
     first: tuple[int, int],
 ) -> Iterator[list[Batch]]:
-    """A rank's batches of one epoch from cursor `first` = (pool, batch) on, by pool."""
+    """A rank's batches of `size` entries for one epoch from cursor `first` = (pool, batch) on."""
     read = CooccurReader()
-    size = options.batch_size
     try:
         first_pool, first_batch = first
         pools = pool_order(seed, len(chunks), epoch, rank)
