@@ -79,9 +79,17 @@ def test_config_accepts_the_models_and_checks_glove_fields() -> None:
     assert TrainConfig(model="glove").options == GloVeConfig()
     with pytest.raises(ConfigError, match="fasttext"):
         TrainConfig(model="fasttext")
-    for bad in ({"x_max": 0.0}, {"alpha": 0.0}, {"lr": -1.0}):
+    for bad in ({"x_max": 0.0}, {"alpha": 0.0}, {"lr": -1.0}, {"batch_size": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             GloVeConfig(**bad)
+
+
+def test_an_unset_batch_size_is_chosen_by_device_and_a_set_one_wins() -> None:
+    unset = GloVeConfig()
+    assert (unset.batch_for("cpu"), unset.batch_for("cuda")) == (1_048_576, 65_536)
+    assert GloVeConfig(batch_size=4096).batch_for("cuda") == 4096
+    parsed = TrainConfig.from_table({"model": "glove", "glove": {"batch_size": 64}})
+    assert parsed.options.batch_size == 64
 
 
 def test_cooccur_chunks_split_shards_or_rows(workdir: Path) -> None:
