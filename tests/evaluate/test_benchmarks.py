@@ -193,7 +193,9 @@ def test_analogy_restrict_drops_distractor_beyond_limit() -> None:
 def test_analogy_folds_case_of_questions() -> None:
     question = [("family", "Man", "Woman", "King", "Queen")]
     assert evaluate_analogy(ANA_VECTORS, ANA_VOCAB, question)["accuracy"] == 1.0
-    assert evaluate_analogy(ANA_VECTORS, ANA_VOCAB, question, case_insensitive=False)["answered"] == 0
+    assert (
+        evaluate_analogy(ANA_VECTORS, ANA_VOCAB, question, case_insensitive=False)["answered"] == 0
+    )
 
 
 def test_analogy_batches_many_questions() -> None:
