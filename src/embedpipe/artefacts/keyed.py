@@ -46,7 +46,7 @@ class Embeddings:
     recorded), so "King" finds "king" in a lower-cased vocabulary; else, for a SentencePiece
     artefact, the whole-word piece "▁king". For a SentencePiece artefact `[]`, `get_vector`,
     `most_similar` and `similarity` also take a word that is none of these: its vector is the
-    mean of its known pieces (it is not `in` the embeddings, as in gensim's FastText).
+    mean of its known pieces (`in` and `has_index_for` are False for it).
     `key_to_index` and `index_to_key` are the raw vocabulary, as in gensim.
 
     Special tokens ([PAD], [UNK], ...) carry no meaning: they are never neighbours, and
@@ -131,8 +131,6 @@ class Embeddings:
         """Token -> id, exact tokens only (a read-only view)."""
         return MappingProxyType(self._ids)
 
-    # Looking words up: the one rule of the class docstring.
-
     def lookup(self, word: str) -> int | None:
         """The id `word` resolves to by the lookup rule, else None."""
         if not isinstance(word, str):
@@ -210,8 +208,6 @@ class Embeddings:
             options = {k: v for k, v in self.tokenizer.items() if k in known}
             self._tokenize_config = TokenizeConfig(**options)
         return self._tokenize_config
-
-    # Similarity queries.
 
     @property
     def normed(self) -> np.ndarray:
@@ -315,8 +311,6 @@ class Embeddings:
 
         return align(self, tokens, unknown, seed)
 
-    # Other libraries.
-
     def to_torch(self, freeze: bool = True) -> tuple[torch.nn.Embedding, dict[str, int]]:
         """An nn.Embedding holding a copy of the vectors, and the token -> id mapping.
 
@@ -343,8 +337,6 @@ class Embeddings:
         kv.expandos["count"][:] = self.counts[ids]  # what set_vecattr does, key by key
         return kv
 
-    # Benchmarks, in gensim's shapes (the implementation is embedpipe.evaluate's).
-
     def evaluate_word_pairs(
         self,
         pairs: str | os.PathLike[str] | Sequence[tuple[str, str, float]],
@@ -353,12 +345,10 @@ class Embeddings:
         case_insensitive: bool = True,
         dummy4unknown: bool = False,
     ) -> tuple[Correlation, Correlation, float]:
-        """((Pearson r, p), (Spearman rho, p), % of pairs with an unknown word) between the
-        scores of a word-pairs file (`word1 word2 score` split at `delimiter`; `#` comments)
-        or of (word1, word2, score) rows, and the cosines of the pairs among the first
-        `restrict_vocab` words. A pair with an unknown word is skipped, or with
-        `dummy4unknown` scored 0. A malformed line is an error naming the file and line
-        (gensim skips it); ValueError when fewer than two pairs can be scored."""
+        """gensim's ((Pearson r, p), (Spearman rho, p), % of pairs with an unknown word) on a
+        word-pairs file (`#` comments) or (word1, word2, score) rows, among the first
+        `restrict_vocab` words (`evaluate.similarity.word_pair_correlations`). A malformed
+        line is an error naming the file and line, where gensim skips it."""
         from embedpipe.evaluate.similarity import read_pairs, word_pair_correlations
 
         path = isinstance(pairs, (str, os.PathLike))
@@ -378,12 +368,10 @@ class Embeddings:
         case_insensitive: bool = True,
         dummy4unknown: bool = False,
     ) -> tuple[float, list[Section]]:
-        """(accuracy, sections) of 3CosAdd on a questions-words file (": section" lines,
-        then "a b c d") or (section, a, b, c, d) rows, among the first `restrict_vocab`
-        words. A question with a word outside them is skipped, or with `dummy4unknown`
-        counted wrong. Sections: {"section", "correct", "incorrect"} per section, the words
-        as matched (upper-cased when `case_insensitive`), then "Total accuracy". A malformed
-        line is an error naming the file and line (gensim skips it)."""
+        """gensim's (accuracy, sections) of 3CosAdd on a questions-words file or rows of
+        (section, a, b, c, d), among the first `restrict_vocab` words (see
+        `evaluate.analogy.analogy_sections`). A malformed line is an error naming the file
+        and line, where gensim skips it."""
         from embedpipe.evaluate.analogy import analogy_sections, read_analogies
 
         path = isinstance(analogies, (str, os.PathLike))

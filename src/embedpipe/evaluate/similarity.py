@@ -109,8 +109,8 @@ def pair_cosines(
     found = (ids >= 0).all(axis=1)
     cosine = np.zeros(len(kept), dtype=np.float64)
     if found.any():
-        unit = unit_rows(vectors)
-        cosine[found] = np.einsum("ij,ij->i", unit[ids[found, 0]], unit[ids[found, 1]])
+        first, second = (unit_rows(np.asarray(vectors)[ids[found, k]]) for k in (0, 1))
+        cosine[found] = np.einsum("ij,ij->i", first, second)
     return human, cosine, len(rows) - int(found.sum())
 
 
