@@ -116,6 +116,7 @@ QUERIES: list[dict[str, Any]] = [
     {"positive": ["w040", VECTORS[41]], "negative": [VECTORS[42]], "topn": 6},
     {"positive": ["w003", "w004"], "topn": 50, "restrict_vocab": 60},
     {"positive": "w003", "topn": 500},
+    {"positive": ["w100", "w001"], "topn": 500, "restrict_vocab": 50},
 ]
 
 

@@ -92,7 +92,8 @@ class Embeddings:
             duplicate = next(t for t, n in Counter(self.vocab).items() if n > 1)
             raise ValueError(f"token {duplicate!r} appears more than once in the vocabulary")
         self._normed: np.ndarray | None = None
-        self._words: np.ndarray | None = None
+        self._words: np.ndarray | None = None  # ids of the words, and of the special tokens
+        self._specials: np.ndarray = np.zeros(0, np.int64)
         self.tokenizer_model = tokenizer_model
         self._processor: Any = None
         self._tokenize_config: TokenizeConfig | None = None
@@ -177,8 +178,7 @@ class Embeddings:
         return self.vectors[pieces].mean(axis=0)
 
     def get_vector(self, word: str, norm: bool = False) -> np.ndarray:
-        """The vector of `word` (`[]`), scaled to unit length when `norm` (a zero vector
-        stays zero)."""
+        """The vector of `word` (`[]`), of unit length when `norm` (zero stays zero)."""
         vector = self[word]
         if not norm:
             return vector
@@ -223,7 +223,7 @@ class Embeddings:
         if self._words is None:
             special = set(SPECIAL_TOKENS)
             is_word = np.fromiter((t not in special for t in self.vocab), bool, len(self))
-            self._words = np.flatnonzero(is_word)
+            self._words, self._specials = np.flatnonzero(is_word), np.flatnonzero(~is_word)
         return self._words if restrict_vocab is None else self._words[: max(restrict_vocab, 0)]
 
     def _unit(self, word_or_vector: Query) -> np.ndarray:
@@ -288,10 +288,13 @@ class Embeddings:
         scores = self.normed[:end] @ query
         if topn is None:
             return scores
-        ids = candidates[~np.isin(candidates, exclude)] if exclude else candidates
-        k = min(topn, len(ids))
-        if k < len(ids):
-            ids = ids[np.argpartition(-scores[ids], k - 1)[:k]]
+        dropped = np.union1d(self._specials, np.asarray(exclude, dtype=np.int64))
+        dropped = dropped[dropped < end]
+        scores[dropped] = -np.inf  # the other rows of [0, end) are the candidates
+        k = min(topn, end - len(dropped))
+        if k <= 0:
+            return []
+        ids = np.argpartition(-scores, k - 1)[:k] if k < end else np.arange(end)
         ids = ids[np.lexsort((ids, -scores[ids]))]
         return [(self.vocab[i], float(scores[i])) for i in ids]
 
