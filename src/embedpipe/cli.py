@@ -120,7 +120,7 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
     words = tokenize_line(args.word) or [args.word]
     if emb.lookup(words[0]) is None:
         raise CommandError(f"{args.word!r} is not in the vocabulary of {emb.path}")
-    for token, score in emb.most_similar(words[0], k=args.k):
+    for token, score in emb.most_similar(words[0], topn=args.k):
         print(f"{score:.4f}  {token}")
 
 

@@ -140,7 +140,7 @@ def test_input_matrix_works_like_static_vectors(
 ) -> None:
     artefact, _ = published
     emb = load(artefact)
-    neighbours = emb.most_similar("w3", k=4)
+    neighbours = emb.most_similar("w3", topn=4)
     assert len(neighbours) == 4 and all(t.startswith("w") for t, _ in neighbours)
     layer, ids = emb.to_torch(freeze=True)
     assert (

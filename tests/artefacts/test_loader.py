@@ -98,13 +98,13 @@ def test_most_similar_orders_by_cosine_and_excludes_query_and_specials(emb: Embe
     scores = [s for _, s in result]
     np.testing.assert_allclose(scores, [0.9 / np.sqrt(0.82), 1 / np.sqrt(2), 0.0, -1.0], atol=1e-6)
 
-    assert [w for w, _ in emb.most_similar("king", k=2)] == ["queen", "man"]
-    assert emb.most_similar("king", k=0) == []
+    assert [w for w, _ in emb.most_similar("king", topn=2)] == ["queen", "man"]
+    assert emb.most_similar("king", topn=0) == []
 
     # A raw vector query excludes only the specials: "king" itself is a candidate.
-    by_vector = emb.most_similar(np.array([0.0, 0.0, 1.0]), k=2)
+    by_vector = emb.most_similar(np.array([0.0, 0.0, 1.0]), topn=2)
     assert by_vector[0] == ("apple", pytest.approx(1.0))
-    assert [w for w, _ in emb.most_similar(np.array([1.0, 0.0, 0.0]), k=1)] == ["king"]
+    assert [w for w, _ in emb.most_similar(np.array([1.0, 0.0, 0.0]), topn=1)] == ["king"]
     with pytest.raises(ValueError, match="zero vector"):
         emb.most_similar(np.zeros(3))
     with pytest.raises(ValueError, match="shape"):
@@ -164,7 +164,7 @@ def test_load_by_path_and_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert by_path.vectors.dtype == np.float32 and by_path.counts.dtype == np.int64
     assert by_path.manifest is not None
     assert by_path.manifest.version == "v0001" and by_path.manifest.extra == {"dim": 3}
-    assert [w for w, _ in by_path.most_similar("king", k=1)] == ["queen"]
+    assert [w for w, _ in by_path.most_similar("king", topn=1)] == ["queen"]
 
     latest = load("emb", store=tmp_path / "store")
     assert latest.path == v2 and latest.manifest is not None and latest.manifest.version == "v0002"

@@ -42,4 +42,4 @@ def test_oov_word_is_the_mean_of_its_pieces(tmp_path: Path) -> None:
     known = [p for p in emb.pieces(word) if p in emb]  # pieces unseen in training are skipped
     assert len(known) > 1
     np.testing.assert_allclose(emb[word], vectors[[tokens.index(p) for p in known]].mean(axis=0))
-    assert word not in [t for t, _ in emb.most_similar(word, k=3)]
+    assert word not in [t for t, _ in emb.most_similar(word, topn=3)]

@@ -314,7 +314,7 @@ def test_nothing_is_unpickled(
         monkeypatch.setattr(module, attr, refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     emb = load("emb", store=root)
-    assert emb.most_similar("king", k=1)[0][0] in WORDS
+    assert emb.most_similar("king", topn=1)[0][0] in WORDS
     assert export(v1, "parquet", tmp_path / "v.parquet") == tmp_path / "v.parquet"
     layer, ids = emb.to_torch()
     assert layer.weight.shape == (len(TOKENS), 3) and ids["king"] == 5

@@ -66,10 +66,10 @@ def test_similarity_counts_oov_pairs() -> None:
     assert result["spearman"] == pytest.approx(1.0)
 
 
-def test_similarity_lowercases_lookup_unless_disabled() -> None:
+def test_similarity_folds_case_unless_disabled() -> None:
     pairs = [("A", "B", 9.0), ("a", "C", 5.0), ("a", "d", 1.0)]
     assert evaluate_similarity(SIM_VECTORS, SIM_VOCAB, pairs)["found"] == 3
-    strict = evaluate_similarity(SIM_VECTORS, SIM_VOCAB, pairs, lowercase=False)
+    strict = evaluate_similarity(SIM_VECTORS, SIM_VOCAB, pairs, case_insensitive=False)
     assert strict["found"] == 1
     assert math.isnan(strict["spearman"])
 
@@ -190,10 +190,12 @@ def test_analogy_restrict_drops_distractor_beyond_limit() -> None:
     assert evaluate_analogy(vectors, vocab, question, restrict=4)["accuracy"] == 1.0
 
 
-def test_analogy_lowercases_questions() -> None:
+def test_analogy_folds_case_of_questions() -> None:
     question = [("family", "Man", "Woman", "King", "Queen")]
     assert evaluate_analogy(ANA_VECTORS, ANA_VOCAB, question)["accuracy"] == 1.0
-    assert evaluate_analogy(ANA_VECTORS, ANA_VOCAB, question, lowercase=False)["answered"] == 0
+    assert (
+        evaluate_analogy(ANA_VECTORS, ANA_VOCAB, question, case_insensitive=False)["answered"] == 0
+    )
 
 
 def test_analogy_batches_many_questions() -> None:

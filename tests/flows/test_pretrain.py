@@ -76,7 +76,7 @@ def test_flow_publishes_an_artefact_and_reruns_only_what_changed(
     checkpoint = tmp_path / "work" / "train" / "checkpoints" / training["checkpoint"]
     assert np.array_equal(loaded.vectors, load_file(str(checkpoint / "model.safetensors"))["input"])
     word = loaded.vocab[10]
-    assert len(loaded.most_similar(word, 5)) == 5
+    assert len(loaded.most_similar(word, topn=5)) == 5
     layer, ids = loaded.to_torch(freeze=True)
     assert layer.weight.shape == (len(loaded.vocab), 16) and ids[word] == 10
 

@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 
 from embedpipe.artefacts.files import ArtefactError, join, read_bytes
-from embedpipe.artefacts.loader import ENCODER_FILE, VECTORS_FILE, VECTORS_KEY, Embeddings
+from embedpipe.artefacts.keyed import WORD_START, Embeddings
+from embedpipe.artefacts.loader import ENCODER_FILE, VECTORS_FILE, VECTORS_KEY
 from embedpipe.evaluate import BENCHMARKS, PROBE_WORDS, probe_neighbours
 from embedpipe.schemas import SPECIAL_TOKENS, UNK_ID
 from embedpipe.workdir import CHECKPOINTS
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 ENCODER_CONFIG_FILE = "encoder.json"
 FORMAT = "embedpipe-mlm-encoder/1"
-WORD_START = "\u2581"  # SentencePiece's marker of a piece that starts a word
 Pool = Literal["cls", "mean"]
 
 
@@ -89,25 +89,6 @@ class ContextualEmbeddings(Embeddings):
     @property
     def layers(self) -> int:
         return self.architecture().layers
-
-    def lookup(self, token: str) -> int | None:
-        """As `Embeddings.lookup`; for a SentencePiece vocabulary also the whole-word piece
-        ("▁word"), so `align` finds words that are a single piece."""
-        i = super().lookup(token)
-        if i is None and self.tokenizer_model is not None and isinstance(token, str):
-            i = self._ids.get(WORD_START + token.lower())
-        return i
-
-    def most_similar(
-        self, word_or_vector: str | np.ndarray, k: int = 10
-    ) -> list[tuple[str, float]]:
-        """As `Embeddings.most_similar`; a word found through `lookup` (a whole-word piece)
-        is excluded from its own neighbours like a word of the vocabulary."""
-        if isinstance(word_or_vector, str) and word_or_vector not in self._ids:
-            i = self.lookup(word_or_vector)
-            if i is not None:
-                word_or_vector = self.vocab[i]
-        return super().most_similar(word_or_vector, k)
 
     def to_torch_encoder(self, trainable: bool = True) -> MaskedLM:
         """A new `MaskedLM` holding a copy of the artefact's weights (for fine-tuning)."""

@@ -1,4 +1,4 @@
-"""Load a published embedding artefact (verified first) and query it.
+"""Load a published embedding artefact (verified first); `artefacts.keyed` queries it.
 
 An embedding artefact is a version directory holding `vectors.safetensors` (tensor "vectors",
 float32 (V, d)) and `vocab.parquet` (VOCAB_SCHEMA, row i has id i), both listed in its manifest.
@@ -7,11 +7,7 @@ Only safetensors and Parquet are read: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,14 +25,12 @@ from embedpipe.artefacts.files import (
     validate_name,
 )
 from embedpipe.artefacts.integrity import gone_or, is_artefact, verify, was_deleted
-from embedpipe.artefacts.manifest import MANIFEST, Manifest
+from embedpipe.artefacts.keyed import Embeddings
+from embedpipe.artefacts.manifest import MANIFEST
 from embedpipe.artefacts.store import ArtefactStore, open_store
-from embedpipe.schemas import COUNT, ID, PAD, SPECIAL_TOKENS, TOKEN, VOCAB_SCHEMA
+from embedpipe.schemas import COUNT, ID, TOKEN, VOCAB_SCHEMA
 
-if TYPE_CHECKING:
-    import torch
-
-    from embedpipe.config import TokenizeConfig
+__all__ = ["Embeddings", "load", "read_embeddings"]
 
 VECTORS_FILE = "vectors.safetensors"
 VOCAB_FILE = "vocab.parquet"
@@ -44,230 +38,6 @@ VECTORS_KEY = "vectors"
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece model of a SentencePiece artefact
 ENCODER_FILE = "encoder.safetensors"  # masked-LM artefacts: see artefacts/encoder.py
 RETRIES = 2  # re-resolutions of an alias whose version is deleted while it is read
-
-
-class Embeddings:
-    """A vocabulary with one float32 vector per token, plus counts and the manifest.
-
-    `tokenizer` holds the tokenize settings the vectors were trained with (default: the
-    manifest's); `tokenizer_model` the SentencePiece model, if any.
-    """
-
-    def __init__(
-        self,
-        vectors: np.ndarray,
-        vocab: Sequence[str],
-        counts: np.ndarray | None = None,
-        manifest: Manifest | None = None,
-        path: Location | None = None,
-        tokenizer_model: bytes | None = None,
-        tokenizer: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.vectors: np.ndarray = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.vocab: list[str] = list(vocab)
-        if self.vectors.ndim != 2:
-            raise ValueError(f"vectors must be 2-D (V, d), got shape {self.vectors.shape}")
-        if len(self.vocab) != self.vectors.shape[0]:
-            raise ValueError(f"{len(self.vocab)} tokens but {self.vectors.shape[0]} vector rows")
-        if counts is None:
-            counts = np.zeros(len(self.vocab), dtype=np.int64)
-        self.counts: np.ndarray = np.asarray(counts, dtype=np.int64)
-        if self.counts.shape != (len(self.vocab),):
-            raise ValueError(
-                f"counts must have shape ({len(self.vocab)},), got {self.counts.shape}"
-            )
-        self.manifest: Manifest | None = manifest
-        if tokenizer is None and manifest is not None:
-            tokenizer = manifest.tokenizer
-        self.tokenizer: dict[str, Any] = dict(tokenizer or {})
-        self.path: Location | None = path  # a Path, or a URL for a remote store
-        self._ids: dict[str, int] = {token: i for i, token in enumerate(self.vocab)}
-        if len(self._ids) != len(self.vocab):
-            duplicate = next(t for t, n in Counter(self.vocab).items() if n > 1)
-            raise ValueError(f"token {duplicate!r} appears more than once in the vocabulary")
-        self._normed: np.ndarray | None = None
-        self.tokenizer_model = tokenizer_model
-        self._processor: Any = None
-        self._tokenize_config: TokenizeConfig | None = None
-
-    @classmethod
-    def from_arrays(
-        cls, tokens: Sequence[str], vectors: np.ndarray, counts: np.ndarray | None = None
-    ) -> Embeddings:
-        """Embeddings from in-memory arrays (tests, evaluation, freshly trained tables)."""
-        return cls(vectors=vectors, vocab=tokens, counts=counts)
-
-    def __repr__(self) -> str:
-        where = f", path={str(self.path)!r}" if self.path else ""
-        return f"Embeddings(V={len(self)}, dim={self.dim}{where})"
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def __contains__(self, word: object) -> bool:
-        return isinstance(word, str) and word in self._ids
-
-    def __getitem__(self, word: str) -> np.ndarray:
-        """The word's vector; for a SentencePiece artefact an out-of-vocabulary word gets the
-        mean vector of its pieces (KeyError when none of them is known either)."""
-        if word in self._ids or self.tokenizer_model is None:
-            return self.vectors[self.index(word)]
-        pieces = [self._ids[p] for p in self.pieces(word) if p in self._ids]
-        if not pieces:
-            raise KeyError(f"word {word!r} and its pieces are not in the vocabulary")
-        return self.vectors[pieces].mean(axis=0)
-
-    def pieces(self, text: str) -> list[str]:
-        """The SentencePiece pieces of `text`, normalised as at training time."""
-        if self.tokenizer_model is None:
-            raise ValueError("this artefact has no SentencePiece model")
-        if self._processor is None:
-            from embedpipe.text.sentencepiece import load_processor
-
-            self._processor = load_processor(self.tokenizer_model)
-        from embedpipe.text.sentencepiece import encode_pieces_arrow
-
-        pieces = encode_pieces_arrow(pa.array([text]), self._processor, self.tokenize_config())
-        return pieces[0].as_py()
-
-    def tokenize_config(self) -> TokenizeConfig:
-        """The tokenize settings of `self.tokenizer` as a TokenizeConfig (keys it does not
-        know, such as the model file's name, left out)."""
-        if self._tokenize_config is None:
-            from embedpipe.config import TokenizeConfig
-
-            known = {f.name for f in dataclasses.fields(TokenizeConfig)}
-            options = {k: v for k, v in self.tokenizer.items() if k in known}
-            self._tokenize_config = TokenizeConfig(**options)
-        return self._tokenize_config
-
-    def index(self, word: str) -> int:
-        """The id of `word`; KeyError naming it if it is not in the vocabulary."""
-        try:
-            return self._ids[word]
-        except (KeyError, TypeError):
-            raise KeyError(f"word {word!r} is not in the vocabulary ({len(self)} tokens)") from None
-
-    @property
-    def dim(self) -> int:
-        """The vector dimension d."""
-        return int(self.vectors.shape[1])
-
-    @property
-    def normed(self) -> np.ndarray:
-        """The rows scaled to unit L2 norm (zero rows stay zero), computed once and cached."""
-        if self._normed is None:
-            norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
-            self._normed = self.vectors / np.where(norms > 0, norms, 1.0).astype(np.float32)
-        return self._normed
-
-    def _unit(self, word_or_vector: str | np.ndarray) -> np.ndarray:
-        """The unit vector of a word or of a raw vector of length d."""
-        if isinstance(word_or_vector, str):
-            vector = self[word_or_vector]
-        else:
-            vector = np.asarray(word_or_vector, dtype=np.float32)
-            if vector.shape != (self.dim,):
-                raise ValueError(f"query vector must have shape ({self.dim},), got {vector.shape}")
-        norm = float(np.linalg.norm(vector))
-        if norm == 0.0:
-            raise ValueError("a zero vector has no direction: cosine similarity is undefined")
-        return vector / norm
-
-    def most_similar(
-        self, word_or_vector: str | np.ndarray, k: int = 10
-    ) -> list[tuple[str, float]]:
-        """The k tokens of highest cosine similarity, best first.
-
-        Excludes the query word itself and the special tokens, which carry no meaning.
-        """
-        scores = self.normed @ self._unit(word_or_vector)
-        excluded = [self._ids[t] for t in SPECIAL_TOKENS if t in self._ids]
-        if isinstance(word_or_vector, str) and word_or_vector in self._ids:
-            excluded.append(self._ids[word_or_vector])
-        candidates = np.ones(len(self), dtype=bool)
-        candidates[excluded] = False
-        ids = np.flatnonzero(candidates)
-        k = min(k, len(ids))
-        if k <= 0:
-            return []
-        if k < len(ids):
-            ids = ids[np.argpartition(-scores[ids], k - 1)[:k]]
-        # Best first; ties broken by id so the order is deterministic.
-        ids = ids[np.lexsort((ids, -scores[ids]))]
-        return [(self.vocab[i], float(scores[i])) for i in ids]
-
-    def similarity(self, a: str | np.ndarray, b: str | np.ndarray) -> float:
-        """The cosine similarity of two words (or vectors)."""
-        return float(self._unit(a) @ self._unit(b))
-
-    def lookup(self, token: str) -> int | None:
-        """The id of `token` as given, else of its lower-cased form, else None.
-
-        Our vocabularies are lower-cased, while a downstream vocabulary may keep case.
-        """
-        i = self._ids.get(token)
-        if i is None and isinstance(token, str):
-            i = self._ids.get(token.lower())
-        return i
-
-    def align(
-        self,
-        tokens: Sequence[str],
-        unknown: Literal["zeros", "random", "mean"] = "random",
-        seed: int = 0,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Map a downstream vocabulary onto these vectors: (matrix, found).
-
-        Row i of the float32 (len(tokens), dim) matrix is the vector of tokens[i] (looked up as
-        given, then lower-cased); `found` is the boolean mask of rows that were looked up.
-        The other rows follow `unknown`:
-
-        * "zeros": zero vectors;
-        * "random": independent draws from N(0, s^2 I) with s = m / sqrt(dim), where m is the
-          mean L2 norm of the found vectors: E ||row||^2 = m^2, so an unknown row is about as
-          long as a known one and pooled features keep their scale (numbers from `seed`);
-        * "mean": the mean of the found vectors.
-
-        Special tokens are matched like any token but left out of m and of the mean; when no
-        ordinary word is found, the statistics come from all ordinary words of the embedding.
-        """
-        if unknown not in ("zeros", "random", "mean"):
-            raise ValueError(f"unknown must be 'zeros', 'random' or 'mean', got {unknown!r}")
-        ids = np.array(
-            [-1 if (i := self.lookup(t)) is None else i for t in tokens], dtype=np.int64
-        ).reshape(-1)
-        found = ids >= 0
-        matrix = np.zeros((len(ids), self.dim), dtype=np.float32)
-        matrix[found] = self.vectors[ids[found]]
-        missing = int((~found).sum())
-        if missing == 0 or unknown == "zeros":
-            return matrix, found
-        special = {self._ids[t] for t in SPECIAL_TOKENS if t in self._ids}
-        known = sorted({int(i) for i in ids[found]} - special)
-        if not known:
-            known = [i for i in range(len(self)) if i not in special]
-        reference = self.vectors[known] if known else np.zeros((1, self.dim), np.float32)
-        if unknown == "mean":
-            matrix[~found] = reference.mean(axis=0)
-        else:
-            scale = float(np.linalg.norm(reference, axis=1).mean()) / np.sqrt(self.dim)
-            rng = np.random.default_rng(seed)
-            matrix[~found] = rng.standard_normal((missing, self.dim)) * scale
-        return matrix, found
-
-    def to_torch(self, freeze: bool = True) -> tuple[torch.nn.Embedding, dict[str, int]]:
-        """An nn.Embedding holding a copy of the vectors, and the token -> id mapping.
-
-        padding_idx is the id of PAD when the vocabulary has it, so its row gets no gradient.
-        """
-        import torch
-
-        weight = torch.from_numpy(self.vectors.copy())
-        layer = torch.nn.Embedding.from_pretrained(
-            weight, freeze=freeze, padding_idx=self._ids.get(PAD)
-        )
-        return layer, dict(self._ids)
 
 
 def load(

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from embedpipe.evaluate.similarity import check_vocab, unit_rows, word_index
+from embedpipe.evaluate.similarity import check_vocab, fold, unit_rows, word_index
 from embedpipe.schemas import SPECIAL_TOKENS
 
 Analogy = tuple[str, str, str, str, str]
@@ -46,9 +47,15 @@ def read_analogies(path: str | os.PathLike[str]) -> list[Analogy]:
     return questions
 
 
-def _answer(unit: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """For (a, b, c, d) rows of candidate ids: is d the 3CosAdd answer? Batched."""
+def _answer(unit: np.ndarray, ids: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """For (a, b, c, d) rows of candidate ids: is d the 3CosAdd answer? Batched.
+
+    `group[j]` is the id of candidate j's folded form (its first case variant): a candidate
+    in the group of a, b or c is never the answer, and one in d's group is right, as in
+    gensim, which compares the folded words.
+    """
     correct = np.zeros(len(ids), dtype=bool)
+    variants = np.flatnonzero(group != np.arange(len(group)))
     for start in range(0, len(ids), _BATCH):
         a, b, c, d = ids[start : start + _BATCH].T
         query = unit[b] - unit[a] + unit[c]
@@ -58,8 +65,46 @@ def _answer(unit: np.ndarray, ids: np.ndarray) -> np.ndarray:
         batch_rows = np.arange(len(a))
         for excluded in (a, b, c):
             scores[batch_rows, excluded] = -np.inf
-        correct[start : start + _BATCH] = scores.argmax(axis=1) == d
+        if len(variants):
+            of = group[variants]
+            hit = (of == a[:, None]) | (of == b[:, None]) | (of == c[:, None])
+            scores[:, variants] = np.where(hit, -np.inf, scores[:, variants])
+        correct[start : start + _BATCH] = group[scores.argmax(axis=1)] == d
     return correct
+
+
+def answer_analogies(
+    vectors: np.ndarray,
+    vocab: Sequence[str],
+    questions: Sequence[Analogy],
+    restrict: int = RESTRICT,
+    case_insensitive: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(answered, correct): boolean masks over `questions`, by 3CosAdd among candidates.
+
+    Candidates are the first ``restrict`` vocabulary entries after dropping SPECIAL_TOKENS (the
+    vocabulary is sorted by frequency). A question ``a : b :: c : d`` is answered only if all
+    four words are candidates (matched by `fold`, the first case variant taking the word); the
+    prediction is the candidate maximising cos(x, b - a + c) on unit-normalised vectors, with
+    a, b and c (and their case variants) excluded.
+    """
+    check_vocab(vectors, vocab)
+    cand_ids = [i for i, w in enumerate(vocab) if w not in SPECIAL_TOKENS][: max(restrict, 0)]
+    words = [vocab[i] for i in cand_ids]
+    index = word_index(words, case_insensitive)
+    group = np.array([index[fold(w, case_insensitive)] for w in words], dtype=np.int64)
+    unit = unit_rows(np.asarray(vectors)[cand_ids]) if cand_ids else np.zeros((0, 1), np.float32)
+
+    rows: list[tuple[int, ...]] = []
+    answered = np.zeros(len(questions), dtype=bool)
+    for q, (_, *four) in enumerate(questions):
+        keys = [fold(w, case_insensitive) for w in four]
+        if all(k in index for k in keys):
+            rows.append(tuple(index[k] for k in keys))
+            answered[q] = True
+    correct = np.zeros(len(questions), dtype=bool)
+    correct[answered] = _answer(unit, np.asarray(rows, dtype=np.int64).reshape(-1, 4), group)
+    return answered, correct
 
 
 def evaluate_analogy(
@@ -67,47 +112,64 @@ def evaluate_analogy(
     vocab: Sequence[str],
     questions: Sequence[Analogy],
     restrict: int = RESTRICT,
-    lowercase: bool = True,
+    case_insensitive: bool = True,
 ) -> dict[str, float | int]:
-    """3CosAdd analogy accuracy over a frequency-restricted vocabulary, as gensim computes it.
+    """3CosAdd analogy accuracy over a frequency-restricted vocabulary, as gensim computes it
+    (`answer_analogies`).
 
-    Candidates are the first ``restrict`` vocabulary entries after dropping SPECIAL_TOKENS (the
-    vocabulary is sorted by frequency). A question ``a : b :: c : d`` is answered only if all
-    four words are candidates; the prediction is the candidate maximising cos(x, b - a + c) on
-    unit-normalised vectors, with a, b and c excluded. Sections named ``gram*`` are syntactic,
-    the rest semantic. Accuracies are correct / answered and 0.0 when nothing is answered;
-    ``coverage`` is answered / questions.
+    Sections named ``gram*`` are syntactic, the rest semantic. Accuracies are correct /
+    answered and 0.0 when nothing is answered; ``coverage`` is answered / questions.
     """
-    check_vocab(vectors, vocab)
-    cand_ids = [i for i, w in enumerate(vocab) if w not in SPECIAL_TOKENS][: max(restrict, 0)]
-    index = word_index((vocab[i] for i in cand_ids), lowercase)
-    unit = unit_rows(np.asarray(vectors)[cand_ids]) if cand_ids else np.zeros((0, 1), np.float32)
-
-    rows: list[tuple[int, int, int, int]] = []
-    syntactic: list[bool] = []
-    for section, *words in questions:
-        keys = [w.lower() if lowercase else w for w in words]
-        if all(k in index for k in keys):
-            rows.append((index[keys[0]], index[keys[1]], index[keys[2]], index[keys[3]]))
-            syntactic.append(section.startswith("gram"))
-
-    answered = len(rows)
-    correct = _answer(unit, np.asarray(rows, dtype=np.int64).reshape(-1, 4))
-
-    is_syn = np.asarray(syntactic, dtype=bool)
+    answered, correct = answer_analogies(vectors, vocab, questions, restrict, case_insensitive)
+    syntactic = np.array([q[0].startswith("gram") for q in questions], dtype=bool)
 
     def accuracy(mask: np.ndarray) -> float:
-        n = int(mask.sum())
-        return float(correct[mask].sum()) / n if n else 0.0
+        n = int((mask & answered).sum())
+        return float((correct & mask).sum()) / n if n else 0.0
 
     n_questions = len(questions)
+    n_answered = int(answered.sum())
     return {
-        "accuracy": accuracy(np.ones(answered, dtype=bool)),
-        "semantic_accuracy": accuracy(~is_syn),
-        "syntactic_accuracy": accuracy(is_syn),
-        "coverage": answered / n_questions if n_questions else 0.0,
+        "accuracy": accuracy(np.ones(n_questions, dtype=bool)),
+        "semantic_accuracy": accuracy(~syntactic),
+        "syntactic_accuracy": accuracy(syntactic),
+        "coverage": n_answered / n_questions if n_questions else 0.0,
         "questions": n_questions,
-        "answered": answered,
-        "semantic_answered": int((~is_syn).sum()),
-        "syntactic_answered": int(is_syn.sum()),
+        "answered": n_answered,
+        "semantic_answered": int((answered & ~syntactic).sum()),
+        "syntactic_answered": int((answered & syntactic).sum()),
     }
+
+
+Section = dict[str, Any]
+
+
+def analogy_sections(
+    vectors: np.ndarray,
+    vocab: Sequence[str],
+    questions: Sequence[Analogy],
+    restrict: int = RESTRICT,
+    case_insensitive: bool = True,
+    dummy4unknown: bool = False,
+) -> tuple[float, list[Section]]:
+    """gensim's ``evaluate_word_analogies`` result over `answer_analogies`: (accuracy,
+    sections), one {"section", "correct", "incorrect"} dict per run of questions of a section
+    and a last one, "Total accuracy", over all. The lists hold (a, b, c, d) as matched
+    (upper-cased when `case_insensitive`); a question with an unknown word is left out, or
+    with `dummy4unknown` counted as incorrect. Accuracy is 0.0 when nothing is scored.
+    """
+    answered, correct = answer_analogies(vectors, vocab, questions, restrict, case_insensitive)
+    sections: list[Section] = []
+    for q, (name, *four) in enumerate(questions):
+        if not sections or sections[-1]["section"] != name:
+            sections.append({"section": name, "correct": [], "incorrect": []})
+        if answered[q] or dummy4unknown:
+            words = tuple(fold(w, case_insensitive) for w in four)
+            sections[-1]["correct" if correct[q] else "incorrect"].append(words)
+    total: Section = {
+        "section": "Total accuracy",
+        "correct": [t for s in sections for t in s["correct"]],
+        "incorrect": [t for s in sections for t in s["incorrect"]],
+    }
+    scored = len(total["correct"]) + len(total["incorrect"])
+    return (len(total["correct"]) / scored if scored else 0.0), [*sections, total]

@@ -52,18 +52,18 @@ Runner = Callable[[np.ndarray, Sequence[str], Path, bool, int], Result]
 
 
 def run_similarity(
-    vectors: np.ndarray, vocab: Sequence[str], data: Path, lowercase: bool, restrict: int
+    vectors: np.ndarray, vocab: Sequence[str], data: Path, case_insensitive: bool, restrict: int
 ) -> Result:
     """A word-similarity benchmark on a pairs file (`restrict` does not apply)."""
-    return evaluate_similarity(vectors, vocab, read_pairs(data), lowercase=lowercase)
+    return evaluate_similarity(vectors, vocab, read_pairs(data), case_insensitive)
 
 
 def run_analogy(
-    vectors: np.ndarray, vocab: Sequence[str], data: Path, lowercase: bool, restrict: int
+    vectors: np.ndarray, vocab: Sequence[str], data: Path, case_insensitive: bool, restrict: int
 ) -> Result:
     """An analogy benchmark on a questions-words file, among the `restrict` first words."""
     questions = read_analogies(data)
-    return evaluate_analogy(vectors, vocab, questions, restrict=restrict, lowercase=lowercase)
+    return evaluate_analogy(vectors, vocab, questions, restrict, case_insensitive)
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,11 @@ class Benchmark:
         self,
         vectors: np.ndarray,
         vocab: Sequence[str],
-        lowercase: bool = True,
+        case_insensitive: bool = True,
         restrict: int = ANALOGY_RESTRICT,
     ) -> Result:
         """Run the benchmark on its bundled data."""
-        return self.run(vectors, vocab, self.data, lowercase, restrict)
+        return self.run(vectors, vocab, self.data, case_insensitive, restrict)
 
     def words(self) -> set[str]:
         """The lower-cased words of a similarity benchmark's pairs (empty for analogies)."""
@@ -149,10 +149,10 @@ def evaluate_all(
     vectors: np.ndarray,
     vocab: Sequence[str],
     restrict: int = ANALOGY_RESTRICT,
-    lowercase: bool = True,
+    case_insensitive: bool = True,
 ) -> dict[str, Result]:
     """Every declared benchmark on its bundled data: {benchmark name: result}."""
-    return {b.name: b.evaluate(vectors, vocab, lowercase, restrict) for b in BENCHMARKS}
+    return {b.name: b.evaluate(vectors, vocab, case_insensitive, restrict) for b in BENCHMARKS}
 
 
 def probe_neighbours(

@@ -2,7 +2,9 @@
 
 Similarity benchmarks (declared in `embedpipe.evaluate.benchmarks`) are files of
 ``word1<TAB>word2<TAB>score`` lines; the score is Spearman's rho between the human scores and
-the cosines of the pairs whose words are both in the vocabulary.
+the cosines of the pairs whose words are both in the vocabulary. Words match as gensim's
+``evaluate_word_pairs`` matches them: with ``case_insensitive``, both sides upper-cased and
+the first (most frequent) of several case variants taken.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from embedpipe.schemas import SPECIAL_TOKENS
 PairList = list[tuple[str, str, float]]
 
 
-def read_pairs(path: str | os.PathLike[str]) -> PairList:
-    """Read ``word1<TAB>word2<TAB>score`` lines, skipping blanks and ``#`` comments.
+def read_pairs(path: str | os.PathLike[str], delimiter: str = "\t") -> PairList:
+    """Read ``word1<TAB>word2<TAB>score`` lines (fields split at `delimiter`), skipping blanks
+    and ``#`` comments.
 
     Raises ValueError naming the file and the 1-based line number of a malformed line, so a bad
     benchmark file fails loudly instead of silently shrinking the evaluation.
@@ -31,7 +34,7 @@ def read_pairs(path: str | os.PathLike[str]) -> PairList:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            fields = line.split("\t")
+            fields = line.split(delimiter)
             if len(fields) != 3 or not fields[0] or not fields[1]:
                 raise ValueError(f"{path}:{lineno}: expected 'word1<TAB>word2<TAB>score': {line!r}")
             try:
@@ -57,11 +60,16 @@ def check_vocab(vectors: np.ndarray, vocab: Sequence[str]) -> None:
         raise ValueError(f"vocab has {len(vocab)} entries but vectors has {len(vectors)} rows")
 
 
-def word_index(words: Iterable[str], lowercase: bool) -> dict[str, int]:
-    """Map (optionally lower-cased) words to their position; the first, most frequent, wins."""
+def fold(word: str, case_insensitive: bool) -> str:
+    """The form a word is matched by: upper-cased when `case_insensitive`, as gensim does."""
+    return word.upper() if case_insensitive else word
+
+
+def word_index(words: Iterable[str], case_insensitive: bool) -> dict[str, int]:
+    """Map (optionally case-folded) words to their position; the first, most frequent, wins."""
     index: dict[str, int] = {}
     for i, word in enumerate(words):
-        index.setdefault(word.lower() if lowercase else word, i)
+        index.setdefault(fold(word, case_insensitive), i)
     return index
 
 
@@ -77,45 +85,87 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(rho)
 
 
+def pair_cosines(
+    vectors: np.ndarray,
+    vocab: Sequence[str],
+    pairs: Sequence[tuple[str, str, float]],
+    case_insensitive: bool = True,
+    dummy4unknown: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(human scores, cosines, pairs with an unknown word) of the pairs evaluated.
+
+    A pair with a word missing from ``vocab`` is skipped, or with ``dummy4unknown`` kept with
+    cosine 0 (gensim's option); either way it is counted as unknown.
+    """
+    check_vocab(vectors, vocab)
+    index = word_index(vocab, case_insensitive)
+    rows = [
+        (index.get(fold(w1, case_insensitive), -1), index.get(fold(w2, case_insensitive), -1), h)
+        for w1, w2, h in pairs
+    ]
+    kept = [r for r in rows if dummy4unknown or min(r[0], r[1]) >= 0]
+    ids = np.array([r[:2] for r in kept], dtype=np.int64).reshape(-1, 2)
+    human = np.array([r[2] for r in kept], dtype=np.float64)
+    found = (ids >= 0).all(axis=1)
+    cosine = np.zeros(len(kept), dtype=np.float64)
+    if found.any():
+        first, second = (unit_rows(np.asarray(vectors)[ids[found, k]]) for k in (0, 1))
+        cosine[found] = np.einsum("ij,ij->i", first, second)
+    return human, cosine, len(rows) - int(found.sum())
+
+
 def evaluate_similarity(
     vectors: np.ndarray,
     vocab: Sequence[str],
     pairs: Sequence[tuple[str, str, float]],
-    lowercase: bool = True,
+    case_insensitive: bool = True,
 ) -> dict[str, float | int]:
     """Spearman correlation between human scores and cosine similarity on in-vocabulary pairs.
 
     Pairs with a word missing from ``vocab`` are skipped and counted in ``oov_rate`` (share of
-    pairs skipped). Words are lower-cased before lookup when ``lowercase`` (our vocabularies
-    are lower-cased). ``spearman`` is NaN when fewer than two pairs are found.
+    pairs skipped). Words are matched case-insensitively when ``case_insensitive`` (see
+    `fold`). ``spearman`` is NaN when fewer than two pairs are found.
     """
-    check_vocab(vectors, vocab)
-    index = word_index(vocab, lowercase)
-
-    def key(word: str) -> str:
-        return word.lower() if lowercase else word
-
-    found = [
-        (index[key(w1)], index[key(w2)], score)
-        for w1, w2, score in pairs
-        if key(w1) in index and key(w2) in index
-    ]
+    human, cosine, unknown = pair_cosines(vectors, vocab, pairs, case_insensitive)
     total = len(pairs)
-    n = len(found)
-    rho = math.nan
-    if n:
-        ids1 = np.fromiter((f[0] for f in found), dtype=np.int64, count=n)
-        ids2 = np.fromiter((f[1] for f in found), dtype=np.int64, count=n)
-        human = np.fromiter((f[2] for f in found), dtype=np.float64, count=n)
-        unit = unit_rows(vectors)
-        cosine = np.einsum("ij,ij->i", unit[ids1], unit[ids2])
-        rho = spearman(human, cosine)
     return {
-        "spearman": rho,
+        "spearman": spearman(human, cosine),
         "pairs": total,
-        "found": n,
-        "oov_rate": (total - n) / total if total else 0.0,
+        "found": len(human),
+        "oov_rate": unknown / total if total else 0.0,
     }
+
+
+Correlation = tuple[float, float]
+
+
+def word_pair_correlations(
+    vectors: np.ndarray,
+    vocab: Sequence[str],
+    pairs: Sequence[tuple[str, str, float]],
+    case_insensitive: bool = True,
+    dummy4unknown: bool = False,
+    source: object = "the pairs",
+) -> tuple[Correlation, Correlation, float]:
+    """gensim's ``evaluate_word_pairs`` result: ((Pearson r, p-value), (Spearman rho,
+    p-value), percentage of pairs with an unknown word), over `pair_cosines`.
+
+    ValueError naming `source` when fewer than two pairs can be scored.
+    """
+    human, cosine, unknown = pair_cosines(vectors, vocab, pairs, case_insensitive, dummy4unknown)
+    if len(human) < 2:
+        raise ValueError(f"{source}: {len(human)} scorable pairs, need at least 2")
+    from scipy.stats import pearsonr, spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant input gives NaN, as in gensim
+        pearson, rho = pearsonr(human, cosine), spearmanr(human, cosine)
+    oov = 100.0 * unknown / len(pairs)
+    return (
+        (float(pearson.statistic), float(pearson.pvalue)),
+        (float(rho.statistic), float(rho.pvalue)),
+        oov,
+    )
 
 
 def nearest_neighbours(
@@ -123,7 +173,7 @@ def nearest_neighbours(
     vocab: Sequence[str],
     words: Sequence[str],
     k: int = 5,
-    lowercase: bool = True,
+    case_insensitive: bool = True,
 ) -> dict[str, list[tuple[str, float]]]:
     """The ``k`` most cosine-similar vocabulary entries for each word, for eyeballing a model.
 
@@ -131,14 +181,14 @@ def nearest_neighbours(
     Results are keyed by the words as given and sorted by decreasing cosine.
     """
     check_vocab(vectors, vocab)
-    index = word_index(vocab, lowercase)
+    index = word_index(vocab, case_insensitive)
     result: dict[str, list[tuple[str, float]]] = {w: [] for w in words}
-    known = [w for w in words if (w.lower() if lowercase else w) in index]
+    known = [w for w in words if fold(w, case_insensitive) in index]
     if not known or k <= 0:
         return result
 
     unit = unit_rows(vectors)
-    query_ids = np.asarray([index[w.lower() if lowercase else w] for w in known], dtype=np.int64)
+    query_ids = np.asarray([index[fold(w, case_insensitive)] for w in known], dtype=np.int64)
     scores = unit[query_ids] @ unit.T
     special = np.fromiter((w in SPECIAL_TOKENS for w in vocab), dtype=bool, count=len(vocab))
     scores[:, special] = -np.inf

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import regex
 
 from embedpipe.config import TokenizeConfig
+from embedpipe.text.normalise import fold_digit, normalise_text
 
 _SEPARATOR = r"[^\p{L}\p{M}\p{N}]+"
 _CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
@@ -37,12 +38,7 @@ _CJK_CHAR = regex.compile(_CJK)
 
 def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[str]:
     """Tokens of one line of text."""
-    if config.nfkc:
-        text = unicodedata.normalize("NFKC", text)
-    if config.lowercase:
-        # Simple (one-to-one) case mapping per character, as Arrow's utf8_lower does:
-        # "İ" -> "i", and no context rule for a final sigma.
-        text = "".join(ch.lower()[:1] for ch in text)
+    text = normalise_text(text, config.nfkc, config.lowercase)
     if config.urls:
         text = _URL.sub(f" {URL_TOKEN} ", text)
     tokens, current = [], []
@@ -52,8 +48,8 @@ def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[
                 tokens.append("".join(current))
                 current = []
             continue
-        if config.digits and unicodedata.category(ch) == "Nd":
-            ch = "0"
+        if config.digits:
+            ch = fold_digit(ch)
         if config.cjk_chars and _CJK_CHAR.fullmatch(ch):
             if current:
                 tokens.append("".join(current))
