@@ -17,13 +17,8 @@ from safetensors.numpy import save_file
 from embedpipe.artefacts import ArtefactStore, Embeddings, read_manifest
 from embedpipe.artefacts.store import filesystem
 from embedpipe.evaluate import BENCHMARKS
-from embedpipe.evaluate.report import (
-    frequent_words,
-    project,
-    read_training_metrics,
-    score_title,
-    write_report,
-)
+from embedpipe.evaluate.plots import frequent_words, project
+from embedpipe.evaluate.report import read_training_metrics, score_title, write_report
 from embedpipe.schemas import SPECIAL_TOKENS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,8 @@ from embedpipe.config import LaunchConfig, load_config, save_config
 from embedpipe.processes import descendants, end_tree
 from embedpipe.train.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint
 from embedpipe.train.launch import TORCHRUN_ENV, torchrun_command
-from embedpipe.train.loop import METRICS, SUMMARY
+from embedpipe.train.loop import SUMMARY
+from embedpipe.workdir import METRICS
 
 from .conftest import write_workdir
 
@@ -172,7 +173,7 @@ def test_a_killed_worker_is_restarted_and_resumes_to_the_same_vectors(tmp_path: 
     logged = Counter(int(line.split('"step": ')[1].split(",")[0]) for line in
                      (out / METRICS).read_text().splitlines())  # fmt: skip
     assert all(n == 1 for step, n in logged.items() if step <= resumed_from)
-    assert set(logged) == set(range(5, full_steps + 1, 5))
+    assert set(logged) == {1, *range(5, full_steps + 1, 5), full_steps}  # first, every 5th, last
 
     expected, got = final_vectors(tmp_path / "full"), final_vectors(out)
     for name in ("input", "output"):
