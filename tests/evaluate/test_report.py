@@ -14,10 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import save_file
 
-from embedpipe.artefacts import ArtefactStore, Embeddings, read_manifest
+from embedpipe.artefacts import ArtefactStore, read_manifest
 from embedpipe.artefacts.store import filesystem
 from embedpipe.evaluate import BENCHMARKS
-from embedpipe.evaluate.plots import frequent_words, project
 from embedpipe.evaluate.report import read_training_metrics, score_title, write_report
 from embedpipe.schemas import SPECIAL_TOKENS
 
@@ -131,30 +130,6 @@ def test_report_without_history_or_training_log(tmp_path: Path) -> None:
     assert "Changes since" not in text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["projection.png", "report.md"]
     png_size(tmp_path / "out" / "projection.png")
-
-
-def test_frequent_words_skip_specials_and_follow_counts() -> None:
-    tokens = [*SPECIAL_TOKENS, "rare", "common", "mid", "tie1", "tie2"]
-    counts = np.array([0, 99, 0, 0, 0, 1, 50, 10, 5, 5])  # [UNK] is frequent but special
-    emb = Embeddings.from_arrays(tokens, np.ones((10, 2)), counts)
-    assert [tokens[i] for i in frequent_words(emb, 4)] == ["common", "mid", "tie1", "tie2"]
-    assert len(frequent_words(emb)) == 5
-
-
-def test_projection_finds_the_main_axes() -> None:
-    rng = np.random.default_rng(0)
-    # Points spread 10x more along (1, 1, 0) than along (0, 0, 1), with no other variance.
-    x = rng.standard_normal((200, 1)) * 10 * np.array([[1, 1, 0]]) / np.sqrt(2)
-    x = x + rng.standard_normal((200, 1)) * np.array([[0, 0, 1]]) + 5.0
-    coords, share = project(x)
-    assert coords.shape == (200, 2)
-    np.testing.assert_allclose(coords.mean(axis=0), 0.0, atol=1e-9)
-    assert share[0] == pytest.approx(100 / 101, abs=0.02) and share.sum() == pytest.approx(1.0)
-    # PC1 is (1, 1, 0) / sqrt(2) with a positive sign: coordinates are the centred projections.
-    centred = x - x.mean(axis=0)
-    np.testing.assert_allclose(
-        coords[:, 0], centred @ (np.array([1, 1, 0]) / np.sqrt(2)), atol=0.05
-    )
 
 
 def test_training_metrics_keep_the_resumed_run_for_repeated_steps(tmp_path: Path) -> None:
