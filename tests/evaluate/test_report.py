@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import struct
 import uuid
 from pathlib import Path
@@ -17,7 +19,13 @@ from safetensors.numpy import save_file
 from embedpipe.artefacts import ArtefactStore, read_manifest
 from embedpipe.artefacts.store import filesystem
 from embedpipe.evaluate import BENCHMARKS
-from embedpipe.evaluate.report import read_training_metrics, score_title, write_report
+from embedpipe.evaluate.report import (
+    INLINE_WIDTH,
+    inline_report,
+    read_training_metrics,
+    score_title,
+    write_report,
+)
 from embedpipe.schemas import SPECIAL_TOKENS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -170,3 +178,29 @@ def test_report_shows_every_declared_benchmark(tmp_path: Path) -> None:
         assert f"| {score_title(bench)} |" in header
         assert f"| {bench.title} coverage |" in header
         assert f"{bench.name}.{bench.metric}" in text  # in the diff from v0001
+
+
+def test_inline_report_carries_its_pictures(tmp_path: Path) -> None:
+    """The Markdown a remote UI shows: each plot inside it, downscaled, in a small budget."""
+    store = ArtefactStore(tmp_path / "store")
+    dirs = [publish_version(store, tmp_path, i) for i in (1, 2)]
+    report = write_report(dirs[1], tmp_path / "out", history=store.manifests("emb"))
+    markdown = inline_report(report)
+    uris = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert len(uris) == 3 and ".png)" not in markdown
+    for uri in uris:
+        png = tmp_path / "inline.png"
+        png.write_bytes(base64.b64decode(uri))
+        width, height = png_size(png)
+        assert 300 < width <= INLINE_WIDTH and height > 200
+    size = len(markdown.encode())
+    assert size < 400_000 and size < sum(p.stat().st_size for p in (tmp_path / "out").glob("*.png"))
+    assert markdown.replace(uris[0], "").startswith(report.read_text().split("![")[0])
+
+    # Past the budget, a picture gives way to a line naming its file.
+    small = inline_report(report, budget=len(report.read_text().encode()) + len(uris[0]) + 100)
+    assert small.count("data:image/png") == 1 and "see scores.png by the report" in small
+
+    (tmp_path / "out" / "projection.png").unlink()
+    with pytest.raises(FileNotFoundError, match="projection.png"):
+        inline_report(report)

@@ -285,7 +285,8 @@ def png_data_uri(path: Path) -> str:
         height = round(picture.height * INLINE_WIDTH / picture.width)
         picture = picture.resize((INLINE_WIDTH, height), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    picture.quantize(INLINE_COLOURS).save(buffer, format="PNG", optimize=True)
+    palette = picture.quantize(INLINE_COLOURS, method=Image.Quantize.FASTOCTREE)
+    palette.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
