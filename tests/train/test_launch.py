@@ -173,7 +173,12 @@ def test_a_killed_worker_is_restarted_and_resumes_to_the_same_vectors(tmp_path: 
     logged = Counter(int(line.split('"step": ')[1].split(",")[0]) for line in
                      (out / METRICS).read_text().splitlines())  # fmt: skip
     assert all(n == 1 for step, n in logged.items() if step <= resumed_from)
-    assert set(logged) == {1, *range(5, full_steps + 1, 5), full_steps}  # first, every 5th, last
+    states = [
+        load_checkpoint(p)[1] for p in complete_checkpoints(tmp_path / "full" / "checkpoints")
+    ]
+    epoch_ends = {s["step"] for s in states if s["cursors"] == [[0, 0], [0, 0]]}
+    assert full_steps in epoch_ends and len(epoch_ends) == 2
+    assert set(logged) == {1, *range(5, full_steps + 1, 5), *epoch_ends}  # first, 5th, each last
 
     expected, got = final_vectors(tmp_path / "full"), final_vectors(out)
     for name in ("input", "output"):

@@ -161,7 +161,9 @@ class Loop:
         self.fingerprint = run_fingerprint
         self.step, self.words = state.get("step", 0), state.get("words", 0)
         self.progress = ProgressLog(out, self.step) if cluster.is_main else None
-        self.logged: tuple[int, float | None] = (-1, None)  # the last logged step and loss
+        # The last step logged and its loss: the starting one counts as logged (by the run
+        # that wrote the checkpoint), so a resumed run never logs it again without its loss.
+        self.logged: tuple[int, float | None] = (self.step, None)
         self.synced = self.words  # words done at the last exchange (or checkpoint)
         self.total = max(1, model.epoch_words * config.epochs)
         self.start_time, self.start_words = time.time(), self.words
@@ -201,7 +203,7 @@ class Loop:
         """After `done` epochs (0: before training): the model's evaluation (all ranks) and
         rank 0's record of the epoch's last step, unless that step is logged already."""
         result = self.model.evaluate(done, self.step)
-        if self.cluster.is_main and (result or self.examples):
+        if self.cluster.is_main and (result or self.logged[0] != self.step):
             self.log(epoch, min(1.0, self.words / self.total), result or {})
             if result:
                 shown = ", ".join(f"{k} {v}" for k, v in result.items())
