@@ -11,11 +11,12 @@ fewest batches left in any rank's current chunk; 0 ends the epoch for everyone) 
 the corpus words those steps cover, so they share one learning-rate schedule exactly.
 A thread prepares the next chunk's batches while the current ones train. Only rank 0
 logs and writes: the first step, every `log_every` steps and each epoch's last step (with
-the model's evaluation, when it has one), so even a short run draws a curve. A model draws all its randomness from (seed, epoch, rank, chunk) or the
-step, so the cursor (epoch, chunk, batch) with the model's tensors and state is the whole
-state: a resumed run repeats the uninterrupted one exactly. Checkpoints and the summary
-carry the run's fingerprint (the TrainConfig and the input tables' fingerprints); a
-checkpoint of another run is refused on resume.
+the model's evaluation, when it has one), so even a short run draws a curve. A model
+draws all its randomness from (seed, epoch, rank, chunk) or the step, so the cursor
+(epoch, chunk, batch) with the model's tensors and state is the whole state: a resumed run
+repeats the uninterrupted one exactly. Checkpoints and the summary carry the run's
+fingerprint (the TrainConfig and the input tables' fingerprints); a checkpoint of another
+run is refused on resume.
 """
 
 from __future__ import annotations
