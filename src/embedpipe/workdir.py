@@ -40,6 +40,7 @@ TRAIN = "train"
 CHECKPOINTS = "checkpoints"  # in the train dir: step-N/ checkpoint directories
 SUMMARY = "_TRAINED.json"  # in the train dir: the finished run's summary
 METRICS = "metrics.jsonl"  # in the train dir: one JSON record per logged step (rank 0)
+TENSORBOARD = "tensorboard"  # in the train dir: TensorBoard event files of those records
 REPORTS = "reports"
 STAGING = ".staging"
 SPARK_SECRETS = "spark-secrets.properties"
@@ -114,7 +115,7 @@ class Workdir:
 
     @property
     def train_dir(self) -> Path:
-        """Checkpoints, metrics.jsonl, loss.png and the training summary."""
+        """Checkpoints, metrics.jsonl, TensorBoard events, loss.png and the training summary."""
         return self.local_root() / TRAIN
 
     @property

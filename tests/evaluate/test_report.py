@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import struct
 import uuid
 from pathlib import Path
@@ -14,12 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import save_file
 
-from embedpipe.artefacts import ArtefactStore, Embeddings, read_manifest
+from embedpipe.artefacts import ArtefactStore, read_manifest
 from embedpipe.artefacts.store import filesystem
 from embedpipe.evaluate import BENCHMARKS
 from embedpipe.evaluate.report import (
-    frequent_words,
-    project,
+    INLINE_WIDTH,
+    inline_report,
     read_training_metrics,
     score_title,
     write_report,
@@ -138,30 +140,6 @@ def test_report_without_history_or_training_log(tmp_path: Path) -> None:
     png_size(tmp_path / "out" / "projection.png")
 
 
-def test_frequent_words_skip_specials_and_follow_counts() -> None:
-    tokens = [*SPECIAL_TOKENS, "rare", "common", "mid", "tie1", "tie2"]
-    counts = np.array([0, 99, 0, 0, 0, 1, 50, 10, 5, 5])  # [UNK] is frequent but special
-    emb = Embeddings.from_arrays(tokens, np.ones((10, 2)), counts)
-    assert [tokens[i] for i in frequent_words(emb, 4)] == ["common", "mid", "tie1", "tie2"]
-    assert len(frequent_words(emb)) == 5
-
-
-def test_projection_finds_the_main_axes() -> None:
-    rng = np.random.default_rng(0)
-    # Points spread 10x more along (1, 1, 0) than along (0, 0, 1), with no other variance.
-    x = rng.standard_normal((200, 1)) * 10 * np.array([[1, 1, 0]]) / np.sqrt(2)
-    x = x + rng.standard_normal((200, 1)) * np.array([[0, 0, 1]]) + 5.0
-    coords, share = project(x)
-    assert coords.shape == (200, 2)
-    np.testing.assert_allclose(coords.mean(axis=0), 0.0, atol=1e-9)
-    assert share[0] == pytest.approx(100 / 101, abs=0.02) and share.sum() == pytest.approx(1.0)
-    # PC1 is (1, 1, 0) / sqrt(2) with a positive sign: coordinates are the centred projections.
-    centred = x - x.mean(axis=0)
-    np.testing.assert_allclose(
-        coords[:, 0], centred @ (np.array([1, 1, 0]) / np.sqrt(2)), atol=0.05
-    )
-
-
 def test_training_metrics_keep_the_resumed_run_for_repeated_steps(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     lines = [{"step": 10, "loss": 3.0}, {"step": 20, "loss": 2.0}, {"step": 20, "loss": 1.5}]
@@ -200,3 +178,29 @@ def test_report_shows_every_declared_benchmark(tmp_path: Path) -> None:
         assert f"| {score_title(bench)} |" in header
         assert f"| {bench.title} coverage |" in header
         assert f"{bench.name}.{bench.metric}" in text  # in the diff from v0001
+
+
+def test_inline_report_carries_its_pictures(tmp_path: Path) -> None:
+    """The Markdown a remote UI shows: each plot inside it, downscaled, in a small budget."""
+    store = ArtefactStore(tmp_path / "store")
+    dirs = [publish_version(store, tmp_path, i) for i in (1, 2)]
+    report = write_report(dirs[1], tmp_path / "out", history=store.manifests("emb"))
+    markdown = inline_report(report)
+    uris = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert len(uris) == 3 and ".png)" not in markdown
+    for uri in uris:
+        png = tmp_path / "inline.png"
+        png.write_bytes(base64.b64decode(uri))
+        width, height = png_size(png)
+        assert 300 < width <= INLINE_WIDTH and height > 200
+    size = len(markdown.encode())
+    assert size < 400_000 and size < sum(p.stat().st_size for p in (tmp_path / "out").glob("*.png"))
+    assert markdown.replace(uris[0], "").startswith(report.read_text().split("![")[0])
+
+    # Past the budget, a picture gives way to a line naming its file.
+    small = inline_report(report, budget=len(report.read_text().encode()) + len(uris[0]) + 100)
+    assert small.count("data:image/png") == 1 and "see scores.png by the report" in small
+
+    (tmp_path / "out" / "projection.png").unlink()
+    with pytest.raises(FileNotFoundError, match="projection.png"):
+        inline_report(report)

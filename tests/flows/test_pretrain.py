@@ -80,7 +80,7 @@ def test_flow_publishes_an_artefact_and_reruns_only_what_changed(
     layer, ids = loaded.to_torch(freeze=True)
     assert layer.weight.shape == (len(loaded.vocab), 16) and ids[word] == 10
 
-    # What the UI shows: stage counts and timings, training, evaluation, the report link.
+    # What the UI shows: stage counts and timings, training, evaluation, the report.
     artifacts = artifacts_of(result["flow_run_id"])
     assert {"corpus-stages", "training", "evaluation", "report", "artefact"} <= set(artifacts)
     stage_rows = json.loads(artifacts["corpus-stages"].data)
@@ -91,6 +91,8 @@ def test_flow_publishes_an_artefact_and_reruns_only_what_changed(
     benchmarks = [r["benchmark"] for r in json.loads(artifacts["evaluation"].data)]
     assert benchmarks == [b.name for b in BENCHMARKS]
     assert Path(result["report"]).resolve().as_uri() in artifacts["report"].data
+    pictures = list(Path(result["report"]).parent.glob("*.png"))  # inside it, for remote UIs
+    assert artifacts["report"].data.count("](data:image/png;base64,") == len(pictures) >= 2
     assert Path(result["report"]).is_file()
 
     # The same parameters again: every stage and the training come from the cache.

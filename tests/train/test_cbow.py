@@ -22,7 +22,7 @@ from embedpipe.train.checkpoint import (
 )
 from embedpipe.train.data import rank_chunks, read_chunk
 from embedpipe.train.kernels import cbow_window_sgd
-from embedpipe.train.loop import METRICS, train
+from embedpipe.train.loop import train
 from embedpipe.train.registry import Word2VecConfig
 from embedpipe.train.sgns import kernel_step
 from embedpipe.train.windows import (
@@ -34,6 +34,7 @@ from embedpipe.train.windows import (
     window_batches,
     window_contexts,
 )
+from embedpipe.workdir import METRICS
 
 
 def window_examples(batch: WindowBatch) -> tuple[list[list[int]], torch.Tensor]:

@@ -17,7 +17,8 @@ from embedpipe.config import LaunchConfig, load_config, save_config
 from embedpipe.processes import descendants, end_tree
 from embedpipe.train.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint
 from embedpipe.train.launch import TORCHRUN_ENV, torchrun_command
-from embedpipe.train.loop import METRICS, SUMMARY
+from embedpipe.train.loop import SUMMARY
+from embedpipe.workdir import METRICS
 
 from .conftest import write_workdir
 
@@ -172,7 +173,12 @@ def test_a_killed_worker_is_restarted_and_resumes_to_the_same_vectors(tmp_path: 
     logged = Counter(int(line.split('"step": ')[1].split(",")[0]) for line in
                      (out / METRICS).read_text().splitlines())  # fmt: skip
     assert all(n == 1 for step, n in logged.items() if step <= resumed_from)
-    assert set(logged) == set(range(5, full_steps + 1, 5))
+    states = [
+        load_checkpoint(p)[1] for p in complete_checkpoints(tmp_path / "full" / "checkpoints")
+    ]
+    epoch_ends = {s["step"] for s in states if s["cursors"] == [[0, 0], [0, 0]]}
+    assert full_steps in epoch_ends and len(epoch_ends) == 2
+    assert set(logged) == {1, *range(5, full_steps + 1, 5), *epoch_ends}  # first, 5th, each last
 
     expected, got = final_vectors(tmp_path / "full"), final_vectors(out)
     for name in ("input", "output"):

@@ -21,10 +21,11 @@ from embedpipe.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from embedpipe.train.loop import METRICS, SUMMARY, train
+from embedpipe.train.loop import SUMMARY, train
 from embedpipe.train.mlm import N_SPECIAL, EncoderConfig, MaskedLM, decay_groups
 from embedpipe.train.registry import MLMConfig
 from embedpipe.train.specs.mlm import learning_rate, optimizer_tensors, restore_optimizer
+from embedpipe.workdir import METRICS, TENSORBOARD
 
 HERE = Path(__file__).resolve().parent
 PORT = 29615  # this area's ports: 29610-29629
@@ -86,6 +87,12 @@ def test_a_tiny_run_lowers_the_heldout_loss(workdir: Path, tmp_path: Path) -> No
     topic = torch.arange(corpus.WORDS) // corpus.GROUP
     same = (topic[:, None] == topic[None, :]) & ~torch.eye(corpus.WORDS, dtype=torch.bool)
     assert cosine[same].mean() > cosine[topic[:, None] != topic[None, :]].mean() + 0.3
+    # TensorBoard has the held-out loss of each evaluation, at its step.
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(tmp_path / "out" / TENSORBOARD))
+    events.Reload()
+    heldout = [(e.step, e.value) for e in events.Scalars("eval/heldout_loss")]
+    assert heldout == [(h["step"], pytest.approx(h["loss"], rel=1e-6)) for h in summary["heldout"]]
 
 
 def test_resume_after_a_kill_repeats_the_run_exactly(workdir: Path, tmp_path: Path) -> None:

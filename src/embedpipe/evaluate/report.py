@@ -3,25 +3,27 @@
 For reviewing a version before pointing an alias at it: what was trained and on what, how
 training went (loss, learning rate and words/s from metrics.jsonl), how its scores compare
 with the other versions of the same name, what changed since the previous one, and a 2-D
-PCA map of the most frequent words. Plots are drawn with matplotlib's Agg canvas directly
-(no pyplot), so the report works headless and leaves the global backend alone.
+PCA map of the most frequent words (`plots`). `inline_report` gives the same Markdown with
+its pictures inside it, for a place that cannot reach the report's directory (the Prefect
+UI of a remote server).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import math
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from embedpipe.artefacts.diff import diff_manifests, format_diff
@@ -29,26 +31,35 @@ from embedpipe.artefacts.files import as_location, filesystem, join
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
 from embedpipe.artefacts.manifest import Manifest
 from embedpipe.evaluate.benchmarks import BENCHMARKS, Benchmark
-from embedpipe.schemas import SPECIAL_TOKENS
+from embedpipe.evaluate.plots import (
+    LOSS_PLOT,
+    PROJECTION_PLOT,
+    SKIPPED_FREQUENT,
+    frequent_words,
+    plot_projection,
+    plot_training,
+    save_png,
+)
 from embedpipe.workdir import METRICS
 
 REPORT_FILE = "report.md"
 METRICS_FILE = METRICS  # the training metrics an artefact carries
-LOSS_PLOT = "loss.png"
 SCORES_PLOT = "scores.png"
-PROJECTION_PLOT = "projection.png"
-PROJECTED_WORDS = 300
-LABELLED_WORDS = 60
-DPI = 120
 METRIC_SIGNS = {"spearman": "ρ", "accuracy": "acc."}
 _VERSION_RE = re.compile(r"v([0-9]+)")
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)")  # ![alt](name.png), local
+INLINE_WIDTH = 640  # pixels: a picture inside the Markdown is downscaled to this width
+INLINE_COLOURS = 64  # and drawn with a palette of this many colours (plots have few)
+INLINE_BUDGET = 1_000_000  # bytes of Markdown at most; pictures past it are left out
 
 
 def read_training_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl (path or URL), one per logged step, sorted by step.
 
     A resumed run appends the steps after its last checkpoint again; the later record of a
-    step wins, as it belongs to the run that produced the published vectors.
+    step wins, as it belongs to the run that produced the published vectors. Records of one
+    step are merged, a later value replacing an earlier one unless it is null (an evaluation
+    logged apart from the step's loss).
     """
     by_step: dict[int, dict[str, Any]] = {}
     with fsspec.open(os.fspath(path), "r", encoding="utf-8") as f:
@@ -61,39 +72,9 @@ def read_training_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}:{number}: not a JSON record: {e}") from e
             if not isinstance(record, dict) or "step" not in record:
                 raise ValueError(f"{path}:{number}: a record needs a 'step' field")
-            by_step[int(record["step"])] = record
+            known = by_step.setdefault(int(record["step"]), {})
+            known.update({k: v for k, v in record.items() if v is not None or k not in known})
     return [by_step[s] for s in sorted(by_step)]
-
-
-def _save(fig: Figure, path: Path) -> None:
-    """Render a figure to PNG through the Agg canvas."""
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png")
-
-
-def plot_training(records: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Loss (with the learning rate on a second axis) and words/s against the step."""
-    steps = [r["step"] for r in records]
-
-    def column(key: str) -> list[float]:
-        return [float(r[key]) if r.get(key) is not None else math.nan for r in records]
-
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
-    ax_loss, ax_speed = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
-    ax_loss.plot(steps, column("loss"), color="tab:blue", label="loss")
-    ax_loss.set_ylabel("loss (mean per pair)")
-    ax_loss.set_title("Training")
-    ax_loss.grid(alpha=0.3)
-    ax_lr = ax_loss.twinx()
-    ax_lr.plot(steps, column("lr"), color="tab:orange", linestyle="--", label="learning rate")
-    ax_lr.set_ylabel("learning rate")
-    handles = ax_loss.get_legend_handles_labels()[0] + ax_lr.get_legend_handles_labels()[0]
-    ax_loss.legend(handles=handles, loc="upper right")
-    ax_speed.plot(steps, column("words_per_sec"), color="tab:green")
-    ax_speed.set_ylabel("words / s")
-    ax_speed.set_xlabel("step")
-    ax_speed.grid(alpha=0.3)
-    _save(fig, path)
 
 
 def _version_key(manifest: Manifest) -> tuple[int, str]:
@@ -129,55 +110,7 @@ def plot_scores(manifests: Sequence[Manifest], current: str, path: Path) -> None
     ax.set_title("Evaluation across versions")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
-
-
-def frequent_words(emb: Embeddings, n: int = PROJECTED_WORDS) -> np.ndarray:
-    """Ids of the n most frequent ordinary words (special tokens skipped), most frequent first.
-
-    Ties (and vocabularies without counts) keep id order, which is frequency order.
-    """
-    ordinary = np.array([i for i, t in enumerate(emb.vocab) if t not in SPECIAL_TOKENS], int)
-    order = np.argsort(-emb.counts[ordinary], kind="stable")
-    return ordinary[order][:n]
-
-
-def project(vectors: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """PCA by SVD: the (n, k) coordinates of the centred rows and each axis' variance share.
-
-    Axis signs are fixed (largest loading positive) so the same vectors give the same picture.
-    """
-    x = np.asarray(vectors, dtype=np.float64)
-    x = x - x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x, full_matrices=False)
-    axes = vt[:k]
-    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
-    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
-    variance = s**2
-    share = variance[:k] / variance.sum() if variance.sum() > 0 else np.zeros(len(axes))
-    return x @ axes.T, share
-
-
-def plot_projection(emb: Embeddings, path: Path) -> int:
-    """PCA map of the most frequent words' unit vectors, the top LABELLED_WORDS labelled.
-
-    Returns the number of words drawn.
-    """
-    ids = frequent_words(emb)
-    coords, share = project(emb.normed[ids])
-    fig = Figure(figsize=(9, 8), layout="constrained")
-    ax = fig.subplots()
-    ax.scatter(coords[:, 0], coords[:, 1], s=8, color="tab:blue", alpha=0.5)
-    for rank, (i, (px, py)) in enumerate(zip(ids, coords, strict=True)):
-        if rank >= LABELLED_WORDS:
-            break
-        ax.annotate(emb.vocab[i], (px, py), fontsize=7, xytext=(2, 2), textcoords="offset points")
-    ax.set_xlabel(f"PC1 ({100 * share[0]:.1f}% of variance)")
-    ax.set_ylabel(f"PC2 ({100 * share[1]:.1f}% of variance)")
-    ax.set_title(f"{len(ids)} most frequent words (unit vectors), top {LABELLED_WORDS} labelled")
-    ax.grid(alpha=0.3)
-    _save(fig, path)
-    return len(ids)
+    save_png(fig, path)
 
 
 def _cell(value: Any) -> str:
@@ -291,10 +224,11 @@ def _map_section(emb: Embeddings, out: Path) -> list[str]:
     lines = ["", "## Word map", ""]
     if len(frequent_words(emb)) < 3 or emb.dim < 2:
         return [*lines, "Too few words or dimensions for a projection."]
-    drawn = plot_projection(emb, out / PROJECTION_PLOT)
+    drawn, labels = plot_projection(emb, out / PROJECTION_PLOT)
     return lines + [
         f"PCA of the unit vectors of the {drawn} most frequent words (special tokens "
-        f"skipped); the {min(LABELLED_WORDS, drawn)} most frequent are labelled.",
+        f"skipped). {len(labels)} labelled, spread over the map, none of the "
+        f"{min(SKIPPED_FREQUENT, drawn // 3)} most frequent: {', '.join(labels)}.",
         "",
         f"![PCA projection of frequent words]({PROJECTION_PLOT})",
     ]
@@ -340,4 +274,47 @@ def write_report(
     return report
 
 
-__all__ = ["read_training_metrics", "write_report", "project", "frequent_words", "score_title"]
+def png_data_uri(path: Path) -> str:
+    """A `data:image/png;base64,` URI of the PNG at `path`, downscaled to INLINE_WIDTH and
+    reduced to INLINE_COLOURS colours: a plot in a few tens of kilobytes."""
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(path) as image:
+        picture = image.convert("RGB")
+    if picture.width > INLINE_WIDTH:
+        height = round(picture.height * INLINE_WIDTH / picture.width)
+        picture = picture.resize((INLINE_WIDTH, height), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    palette = picture.quantize(INLINE_COLOURS, method=Image.Quantize.FASTOCTREE)
+    palette.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def inline_report(report: str | os.PathLike[str], budget: int = INLINE_BUDGET) -> str:
+    """The Markdown of `report` (report.md) with each local PNG it shows inside it as a data
+    URI, for a viewer that cannot read the report's directory (a remote Prefect UI renders
+    `data:image/` pictures in a markdown artifact).
+
+    Pictures that would take the text past `budget` bytes are replaced by a line naming
+    their file. Raises FileNotFoundError naming a picture the report shows but lacks.
+    """
+    path = Path(report)
+    text = path.read_text(encoding="utf-8")
+    size = len(text.encode())
+
+    def embed(match: re.Match[str]) -> str:
+        nonlocal size
+        alt, name = match.groups()
+        picture = path.parent / name
+        if not picture.is_file():
+            raise FileNotFoundError(f"{path} shows {name}, which is not in {path.parent}")
+        uri = png_data_uri(picture)
+        if size + len(uri) > budget:
+            return f"*({alt}: left out here, over {budget:,} bytes; see {name} by the report)*"
+        size += len(uri)
+        return f"![{alt}]({uri})"
+
+    return _IMAGE_LINK.sub(embed, text)
+
+
+__all__ = ["inline_report", "read_training_metrics", "score_title", "write_report"]

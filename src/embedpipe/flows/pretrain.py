@@ -177,11 +177,25 @@ def report(
     create_markdown_artifact(
         key="artefact", markdown=f"Published `{artefact}`\n\nNearest neighbours:\n{listing}"
     )
-    report_url = Path(report_file).resolve().as_uri()
-    create_link_artifact(key="report", link=report_url, description="Artefact report")
+    report_artifacts(report_file)
     return {"artefact": artefact, "version": manifest.version, "scores": scores,
             "neighbours": neighbours, "report": report_file,
             "tasks": how, "flow_run_id": str(flow_run.id)}  # fmt: skip
+
+
+def report_artifacts(report_file: str) -> None:
+    """The report as a markdown artifact with its plots inside it (data URIs: a UI on another
+    machine shows them), and a link to its file for a UI on this one."""
+    from embedpipe.evaluate.report import inline_report
+
+    url = Path(report_file).resolve().as_uri()
+    markdown = f"Report file: [{url}]({url}) (readable on the machine that ran the flow)"
+    create_markdown_artifact(
+        key="report",
+        markdown=f"{inline_report(report_file)}\n---\n\n{markdown}\n",
+        description="Artefact report, plots included",
+    )
+    create_link_artifact(key="report-file", link=url, description="Artefact report (file)")
 
 
 def flat_counts(counts: dict[str, Any]) -> dict[str, Any]:

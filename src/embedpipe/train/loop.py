@@ -3,18 +3,20 @@
 A model is a `ModelRun` (built by its `registry.ModelSpec`): its batches by chunk, its
 learning-rate schedule, its step, the tensors and state it checkpoints, its evaluation
 and summary extras. The loop owns the rest: the process group, the data cursor and the
-per-chunk agreement between ranks, progress (metrics.jsonl, loss.png), checkpoints and
-exact resume, the `_TRAINED.json` summary, teardown.
+per-chunk agreement between ranks, progress (metrics.jsonl, TensorBoard events, loss.png:
+`progress`), checkpoints and exact resume, the `_TRAINED.json` summary, teardown.
 
 Ranks agree once per chunk, not per step, on how many steps all of them can take (the
 fewest batches left in any rank's current chunk; 0 ends the epoch for everyone) and on
 the corpus words those steps cover, so they share one learning-rate schedule exactly.
 A thread prepares the next chunk's batches while the current ones train. Only rank 0
-logs and writes. A model draws all its randomness from (seed, epoch, rank, chunk) or the
-step, so the cursor (epoch, chunk, batch) with the model's tensors and state is the whole
-state: a resumed run repeats the uninterrupted one exactly. Checkpoints and the summary
-carry the run's fingerprint (the TrainConfig and the input tables' fingerprints); a
-checkpoint of another run is refused on resume.
+logs and writes: the first step, every `log_every` steps and each epoch's last step (with
+the model's evaluation, when it has one), so even a short run draws a curve. A model
+draws all its randomness from (seed, epoch, rank, chunk) or the step, so the cursor
+(epoch, chunk, batch) with the model's tensors and state is the whole state: a resumed run
+repeats the uninterrupted one exactly. Checkpoints and the summary carry the run's
+fingerprint (the TrainConfig and the input tables' fingerprints); a checkpoint of another
+run is refused on resume.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,8 +38,9 @@ from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, sav
 from embedpipe.train.data import Prefetcher
 from embedpipe.train.distributed import Cluster, agree, gather_cursors, setup_cluster
 from embedpipe.train.layout import resolve_threads
+from embedpipe.train.progress import ProgressLog, write_loss_curve
 from embedpipe.train.registry import get_model, resolve
-from embedpipe.workdir import CHECKPOINTS, METRICS, SUMMARY, Workdir
+from embedpipe.workdir import CHECKPOINTS, SUMMARY, Workdir
 
 PREFETCH = 1  # chunks the data thread may prepare ahead
 
@@ -129,18 +132,22 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
     state = resumed[2] if resumed else {"epoch": 0, "cursors": [[0, 0]] * cluster.world}
     out.mkdir(parents=True, exist_ok=True)
     loop = Loop(config, cluster, model, out, run_fingerprint, state)
-    if resumed is None:
-        loop.evaluate(0)  # the starting point: the untrained model's metrics
-    for epoch in range(state["epoch"], config.epochs):
-        cursor = state["cursors"][cluster.rank] if epoch == state["epoch"] else (0, 0)
-        loop.run_epoch(epoch, (int(cursor[0]), int(cursor[1])))
-    summary = loop.summarise(input_fingerprints(config, wd))
-    loop.close(summary)
+    try:
+        if resumed is None:
+            loop.end_epoch(0, 0)  # the starting point: the untrained model's metrics
+        for epoch in range(state["epoch"], config.epochs):
+            cursor = state["cursors"][cluster.rank] if epoch == state["epoch"] else (0, 0)
+            loop.run_epoch(epoch, (int(cursor[0]), int(cursor[1])))
+        summary = loop.summarise(input_fingerprints(config, wd))
+        loop.close(summary)
+    finally:  # what was logged reaches the disk, even when training fails
+        if loop.progress is not None:
+            loop.progress.close()
     return summary
 
 
 class Loop:
-    """The loop's running state: step, words done, the pending loss, the metrics file."""
+    """The loop's running state: step, words done, the pending loss, rank 0's progress log."""
 
     def __init__(
         self,
@@ -153,8 +160,11 @@ class Loop:
     ) -> None:
         self.config, self.cluster, self.model, self.out = config, cluster, model, out
         self.fingerprint = run_fingerprint
-        self.metrics: TextIO | None = (out / METRICS).open("a") if cluster.is_main else None
         self.step, self.words = state.get("step", 0), state.get("words", 0)
+        self.progress = ProgressLog(out, self.step) if cluster.is_main else None
+        # The last step logged and its loss: the starting one counts as logged (by the run
+        # that wrote the checkpoint), so a resumed run never logs it again without its loss.
+        self.logged: tuple[int, float | None] = (self.step, None)
         self.synced = self.words  # words done at the last exchange (or checkpoint)
         self.total = max(1, model.epoch_words * config.epochs)
         self.start_time, self.start_words = time.time(), self.words
@@ -182,54 +192,52 @@ class Loop:
                     if model.sync_every and self.words - self.synced >= model.sync_every:
                         model.exchange()
                         self.synced = self.words
-                    if cluster.is_main and self.step % config.log_every == 0:
+                    if cluster.is_main and (self.step == 1 or self.step % config.log_every == 0):
                         self.log(epoch, progress)
                     if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                         self.snapshot(epoch, batch.cursor)
         self.words = (epoch + 1) * model.epoch_words
-        self.evaluate(epoch + 1)
+        self.end_epoch(epoch, epoch + 1)
         self.snapshot(epoch + 1, (0, 0))
 
-    def log(self, epoch: int, progress: float) -> None:
-        """Rank 0's progress line: one JSON record in metrics.jsonl and one line on stdout."""
-        rate = (self.words - self.start_words) / max(time.time() - self.start_time, 1e-9)
-        record = {
-            "step": self.step,
-            "epoch": epoch,
-            "progress": round(progress, 5),
-            "loss": self.loss_sum / max(self.examples, 1),
+    def end_epoch(self, epoch: int, done: int) -> None:
+        """After `done` epochs (0: before training): the model's evaluation (all ranks) and
+        rank 0's record of the epoch's last step, unless that step is logged already."""
+        result = self.model.evaluate(done, self.step)
+        if self.cluster.is_main and (result or self.logged[0] != self.step):
+            self.log(epoch, min(1.0, self.words / self.total), result or {})
+            if result:
+                shown = ", ".join(f"{k} {v}" for k, v in result.items())
+                print(f"evaluation after epoch {done}: {shown}", flush=True)
+        self.loss_sum, self.examples = 0.0, 0
+
+    def log(self, epoch: int, progress: float, evaluation: dict[str, Any] | None = None) -> None:
+        """Rank 0's record of this step: one JSON record in metrics.jsonl (and TensorBoard)
+        and one line on stdout. The loss is the mean since the last record (None before the
+        first step); a step logged twice (its evaluation added) keeps its loss."""
+        assert self.progress is not None
+        if self.examples:
+            loss: float | None = self.loss_sum / self.examples
+        else:
+            loss = self.logged[1] if self.logged[0] == self.step else None
+        record: dict[str, Any] = {
+            "step": self.step, "epoch": epoch, "progress": round(progress, 5), "loss": loss,
             "lr": self.lr,
-            "words_per_sec": round(rate),
-            "eta_sec": round((self.total - self.words) / max(rate, 1e-9)),
-        }
-        self.write(record)
-        print(
-            f"step {self.step} epoch {epoch} {100 * progress:5.1f}% loss {record['loss']:.4f} "
-            f"lr {self.lr:.5f} {rate:,.0f} {self.model.unit}/s eta {record['eta_sec']}s",
-            flush=True,
-        )
-        self.loss_sum, self.examples = 0.0, 0
-
-    def evaluate(self, epoch: int) -> None:
-        """The model's evaluation (all ranks), logged by rank 0 with the pending loss."""
-        result = self.model.evaluate(epoch, self.step)
-        if result is None:
-            return
-        if self.cluster.is_main:
-            pending = self.loss_sum / self.examples if self.examples else None
-            progress = round(self.words / self.total, 5)
-            self.write(
-                {"step": self.step, "epoch": epoch, "progress": progress, "loss": pending}
-                | {"lr": self.lr, **result}
+        }  # fmt: skip
+        trained = self.words - self.start_words
+        if trained > 0:
+            rate = trained / max(time.time() - self.start_time, 1e-9)
+            record["words_per_sec"] = round(rate)
+            record["eta_sec"] = round((self.total - self.words) / max(rate, 1e-9))
+            shown = "-" if loss is None else f"{loss:.4f}"
+            print(
+                f"step {self.step} epoch {epoch} {100 * progress:5.1f}% loss {shown} "
+                f"lr {self.lr:.5f} {rate:,.0f} {self.model.unit}/s eta {record['eta_sec']}s",
+                flush=True,
             )
-            shown = ", ".join(f"{k} {v}" for k, v in result.items())
-            print(f"evaluation after epoch {epoch}: {shown}", flush=True)
+        self.progress.write(record | evaluation if evaluation else record)
+        self.logged = (self.step, loss)
         self.loss_sum, self.examples = 0.0, 0
-
-    def write(self, record: dict[str, Any]) -> None:
-        assert self.metrics is not None
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
 
     def snapshot(self, epoch: int, cursor: tuple[int, int]) -> None:
         """Checkpoint the model and every rank's cursor (rank 0 writes)."""
@@ -279,9 +287,8 @@ class Loop:
 
     def close(self, summary: dict[str, Any]) -> None:
         """Rank 0 writes the summary and the loss curve; then the process group ends."""
-        if self.cluster.is_main:
-            assert self.metrics is not None
-            self.metrics.close()
+        if self.progress is not None:
+            self.progress.close()
             write_loss_curve(self.out)
             (self.out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
             shown = {k: summary[k] for k in ("steps", "seconds", "words_per_sec")}
@@ -289,12 +296,3 @@ class Loop:
         if self.cluster.world > 1:
             dist.barrier()
             dist.destroy_process_group()
-
-
-def write_loss_curve(out: Path) -> Path:
-    """`loss.png` beside metrics.jsonl: loss, learning rate and words/s by step."""
-    from embedpipe.evaluate.report import LOSS_PLOT, plot_training, read_training_metrics
-
-    path = out / LOSS_PLOT
-    plot_training(read_training_metrics(out / METRICS), path)
-    return path
