@@ -115,7 +115,7 @@ def show_config(
     config: ConfigFile = None, overrides: Overrides = None, json_: Json = False
 ) -> None:
     """Every setting of the resolved config (file, overrides, defaults), credentials masked:
-    `section.key = value` lines (each a valid --set), or the nested tables with --json."""
+    `section.key = value` lines (values as --set takes them), or the nested tables with --json."""
     from embedpipe.config import redacted
 
     data = redacted(load_config(config, overrides or []))
