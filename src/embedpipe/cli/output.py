@@ -33,6 +33,13 @@ EXPECTED_ERRORS = (
     ("embedpipe.corpus.spark.lock", "StageBusyError", FAILED),
 )
 
+# What `pip install embedpipe` leaves out and `embedpipe[pipeline]` brings (DESIGN.md): a
+# command that needs one of them fails with one line saying so on the core install.
+PIPELINE_MODULES = frozenset(
+    {"torch", "pyspark", "prefect", "numba", "matplotlib", "scipy", "pandas", "sentencepiece"}
+)
+PIPELINE_HINT = "this command needs the pipeline's dependencies: pip install 'embedpipe[pipeline]'"
+
 
 class CommandError(Exception):
     """An expected failure of a command; its message says it all."""
@@ -47,9 +54,15 @@ def exit_status(error: BaseException) -> int | None:
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(error, cls):
             return status
-    if isinstance(error, FileNotFoundError):
+    if isinstance(error, FileNotFoundError) or missing_pipeline_module(error):
         return FAILED
     return None
+
+
+def missing_pipeline_module(error: BaseException) -> bool:
+    """Whether `error` is the import of a pipeline dependency the core install lacks."""
+    name = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+    return name is not None and name.partition(".")[0] in PIPELINE_MODULES
 
 
 def one_line(error: BaseException | str) -> str:
@@ -58,8 +71,14 @@ def one_line(error: BaseException | str) -> str:
 
 
 def print_error(message: BaseException | str) -> None:
-    """`embedpipe: error: <message>` on stderr, one line."""
-    print(PREFIX + one_line(message), file=sys.stderr, flush=True)
+    """`embedpipe: error: <message>` on stderr, one line (with how to install a missing
+    pipeline dependency)."""
+    hint = (
+        f" ({PIPELINE_HINT})"
+        if isinstance(message, BaseException) and missing_pipeline_module(message)
+        else ""
+    )
+    print(PREFIX + one_line(message) + hint, file=sys.stderr, flush=True)
 
 
 def print_json(value: Any) -> None:
