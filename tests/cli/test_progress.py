@@ -130,7 +130,8 @@ def test_training_bar_on_a_terminal(tmp_path: Path) -> None:
         assert "step 20  loss 2.5000  1,234 tokens/s  eta 7s" in shown
         assert "step 20 epoch 1" not in shown
         bar.finish()
-    assert "100%" in drawn(buffer).splitlines()[-1]
+    last = drawn(buffer).splitlines()[-1]
+    assert "100%" in last and "1,234 tokens/s" in last and "eta" not in last
 
 
 def test_metrics_records_are_read_whole_and_again_after_a_new_run(tmp_path: Path) -> None:
@@ -179,4 +180,5 @@ def test_stage_bar_on_a_terminal(
         bar.start("encode")
         bar.progress.refresh()
         assert "stage 2/2 encode" in drawn(buffer) and "1/2" in drawn(buffer)
+    assert "spark tasks" not in drawn(buffer).splitlines()[-1]  # hidden at the end
     assert capsys.readouterr().out == 'tokenize         1.5s  {"rows": 3}\n'

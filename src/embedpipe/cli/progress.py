@@ -138,6 +138,8 @@ class StageProgress(LiveBar):
         self.stopped.set()
         if self.poller.is_alive():
             self.poller.join()
+        if self.progress is not None:
+            self.progress.update(self.tasks, visible=False)
         super().__exit__(kind, error, tb)
 
     def start(self, stage: str) -> None:
@@ -151,6 +153,7 @@ class StageProgress(LiveBar):
         print(stage_line(stage, manifest), flush=True)
         if self.progress is not None:
             self.progress.advance(self.overall)
+            self.progress.update(self.tasks, visible=False)  # until the next stage's tasks
 
     def _poll_tasks(self) -> None:
         """Until the block ends: the running Spark stages' task counts into the bar."""
@@ -182,6 +185,7 @@ class TrainingProgress(LiveBar):
         )
         super().__init__(live, columns, console)
         self.metrics, self.offset, self.unit = metrics, 0, "words"
+        self.last: dict[str, Any] | None = None  # the newest step record
         if self.progress is not None:
             self.task = self.progress.add_task(
                 "train", total=1.0, epoch=1, epochs=epochs, detail="starting"
@@ -205,18 +209,24 @@ class TrainingProgress(LiveBar):
         for record in self.new_records():
             fields: dict[str, Any] = {"completed": float(record.get("progress") or 0.0)}
             if "words_per_sec" in record:  # a step record (else an evaluation's)
+                self.last = record
                 fields["epoch"] = int(record["epoch"]) + 1
-                fields["detail"] = (
-                    f"step {record['step']}  loss {record['loss']:.4f}  "
-                    f"{record['words_per_sec']:,} {self.unit}/s  eta {record['eta_sec']}s"
-                )
+                fields["detail"] = self.detail(record) + f"  eta {record['eta_sec']}s"
             self.progress.update(self.task, **fields)
 
+    def detail(self, record: dict[str, Any]) -> str:
+        """A step record's step, loss and rate."""
+        return (
+            f"step {record['step']}  loss {record['loss']:.4f}  "
+            f"{record['words_per_sec']:,} {self.unit}/s"
+        )
+
     def finish(self) -> None:
-        """Training ended: the bar at 100%."""
+        """Training ended: the bar at 100%, with the last step's figures."""
         if self.progress is not None:
             self.update()
-            self.progress.update(self.task, completed=1.0)
+            done = self.detail(self.last) if self.last else "done"
+            self.progress.update(self.task, completed=1.0, detail=done)
 
     def new_records(self) -> list[dict[str, Any]]:
         """The whole records appended to `metrics.jsonl` since the last call (from the
