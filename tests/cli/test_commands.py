@@ -282,6 +282,24 @@ def test_stage_busy_is_one_line(
     assert error_line(capsys) == "stage tokenize on workdir work is held by host h pid 7"
 
 
+def test_a_failed_torchrun_is_one_line_after_the_workers_output(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedpipe.train import launch
+
+    def fails(config: object, out: object, log: Callable[[str], None]) -> None:
+        log("[rank0]: ZeroDivisionError: division by zero")
+        raise launch.TrainingFailed("training failed: torchrun exited with 1")
+
+    monkeypatch.setattr(launch, "run_training", fails)
+    with pytest.raises(SystemExit) as failed:
+        main(["train"])
+    assert failed.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == "[rank0]: ZeroDivisionError: division by zero\n"
+    assert captured.err == "embedpipe: error: training failed: torchrun exited with 1\n"
+
+
 def test_an_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     from embedpipe.corpus.spark import launch
 

@@ -29,6 +29,7 @@ EXPECTED_ERRORS = (
     ("embedpipe.corpus.sources", "CorpusError", FAILED),
     ("embedpipe.artefacts.files", "ArtefactError", FAILED),  # the store's errors' base
     ("embedpipe.train.checkpoint", "CheckpointError", FAILED),
+    ("embedpipe.train.launch", "TrainingFailed", FAILED),  # the workers' output said why
     ("embedpipe.corpus.spark.session", "JavaNotFoundError", FAILED),
     ("embedpipe.corpus.spark.lock", "StageBusyError", FAILED),
 )
