@@ -32,7 +32,8 @@ class PipeClosed(Exception):
 
 
 class RootGroup(TyperGroup):
-    """The `embedpipe` group: a closed stdout ends any command quietly (`PipeClosed`)."""
+    """The `embedpipe` group: a closed stdout ends any command quietly (`PipeClosed`).
+    (The help, which rich prints, ends quietly too, with rich's status 1.)"""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
