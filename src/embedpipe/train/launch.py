@@ -33,6 +33,10 @@ from embedpipe.workdir import CHECKPOINTS, RUN_CONFIG, SUMMARY, Workdir
 TORCHRUN_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
+class TrainingFailed(RuntimeError):
+    """torchrun exited with an error; the workers' own output (already logged) says why."""
+
+
 def torchrun_command(
     config_file: Path, out: Path, nproc: int, launch: LaunchConfig | None = None
 ) -> list[str]:
@@ -95,5 +99,5 @@ def run_training(
     env = {**os.environ, **TORCHRUN_ENV}
     done = run_logged(command, log, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"training failed: torchrun exited with {done.returncode}")
+        raise TrainingFailed(f"training failed: torchrun exited with {done.returncode}")
     return {**json.loads(summary_path.read_text()), "skipped": False}

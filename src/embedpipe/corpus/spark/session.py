@@ -51,3 +51,22 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def task_counts() -> tuple[int, int] | None:
+    """(finished, total) tasks of the Spark stages running now in this process's session
+    (what Spark's console progress bar shows), or None while there is no session.
+
+    Safe from another thread: it only reads the status tracker. pyspark keeps the running
+    context in `SparkContext._active_spark_context`; no public accessor reaches it from a
+    thread other than the one that created the session.
+    """
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is None:
+        return None
+    tracker = context.statusTracker()
+    stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+    running = [s for s in stages if s is not None]
+    return sum(s.numCompletedTasks for s in running), sum(s.numTasks for s in running)

@@ -2,46 +2,19 @@
 artefacts; and how it fails: one line on stderr, exit 2 (command line, config) or 1."""
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from safetensors.numpy import save_file
 
 from embedpipe import schemas as S
-from embedpipe.artefacts import ArtefactStore
 from embedpipe.cli import main
 
-WORDS = ["king", "prince", "queen", "cabbage", "dog", "hound"]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    tokens = [*S.SPECIAL_TOKENS, *WORDS]
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(len(tokens), 8)).astype(np.float32)
-    base = rng.normal(size=8)
-    for i, w in enumerate(tokens):
-        if w in ("king", "prince", "queen"):
-            vectors[i] = base + 0.1 * rng.normal(size=8)
-    save_file({"vectors": vectors}, str(tmp_path / "v.safetensors"))
-    pq.write_table(
-        pa.table({"id": pa.array(range(len(tokens)), pa.int32()), "token": tokens,
-                  "count": pa.array([0] * 5 + [10] * len(WORDS), pa.int64())}),
-        tmp_path / "vocab.parquet",
-    )  # fmt: skip
-    root = tmp_path / "store"
-    files = {
-        "vectors.safetensors": tmp_path / "v.safetensors",
-        "vocab.parquet": tmp_path / "vocab.parquet",
-    }
-    ArtefactStore(root).publish("tiny", files, {})
-    ArtefactStore(root).publish("tiny", files, {})
-    return root
+Cli = Callable[..., subprocess.CompletedProcess[str]]  # the `cli` fixture
 
 
 def test_neighbors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,7 +38,7 @@ def test_evaluate_with_user_pairs(
 
 
 def test_artefacts_commands(
-    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Path, tmp_path: Path, words: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     main(["artefacts", "alias", "tiny", "production", "v0001", "--store", str(store)])
     main(["artefacts", "list", "--store", str(store)])
@@ -90,7 +63,7 @@ def test_artefacts_commands(
             str(store),
         ]
     )
-    assert pq.read_table(out).column(S.TOKEN).to_pylist() == WORDS
+    assert pq.read_table(out).column(S.TOKEN).to_pylist() == words
     main(["artefacts", "verify", "tiny", "--store", str(store)])
     assert "every file matches" in capsys.readouterr().out
 
@@ -213,14 +186,163 @@ def test_an_unexpected_error_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch
         main(["prepare"])
 
 
-def test_a_closed_pipe_ends_quietly(store: Path) -> None:
-    """`embedpipe artefacts list | head -0`: no BrokenPipeError, no traceback."""
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["artefacts", "list", "--store"],
+        ["artefacts", "show", "tiny", "--store"],
+        ["neighbors", "tiny", "king", "--json", "--store"],
+        ["--help"],
+        ["artefacts", "diff", "--help"],
+    ],
+)
+def test_a_closed_pipe_ends_quietly(store: Path, command: list[str]) -> None:
+    """`embedpipe artefacts list | head -0`: no BrokenPipeError, no traceback; 141, or 1
+    for the help (rich prints it, and exits 1 on a closed pipe)."""
+    at = [str(store)] if command[-1] == "--store" else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedpipe.cli", "artefacts", "list", "--store", str(store)],
+        [sys.executable, "-m", "embedpipe.cli", *command, *at],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     proc.stdout.close()  # the reader goes away before the first line is written
     _, err = proc.communicate(timeout=120)
     assert err == b""
-    assert proc.returncode == 141
+    assert proc.returncode == (1 if "--help" in command else 141)
+
+
+def test_show_piped_into_head(store: Path) -> None:
+    """`embedpipe artefacts show tiny | head -1` in a shell: the first line, nothing on
+    stderr, and the CLI ends with 0 (it wrote all before head left) or 141 (it did not)."""
+    cli = f"{sys.executable} -m embedpipe.cli artefacts show tiny --store {store}"
+    done = subprocess.run(
+        ["bash", "-c", f'{cli} | head -1; echo "status ${{PIPESTATUS[0]}}" >&2'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout == "{\n"
+    assert done.stderr in ("status 0\n", "status 141\n")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nosuch"], "No such command 'nosuch'. (see 'embedpipe --help')"),
+        (
+            ["artefacts", "list", "--bogus"],
+            "No such option: --bogus (see 'embedpipe artefacts list --help')",
+        ),
+        (["neighbors"], "Missing argument 'artefact'. (see 'embedpipe neighbors --help')"),
+        (
+            ["artefacts", "gc", "x"],
+            "Missing option '--keep'. (see 'embedpipe artefacts gc --help')",
+        ),
+        (
+            ["prepare", "--stage", "nope"],
+            "Invalid value for '--stage': 'nope' is not one of 'tokenize', 'build_vocab', "
+            "'encode', 'bucket', 'cooccur'. (see 'embedpipe prepare --help')",
+        ),
+        (
+            ["neighbors", "x", "y", "-k", "many"],
+            "Invalid value for '-k': Input should be a valid integer",
+        ),
+    ],
+)
+def test_a_bad_command_line_is_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as failed:
+        main(argv)
+    assert failed.value.code == 2
+    assert error_line(capsys).startswith(message)
+
+
+def test_help_and_a_bare_group(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` exits 0 listing every command; a group without its command prints its help
+    and exits 2 (usage)."""
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    for command in ("run", "prepare", "train", "publish", "config", "evaluate", "neighbors"):
+        assert f"│ {command} " in shown
+    assert "--install-completion" in shown and "--debug" in shown
+    with pytest.raises(SystemExit) as bare:
+        main(["artefacts"])
+    assert bare.value.code == 2
+    assert "│ verify " in capsys.readouterr().out
+
+
+def test_stage_busy_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedpipe.corpus.spark import launch
+    from embedpipe.corpus.spark.lock import StageBusyError
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise StageBusyError("stage tokenize on workdir work is held by host h pid 7")
+
+    monkeypatch.setattr(launch, "launch_stage", busy)
+    with pytest.raises(SystemExit) as failed:
+        main(["prepare", "--stage", "tokenize"])
+    assert failed.value.code == 1
+    assert error_line(capsys) == "stage tokenize on workdir work is held by host h pid 7"
+
+
+def test_a_failed_torchrun_is_one_line_after_the_workers_output(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedpipe.train import launch
+
+    def fails(config: object, out: object, log: Callable[[str], None]) -> None:
+        log("[rank0]: ZeroDivisionError: division by zero")
+        raise launch.TrainingFailed("training failed: torchrun exited with 1")
+
+    monkeypatch.setattr(launch, "run_training", fails)
+    with pytest.raises(SystemExit) as failed:
+        main(["train"])
+    assert failed.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == "[rank0]: ZeroDivisionError: division by zero\n"
+    assert captured.err == "embedpipe: error: training failed: torchrun exited with 1\n"
+
+
+def test_an_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedpipe.corpus.spark import launch
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "launch_stage", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        main(["prepare"])
+    assert stopped.value.code == 130
+
+
+def test_take_debug_moves_it_before_the_command() -> None:
+    from embedpipe.cli import take_debug
+
+    assert take_debug(["evaluate", "x", "--debug"]) == (True, ["--debug", "evaluate", "x"])
+    assert take_debug(["evaluate", "x"]) == (False, ["evaluate", "x"])
+    assert take_debug(["neighbors", "x", "--", "--debug"]) == (
+        False,
+        ["neighbors", "x", "--", "--debug"],
+    )
+
+
+def test_shell_completion_of_commands_stages_and_names(store: Path, cli: Cli) -> None:
+    """What bash completion asks (typer's protocol): commands, a choice, the store's names."""
+
+    def complete(line: str, **env: str) -> list[str]:
+        words = line.split(" ")
+        variables = {"_EMBEDPIPE_COMPLETE": "complete_bash", "COMP_WORDS": line}
+        variables["COMP_CWORD"] = str(len(words) - 1)
+        done = cli(env={**os.environ, **variables, **env})
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("embedpipe art") == ["artefacts"]
+    assert complete("embedpipe prepare --stage b") == ["build_vocab", "bucket"]
+    assert complete("embedpipe artefacts show --store " + str(store) + " t") == ["tiny"]
+    assert complete("embedpipe neighbors ", EMBEDPIPE_STORE=str(store)) == ["tiny"]
