@@ -49,7 +49,11 @@ def subwords_config(minn: int, maxn: int, bucket: int) -> dict[str, Any]:
 
 
 class SubwordEmbeddings(Embeddings):
-    """Word vectors (an `Embeddings`) and the n-gram table that composes unseen words."""
+    """Word vectors (an `Embeddings`) and the n-gram table that composes unseen words.
+
+    `word in emb` still asks whether the word is in the vocabulary; `emb[word]` answers
+    for any word with an n-gram, and so do `similarity` and `most_similar`.
+    """
 
     def __init__(self, *args: Any, ngrams: np.ndarray, minn: int, maxn: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
