@@ -37,14 +37,13 @@ def with_changes(
     tables: list[torch.Tensor],
     ranks: range,
     intervals: range,
-    rows_below: tuple[int, int] = (0, ROWS),
+    only: np.ndarray | None = None,
 ) -> list[torch.Tensor]:
-    """`tables` plus the changes of `ranks` in `intervals` to rows in [lo, hi)."""
-    lo, hi = rows_below
+    """`tables` plus the changes of `ranks` in `intervals` (to the rows the mask `only` marks)."""
     for rank in ranks:
         for interval in intervals:
             for table, rows, values in changes(rank, interval):
-                keep = (rows >= lo) & (rows < hi)
+                keep = np.ones(len(rows), dtype=bool) if only is None else only[rows]
                 tables[table][torch.from_numpy(rows[keep])] += torch.from_numpy(values[keep])
     return tables
 
@@ -54,7 +53,13 @@ def initial_tables() -> list[torch.Tensor]:
     return [torch.randn(ROWS, WIDTH, generator=g), torch.randn(ROWS, generator=g)]
 
 
-def expected_after(rank: int, interval: int, hot: int, rare_every: int) -> list[torch.Tensor]:
+def hot_mask(hot: int | str) -> np.ndarray:
+    """The hot rows as a mask: the first `hot` rows, or ("even") the even-numbered ones."""
+    rows = np.arange(ROWS)
+    return rows % 2 == 0 if hot == "even" else rows < hot
+
+
+def expected_after(rank: int, interval: int, hot: int | str, rare_every: int) -> list[torch.Tensor]:
     """What a rank's tables hold after the boundary that ends `interval` (staleness).
 
     Its own changes up to `interval`; the other rank's hot rows up to interval - 1 (that
@@ -64,15 +69,19 @@ def expected_after(rank: int, interval: int, hot: int, rare_every: int) -> list[
     other = range(1 - rank, 2 - rank)
     last_full = interval // rare_every * rare_every  # boundaries are numbered from 1
     tables = with_changes(initial_tables(), range(rank, rank + 1), range(interval + 1))
-    tables = with_changes(tables, other, range(interval), (0, hot))
-    return with_changes(tables, other, range(last_full), (hot, ROWS))
+    tables = with_changes(tables, other, range(interval), hot_mask(hot))
+    return with_changes(tables, other, range(last_full), ~hot_mask(hot))
 
 
-def worker(rank: int, port: int, out: str, payload: str, hot: int, rare_every: int) -> None:
+def worker(rank: int, port: int, out: str, payload: str, hot: int | str, rare_every: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     tables = initial_tables()
     group = dist.new_group(backend="gloo")
-    sync = RowSync(tables, group, 2, getattr(torch, payload), hot_rows=hot, full_every=rare_every)
+    # "even": each table's hot rows given as a mask (`RowSync`'s per-table form)
+    hot_rows = [hot_mask(hot)] * 2 if hot == "even" else hot
+    sync = RowSync(
+        tables, group, 2, getattr(torch, payload), hot_rows=hot_rows, full_every=rare_every
+    )
     tolerance = 1e-5 if payload == "float32" else 0.05
     for interval in range(INTERVALS):
         for table, rows, values in changes(rank, interval):
@@ -93,11 +102,11 @@ def worker(rank: int, port: int, out: str, payload: str, hot: int, rare_every: i
 
 @pytest.mark.parametrize(
     ("payload", "hot", "rare_every"),
-    [("float32", ROWS, 1), ("bfloat16", ROWS, 1), ("float32", 20, 3)],
-    ids=["float32", "bfloat16", "rare-rows-every-3rd"],
+    [("float32", ROWS, 1), ("bfloat16", ROWS, 1), ("float32", 20, 3), ("float32", "even", 3)],
+    ids=["float32", "bfloat16", "rare-rows-every-3rd", "hot-rows-by-mask"],
 )
 def test_two_ranks_end_with_identical_tables_holding_every_change(
-    tmp_path: Path, payload: str, hot: int, rare_every: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, payload: str, hot: int | str, rare_every: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The spawned ranks import this module by name: from the repository root.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))

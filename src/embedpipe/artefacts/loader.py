@@ -37,6 +37,7 @@ VOCAB_FILE = "vocab.parquet"
 VECTORS_KEY = "vectors"
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece model of a SentencePiece artefact
 ENCODER_FILE = "encoder.safetensors"  # masked-LM artefacts: see artefacts/encoder.py
+SUBWORDS_FILE = "subwords.safetensors"  # fasttext artefacts: see artefacts/subwords.py
 RETRIES = 2  # re-resolutions of an alias whose version is deleted while it is read
 
 
@@ -123,6 +124,10 @@ def _read_embeddings(directory: Location) -> Embeddings:
         from embedpipe.artefacts.encoder import with_encoder
 
         return with_encoder(emb)
+    if SUBWORDS_FILE in manifest.files:  # fasttext: the n-gram table composes unseen words
+        from embedpipe.artefacts.subwords import with_subwords
+
+        return with_subwords(emb)
     return emb
 
 

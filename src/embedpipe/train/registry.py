@@ -114,6 +114,33 @@ class Word2VecConfig:
 
 
 @dataclass(frozen=True)
+class FastTextConfig(Word2VecConfig):
+    """`[train.fasttext]`: skip-gram over subwords (Bojanowski et al. 2017), with every
+    `[train.sgns]` knob, and fastText's learning rate (0.05) as the default.
+
+    A word is the mean of its own vector and those of its character n-grams of `minn` to
+    `maxn` characters (of `<word>`), hashed into `bucket` rows (`text.subwords`).
+
+    `bucket` defaults to 500,000, not fastText's 2,000,000: only the n-grams of vocabulary
+    words are ever trained (a few hundred thousand distinct ones for a vocabulary of about
+    100k words), the other rows stay random, and every row costs `dim` floats in each
+    table copy a rank holds (tables, exchange base), each checkpoint and the published
+    artefact: 200 MB rather than 800 MB at dim 100. bench/results/fasttext.json lists
+    the share of the n-grams that share a row at each size.
+    """
+
+    lr: float = 0.05
+    minn: int = 3
+    maxn: int = 6
+    bucket: int = 500_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(1 <= self.minn <= self.maxn, "minn and maxn must satisfy 1 <= minn <= maxn")
+        _check(1 <= self.bucket < 2**31, "bucket must be in [1, 2**31)")
+
+
+@dataclass(frozen=True)
 class GloVeConfig:
     """`[train.glove]`: AdaGrad on the `cooccur` table (its window is `cooccur.window`).
 
@@ -218,6 +245,16 @@ class MLMConfig:
 _WORD2VEC = "embedpipe.train.specs.word2vec"
 register_model(ModelSpec("sgns", Word2VecConfig, "sequences", f"{_WORD2VEC}:SkipGramRun"))
 register_model(ModelSpec("cbow", Word2VecConfig, "sequences", f"{_WORD2VEC}:CBOWRun"))
+register_model(
+    ModelSpec(
+        "fasttext",
+        FastTextConfig,
+        "sequences",
+        "embedpipe.train.specs.fasttext:FastTextRun",
+        vectors="vectors",
+        files="embedpipe.train.specs.fasttext:write_subword_files",
+    )
+)
 register_model(ModelSpec("glove", GloVeConfig, "cooccur", "embedpipe.train.specs.glove:GloVeRun"))
 register_model(
     ModelSpec(

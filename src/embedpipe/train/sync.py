@@ -61,7 +61,9 @@ class RowSync:
     Rows are vocabulary ids, which the vocabulary sorts by count: the first `hot_rows` of a
     table are its most frequent words. Those are exchanged at every boundary; the others,
     touched far less often, at every `full_every`-th boundary (their deltas keep adding up
-    in the tables meanwhile, so nothing is lost, only seen later).
+    in the tables meanwhile, so nothing is lost, only seen later). `hot_rows` may instead
+    give each table its own hot rows, as a boolean mask (a table whose hot rows are not
+    its first ones: fastText's n-gram rows) or None (every row hot).
     """
 
     def __init__(
@@ -70,7 +72,7 @@ class RowSync:
         group: dist.ProcessGroup | None,
         world: int,
         payload: torch.dtype = torch.float32,
-        hot_rows: int | None = None,
+        hot_rows: int | Sequence[np.ndarray | None] | None = None,
         full_every: int = 1,
     ) -> None:
         self.tables = list(tables)
@@ -78,7 +80,9 @@ class RowSync:
         self.group = group
         self.world = world
         self.payload = payload
-        self.hot_rows = hot_rows
+        self.hot: list[int | np.ndarray | None] = (
+            list(hot_rows) if isinstance(hot_rows, Sequence) else [hot_rows] * len(self.tables)
+        )
         self.full_every = full_every
         # Rows touched since they were last sent, marked by the loop per batch (numpy: cheap).
         self.touched = [np.zeros(t.shape[0], dtype=np.bool_) for t in self.tables]
@@ -145,9 +149,8 @@ class RowSync:
         for i, (table, base, touched) in enumerate(
             zip(self.tables, self.base, self.touched, strict=True)
         ):
-            sent = touched if full or self.hot_rows is None else touched[: self.hot_rows]
-            r = torch.from_numpy(np.flatnonzero(sent)).to(table.device)
-            sent[:] = False
+            r = torch.from_numpy(take_rows(touched, None if full else self.hot[i]))
+            r = r.to(table.device)
             rows.append(r)
             if table.device.type == "cpu":
                 self._deltas[i] = grown(self._deltas[i], (len(r), *table.shape[1:]))
@@ -270,6 +273,21 @@ class RowSync:
         self.syncs += 1
         self.bytes += values.numel() * torch.finfo(self.payload).bits // 8
         return views
+
+
+def take_rows(touched: np.ndarray, hot: int | np.ndarray | None) -> np.ndarray:
+    """The touched rows due now, which stop counting as touched: all of them (hot None),
+    those below `hot` (an int) or those the mask `hot` marks."""
+    if hot is None:
+        rows = np.flatnonzero(touched)
+        touched[:] = False
+    elif isinstance(hot, np.ndarray):
+        rows = np.flatnonzero(touched & hot)
+        touched[rows] = False
+    else:
+        rows = np.flatnonzero(touched[:hot])
+        touched[:hot] = False
+    return rows
 
 
 def grown(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
