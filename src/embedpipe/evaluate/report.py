@@ -4,7 +4,8 @@ For reviewing a version before pointing an alias at it: what was trained and on 
 training went (loss, learning rate and words/s from metrics.jsonl), how its scores compare
 with the other versions of the same name, what changed since the previous one, and a 2-D
 PCA map of the most frequent words. Plots are drawn with matplotlib's Agg canvas directly
-(no pyplot), so the report works headless and leaves the global backend alone.
+(no pyplot), so the report works headless and leaves the global backend alone; matplotlib is
+imported when the first plot is drawn (it comes with the pipeline extra).
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from embedpipe.artefacts.diff import diff_manifests, format_diff
 from embedpipe.artefacts.files import as_location, filesystem, join
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
 from embedpipe.artefacts.manifest import Manifest
 from embedpipe.evaluate.benchmarks import BENCHMARKS, Benchmark
+from embedpipe.extras import require
 from embedpipe.schemas import SPECIAL_TOKENS
 from embedpipe.workdir import METRICS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPORT_FILE = "report.md"
 METRICS_FILE = METRICS  # the training metrics an artefact carries
@@ -65,9 +68,16 @@ def read_training_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def _figure(**kwargs: Any) -> Figure:
+    """A new figure on an Agg canvas of its own (matplotlib comes with the pipeline extra:
+    imported here, so that loading and evaluating artefacts never imports it)."""
+    fig = require("matplotlib.figure", "the report's plots").Figure(**kwargs)
+    require("matplotlib.backends.backend_agg", "the report's plots").FigureCanvasAgg(fig)
+    return fig
+
+
 def _save(fig: Figure, path: Path) -> None:
-    """Render a figure to PNG through the Agg canvas."""
-    FigureCanvasAgg(fig)
+    """Render a figure to PNG."""
     fig.savefig(path, dpi=DPI, format="png")
 
 
@@ -78,7 +88,7 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     def column(key: str) -> list[float]:
         return [float(r[key]) if r.get(key) is not None else math.nan for r in records]
 
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    fig = _figure(figsize=(8, 5.5), layout="constrained")
     ax_loss, ax_speed = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     ax_loss.plot(steps, column("loss"), color="tab:blue", label="loss")
     ax_loss.set_ylabel("loss (mean per pair)")
@@ -114,7 +124,7 @@ def score_title(bench: Benchmark) -> str:
 def plot_scores(manifests: Sequence[Manifest], current: str, path: Path) -> None:
     """Each benchmark's score across versions, the reported version marked."""
     labels = [m.version for m in manifests]
-    fig = Figure(figsize=(8, 4), layout="constrained")
+    fig = _figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(manifests))
     for bench in BENCHMARKS:
@@ -165,7 +175,7 @@ def plot_projection(emb: Embeddings, path: Path) -> int:
     """
     ids = frequent_words(emb)
     coords, share = project(emb.normed[ids])
-    fig = Figure(figsize=(9, 8), layout="constrained")
+    fig = _figure(figsize=(9, 8), layout="constrained")
     ax = fig.subplots()
     ax.scatter(coords[:, 0], coords[:, 1], s=8, color="tab:blue", alpha=0.5)
     for rank, (i, (px, py)) in enumerate(zip(ids, coords, strict=True)):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -65,16 +64,27 @@ def word_index(words: Iterable[str], lowercase: bool) -> dict[str, int]:
     return index
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho, NaN for fewer than two points or a constant input (without warnings)."""
-    if len(x) < 2:
-        return math.nan
-    from scipy.stats import spearmanr
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of the values of x, tied values sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the rank of the last copy of each distinct value
+    return (last - (counts - 1) / 2.0)[inverse.ravel()]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = spearmanr(x, y).statistic
-    return float(rho)
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (Pearson's r of the average ranks, as scipy.stats.spearmanr computes
+    it, in numpy so that evaluation needs no scipy); NaN for fewer than two points, a NaN
+    input or a constant one."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or np.isnan(x).any() or np.isnan(y).any():
+        return math.nan
+    rx = average_ranks(x)
+    ry = average_ranks(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    norm = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    return math.nan if norm == 0.0 else float(np.clip(rx @ ry / norm, -1.0, 1.0))
 
 
 def evaluate_similarity(
