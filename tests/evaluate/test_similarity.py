@@ -22,7 +22,7 @@ def test_spearman_by_hand() -> None:
     # ranks x: 1, 2.5, 2.5, 4; y: 1, 3, 2, 4 -> rho = 4.5 / sqrt(4.5 * 5)
     rho = spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0, 4.0]))
     assert rho == pytest.approx(4.5 / math.sqrt(22.5), abs=1e-15)
-    assert spearman(np.arange(5.0), -np.arange(5.0) ** 3) == -1.0
+    assert spearman(np.arange(5.0), -(np.arange(5.0) ** 3)) == -1.0
 
 
 @pytest.mark.parametrize(
