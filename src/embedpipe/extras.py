@@ -50,7 +50,8 @@ def require(module: str, purpose: str) -> ModuleType:
         hint = install_hint(e)
         if hint is None:
             raise
+        package = (e.name or module).partition(".")[0]
         raise MissingExtraError(
-            f"{purpose} needs {e.name}, which the core install does not include: {hint}",
+            f"{purpose} needs {package}, which the core install does not include: {hint}",
             name=e.name,
         ) from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from embedpipe.evaluate.report import (
     score_title,
     write_report,
 )
+from embedpipe.extras import MissingExtraError
 from embedpipe.schemas import SPECIAL_TOKENS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -200,3 +202,16 @@ def test_report_shows_every_declared_benchmark(tmp_path: Path) -> None:
         assert f"| {score_title(bench)} |" in header
         assert f"| {bench.title} coverage |" in header
         assert f"{bench.name}.{bench.metric}" in text  # in the diff from v0001
+
+
+def test_report_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtefactStore(tmp_path / "store")
+    version = publish_version(store, tmp_path, 1)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as in a core install
+    with pytest.raises(
+        MissingExtraError, match=r"the report's plots needs matplotlib, .*embedpipe\[pipeline\]"
+    ):
+        write_report(version, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.md").exists()
