@@ -72,10 +72,12 @@ def consume(settings: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from embedpipe.artefacts import export_vectors, load
+    from embedpipe.artefacts.encoder import evaluate_input_matrix
     from embedpipe.artefacts.publish import evaluate_vectors
 
     out = Path(settings["out"])
     emb = load(settings["name"], store=settings["store"])
+    mlm = load(f"{settings['name']}-mlm", store=settings["store"])  # a masked-LM artefact
     np.save(out / "vectors.npy", emb.vectors)
     exported = Path(export_vectors(emb.path, "w2v-text", str(out / "vectors.txt")))
     heavy = settings["heavy"]
@@ -86,6 +88,8 @@ def consume(settings: dict[str, Any]) -> dict[str, Any]:
         "vocab": emb.vocab,
         "evaluation": evaluate_vectors(emb.vectors, emb.vocab),
         "neighbours": emb.most_similar(emb.vocab[-1], k=5),
+        "mlm_layers": mlm.architecture().layers,
+        "mlm_evaluation": evaluate_input_matrix(mlm),
         "exported_sha256": hashlib.sha256(exported.read_bytes()).hexdigest(),
         "heavy_loaded": sorted({m.partition(".")[0] for m in sys.modules} & set(heavy)),
         "heavy_installed": sorted(h for h in heavy if _installed(h)),
@@ -101,14 +105,16 @@ def _installed(name: str) -> bool:
 
 def publish_sample(store: Path, words: Sequence[str], dim: int = 16) -> tuple[str, Any]:
     """Publish an artefact `sample` of `words` with seeded random vectors, as a trainer's
-    files would be published; returns its name and vectors."""
+    files would be published, and `sample-mlm`, the same with a (placeholder) masked-LM
+    encoder; returns the name and the vectors."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     from safetensors.numpy import save_file
 
     from embedpipe.artefacts import ArtefactStore
-    from embedpipe.artefacts.loader import VECTORS_FILE, VOCAB_FILE
+    from embedpipe.artefacts.encoder import ENCODER_CONFIG_FILE, FORMAT
+    from embedpipe.artefacts.loader import ENCODER_FILE, VECTORS_FILE, VOCAB_FILE
     from embedpipe.schemas import VOCAB_SCHEMA
 
     files = store.parent / "files"
@@ -119,9 +125,15 @@ def publish_sample(store: Path, words: Sequence[str], dim: int = 16) -> tuple[st
     counts = list(range(10 * len(words), 0, -10))
     table = pa.table([list(range(len(words))), list(words), counts], schema=columns)
     pq.write_table(table, files / VOCAB_FILE)
-    ArtefactStore(store).publish(
-        "sample", {n: files / n for n in (VECTORS_FILE, VOCAB_FILE)}, {"dim": dim}
+    names = [VECTORS_FILE, VOCAB_FILE]
+    ArtefactStore(store).publish("sample", {n: files / n for n in names}, {"dim": dim})
+    architecture = {"vocab_size": len(words), "width": dim, "layers": 1, "heads": 2, "ffn": 8}
+    (files / ENCODER_CONFIG_FILE).write_text(
+        json.dumps({"format": FORMAT, "architecture": architecture})
     )
+    save_file({"final_norm.weight": np.ones(dim, np.float32)}, str(files / ENCODER_FILE))
+    names += [ENCODER_FILE, ENCODER_CONFIG_FILE]
+    ArtefactStore(store).publish("sample-mlm", {n: files / n for n in names}, {"dim": dim})
     return "sample", vectors
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from packaging.requirements import Requirement
 
 from embedpipe.artefacts import export_vectors, load
+from embedpipe.artefacts.encoder import evaluate_input_matrix
 from embedpipe.artefacts.publish import evaluate_vectors
 from embedpipe.evaluate import BENCHMARKS, PROBE_WORDS
 from embedpipe.extras import EXTRA_OF
@@ -90,17 +91,21 @@ def pyproject() -> dict[str, Any]:
 
 
 def core_closure() -> set[str]:
-    """The distributions a core install brings: its dependencies, theirs, and so on (markers
-    evaluated for this interpreter, extras not followed), as installed here."""
-    todo = [Requirement(r) for r in pyproject()["dependencies"]]
+    """The distributions a core install brings: its dependencies, theirs, and so on, with the
+    extras each names (markers evaluated for this interpreter), as installed here."""
+    todo = [(Requirement(r), ("",)) for r in pyproject()["dependencies"]]
     seen: set[str] = set()
+    wanted: set[tuple[str, str]] = set()
     while todo:
-        req = todo.pop()
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        req, extras = todo.pop()
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
             continue
-        if canonical(req.name) not in seen:
-            seen.add(canonical(req.name))
-            todo += [Requirement(r) for r in metadata.requires(req.name) or []]
+        name = canonical(req.name)
+        seen.add(name)
+        for extra in ("", *req.extras):
+            if (name, extra) not in wanted:
+                wanted.add((name, extra))
+                todo += [(Requirement(r), (extra,)) for r in metadata.requires(req.name) or []]
     return seen
 
 
@@ -177,5 +182,11 @@ def check_consumed(found: dict[str, Any], store: Path, name: str, vectors: np.nd
     assert json.dumps(found["evaluation"], sort_keys=True) == json.dumps(expected, sort_keys=True)
     assert found["evaluation"]["wordsim353"]["found"] > 10  # scores were computed
     assert [w for w, _ in found["neighbours"]] == [w for w, _ in emb.most_similar(emb.vocab[-1], 5)]
+    mlm = load(f"{name}-mlm", store=store)
+    assert found["mlm_layers"] == 1
+    expected = evaluate_input_matrix(mlm)
+    assert json.dumps(found["mlm_evaluation"], sort_keys=True) == json.dumps(
+        expected, sort_keys=True
+    )
     ours = Path(export_vectors(emb.path, "w2v-text", str(store.parent / "ours.txt")))
     assert found["exported_sha256"] == hashlib.sha256(ours.read_bytes()).hexdigest()

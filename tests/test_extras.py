@@ -34,6 +34,8 @@ def load_helper(name: str) -> Any:
 
 installs = load_helper("installs")
 canonical = installs.canonical
+# The standard library's modules, with those of newer Pythons imported under a version check.
+STDLIB = sys.stdlib_module_names | {"tomllib"}
 
 
 def profiles() -> dict[str, set[str]]:
@@ -48,8 +50,21 @@ def profiles() -> dict[str, set[str]]:
 
 @functools.cache
 def owners() -> dict[str, list[str]]:
-    """Top-level module -> the installed distributions that provide it (a slow scan: once)."""
-    return metadata.packages_distributions()
+    """Top-level module -> the installed distributions that provide it (a slow scan: once).
+
+    As `metadata.packages_distributions` of Python 3.11, which also reads the modules of a
+    distribution without top_level.txt (numpy, safetensors) from its files; 3.10's does not.
+    """
+    found: dict[str, list[str]] = defaultdict(list)
+    for dist in metadata.distributions():
+        names = (dist.read_text("top_level.txt") or "").split() or {
+            f.parts[0].partition(".")[0]
+            for f in dist.files or []
+            if f.parts[0] != ".." and not f.parts[0].endswith((".dist-info", ".data"))
+        }
+        for name in names:
+            found[name].append(dist.metadata["Name"])
+    return dict(found)
 
 
 def distribution(module: str) -> str:
@@ -71,7 +86,7 @@ def imports(root: Path) -> dict[str, set[str]]:
             else:
                 continue
             for top in (n.partition(".")[0] for n in names):
-                if top not in sys.stdlib_module_names and top not in local | {"embedpipe"}:
+                if top not in STDLIB and top not in local | {"embedpipe"}:
                     found[top].add(path.relative_to(ROOT).as_posix())
     return found
 

@@ -183,10 +183,12 @@ def test_the_core_wheel_installs_alone_offline_and_serves_the_vectors(tmp_path: 
 
     cli = [str(venv / "bin" / "embedpipe")]
     listing = run([*cli, "artefacts", "list", "--store", str(store)], timeout=120, env=env)
-    assert listing.stdout.split() == [name, "v0001", "latest"]
+    assert listing.stdout.split() == [name, "v0001", "latest", f"{name}-mlm", "v0001", "latest"]
     run([*cli, "artefacts", "verify", name, "--store", str(store)], timeout=120, env=env)
     scores = run([*cli, "evaluate", name, "--store", str(store)], timeout=300, env=env).stdout
     assert json.loads(scores)["wordsim353"] == found["evaluation"]["wordsim353"]
+    mlm = run([*cli, "evaluate", f"{name}-mlm", "--store", str(store)], 300, env=env).stdout
+    assert json.loads(mlm)["simlex999"] == found["mlm_evaluation"]["simlex999"]
     word = found["vocab"][-1]
     near = run([*cli, "neighbors", name, word, "-k", "3", "--store", str(store)], 120, env=env)
     assert [line.split()[1] for line in near.stdout.splitlines()] == [

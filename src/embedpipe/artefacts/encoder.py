@@ -34,7 +34,8 @@ from embedpipe.schemas import SPECIAL_TOKENS, UNK_ID
 from embedpipe.workdir import CHECKPOINTS
 
 if TYPE_CHECKING:
-    from embedpipe.train.mlm import EncoderConfig, MaskedLM
+    from embedpipe.train.architecture import EncoderConfig
+    from embedpipe.train.mlm import MaskedLM
 
 ENCODER_CONFIG_FILE = "encoder.json"
 FORMAT = "embedpipe-mlm-encoder/1"
@@ -82,7 +83,7 @@ class ContextualEmbeddings(Embeddings):
         )
 
     def architecture(self) -> EncoderConfig:
-        from embedpipe.train.mlm import EncoderConfig
+        from embedpipe.train.architecture import EncoderConfig
 
         return EncoderConfig.from_dict(self.encoder_config)
 
@@ -237,7 +238,7 @@ def _architecture(config: Any, where: object) -> dict[str, Any]:
     `EncoderConfig` (ArtefactError naming the file `where` and the field)."""
     import dataclasses
 
-    from embedpipe.train.mlm import EncoderConfig
+    from embedpipe.train.architecture import EncoderConfig
 
     if not isinstance(config, dict):
         raise ArtefactError(f"{where} must hold a JSON object, not {type(config).__name__}")

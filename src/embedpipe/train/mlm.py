@@ -14,10 +14,8 @@ word (10%) or stays as it is (10%), BERT's recipe.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,68 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedpipe import schemas as S
-from embedpipe.train.registry import MLMConfig
+from embedpipe.train.architecture import (  # defined without torch; part of this module's API
+    CLS_ID,
+    MASK_ID,
+    N_SPECIAL,
+    PAD_ID,
+    SEP_ID,
+    EncoderConfig,
+)
+from embedpipe.train.architecture import UNK_ID as UNK_ID  # re-exported for the tests
 
-PAD_ID = S.PAD_ID
-UNK_ID = S.UNK_ID
-CLS_ID = S.SPECIAL_TOKENS.index(S.CLS)
-SEP_ID = S.SPECIAL_TOKENS.index(S.SEP)
-MASK_ID = S.SPECIAL_TOKENS.index(S.MASK)
-N_SPECIAL = len(S.SPECIAL_TOKENS)  # ids below this are never targets nor random replacements
 IGNORE = -100  # label of a position that is not a target (cross_entropy's ignore_index)
 INIT_STD = 0.02
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """The architecture of a `MaskedLM`: everything needed to rebuild it from its weights."""
-
-    vocab_size: int
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    ffn: int = 512
-    max_len: int = 128
-    dropout: float = 0.1
-    tie_output: bool = True
-    segments: int = 2
-    norm: str = "pre"  # LayerNorm before each sub-layer, plus one after the last layer
-    activation: str = "gelu"
-    pad_id: int = PAD_ID
-    cls_id: int = CLS_ID
-    sep_id: int = SEP_ID
-    mask_id: int = MASK_ID
-
-    def __post_init__(self) -> None:
-        if self.vocab_size <= N_SPECIAL:
-            raise ValueError(f"vocab_size must exceed the {N_SPECIAL} special tokens")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-
-    @classmethod
-    def from_mlm(cls, config: MLMConfig, vocab_size: int) -> EncoderConfig:
-        return cls(
-            vocab_size=vocab_size,
-            width=config.width,
-            layers=config.layers,
-            heads=config.heads,
-            ffn=config.ffn,
-            max_len=config.max_len,
-            dropout=config.dropout,
-            tie_output=config.tie_output,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown encoder config key(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 class EncoderLayer(nn.Module):

@@ -1,0 +1,70 @@
+"""The masked LM's architecture (`EncoderConfig`) and the special token ids it uses, without
+torch: loading a masked-LM artefact checks its encoder.json against them with the core
+install alone (`pip install embedpipe`); the model itself is in `train.mlm`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from embedpipe import schemas as S
+from embedpipe.train.registry import MLMConfig
+
+PAD_ID = S.PAD_ID
+UNK_ID = S.UNK_ID
+CLS_ID = S.SPECIAL_TOKENS.index(S.CLS)
+SEP_ID = S.SPECIAL_TOKENS.index(S.SEP)
+MASK_ID = S.SPECIAL_TOKENS.index(S.MASK)
+N_SPECIAL = len(S.SPECIAL_TOKENS)  # ids below this are never targets nor random replacements
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The architecture of a `MaskedLM`: everything needed to rebuild it from its weights."""
+
+    vocab_size: int
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 512
+    max_len: int = 128
+    dropout: float = 0.1
+    tie_output: bool = True
+    segments: int = 2
+    norm: str = "pre"  # LayerNorm before each sub-layer, plus one after the last layer
+    activation: str = "gelu"
+    pad_id: int = PAD_ID
+    cls_id: int = CLS_ID
+    sep_id: int = SEP_ID
+    mask_id: int = MASK_ID
+
+    def __post_init__(self) -> None:
+        if self.vocab_size <= N_SPECIAL:
+            raise ValueError(f"vocab_size must exceed the {N_SPECIAL} special tokens")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
+
+    @classmethod
+    def from_mlm(cls, config: MLMConfig, vocab_size: int) -> EncoderConfig:
+        return cls(
+            vocab_size=vocab_size,
+            width=config.width,
+            layers=config.layers,
+            heads=config.heads,
+            ffn=config.ffn,
+            max_len=config.max_len,
+            dropout=config.dropout,
+            tie_output=config.tie_output,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown encoder config key(s): {', '.join(unknown)}")
+        return cls(**data)
