@@ -181,7 +181,9 @@ def check_consumed(found: dict[str, Any], store: Path, name: str, vectors: np.nd
     expected = evaluate_vectors(emb.vectors, emb.vocab)  # the same numpy: the same floats
     assert json.dumps(found["evaluation"], sort_keys=True) == json.dumps(expected, sort_keys=True)
     assert found["evaluation"]["wordsim353"]["found"] > 10  # scores were computed
-    assert [w for w, _ in found["neighbours"]] == [w for w, _ in emb.most_similar(emb.vocab[-1], topn=5)]
+    assert [w for w, _ in found["neighbours"]] == [
+        w for w, _ in emb.most_similar(emb.vocab[-1], topn=5)
+    ]
     mlm = load(f"{name}-mlm", store=store)
     assert found["mlm_layers"] == 1
     expected = evaluate_input_matrix(mlm)

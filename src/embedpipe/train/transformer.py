@@ -21,6 +21,7 @@ from embedpipe.train.architecture import N_SPECIAL, Architecture  # noqa: F401 (
 IGNORE = -100  # label of a position that is not a target (cross_entropy's ignore_index)
 INIT_STD = 0.02
 
+
 class TransformerLayer(nn.Module):
     """Pre-LayerNorm Transformer layer: x + attention(norm(x)), then x + ffn(norm(x))."""
 
