@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +53,11 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def publish_mlm(
-    root: Path, tokens: list[str], config: EncoderConfig, tokenizer: dict, sp_model: bytes | None
+    root: Path,
+    tokens: list[str],
+    config: EncoderConfig,
+    tokenizer: dict[str, Any],
+    sp_model: bytes | None,
 ) -> Path:
     """A published mlm artefact whose every weight is random and far from its init (so a
     weight mapped to the wrong place shows), through the encoder's own writer."""
@@ -91,7 +96,7 @@ def word_mlm(tmp_path_factory: pytest.TempPathFactory) -> tuple[ContextualEmbedd
     return emb, Path(export(emb.path, "hf", root / "hf"))
 
 
-def hf_outputs(out: Path, texts: list[str]) -> tuple[dict, object]:
+def hf_outputs(out: Path, texts: list[str]) -> tuple[Any, Any]:
     """(tokenizer batch, AutoModel output with hidden states) of `texts`."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     model = transformers.AutoModel.from_pretrained(out).eval()
