@@ -201,6 +201,17 @@ def test_sentencepiece_mlm_exports_with_its_segmentation(tmp_path: Path, model_t
         np.testing.assert_allclose(output.last_hidden_state[row, 1 : 1 + n], ours.vectors[row],
                                    atol=1e-5)  # fmt: skip
     assert (batch["input_ids"] >= len(emb)).any()  # the lost piece has an id of its own
+    # The tied output layer: the training's logits, and the [UNK] score for the lost piece.
+    mlm = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
+    row, real = batch["input_ids"][1:2], batch["attention_mask"][1:2].bool()
+    ids = torch.where(row >= len(emb), S.UNK_ID, row)
+    with torch.no_grad():
+        got = mlm(input_ids=row, attention_mask=real.long()).logits[real].numpy()
+        hidden = emb.model.encode(ids, torch.zeros_like(ids), real)
+        want = emb.model.logits(hidden)[real].numpy()
+    np.testing.assert_allclose(got[:, : len(emb)], want, atol=1e-4)
+    unk = np.repeat(want[:, [S.UNK_ID]], got.shape[1] - len(emb), axis=1)
+    np.testing.assert_allclose(got[:, len(emb) :], unk, atol=1e-4)
 
 
 def static_artefact(tmp_path: Path) -> tuple[Path, np.ndarray]:

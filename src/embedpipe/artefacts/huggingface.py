@@ -9,7 +9,9 @@ LayerNorm before attention and before the feed-forward block, one after the last
 exact (erf) GELU, biases on every projection, and the same masked-LM head (dense, GELU,
 LayerNorm, output tied to the token embedding, its own bias). `AutoModel` then gives what
 `ContextualEmbeddings.encode` gives for the same text (last_hidden_state: the vectors;
-position 0: the "cls" pool) and `AutoModelForMaskedLM` the training's logits. How it maps:
+position 0: the "cls" pool; `encode(layer=k)` is hidden_states[k] through the model's final
+LayerNorm, except the last, which transformers 5 gives normalised already) and
+`AutoModelForMaskedLM` the training's logits. How it maps:
 
 * positions: RoBERTa numbers real tokens from pad_id + 1 (padding gets position pad_id), so
   position row p is our row p - pad_id - 1 and max_position_embeddings is max_len + pad_id
@@ -50,7 +52,6 @@ if TYPE_CHECKING:
     from embedpipe.artefacts.loader import Embeddings
     from embedpipe.train.mlm import EncoderConfig, MaskedLM
 
-WEIGHTS_FILE = "model.safetensors"  # what transformers and sentence-transformers read
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by every norm of MaskedLM
 BASE = "roberta_prelayernorm."  # the base model's prefix in RobertaPreLayerNormForMaskedLM
 
