@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 
 from embedpipe import schemas as S
@@ -158,6 +159,18 @@ def test_masked_lm_logits_and_sentence_pairs(word_mlm: tuple[ContextualEmbedding
         got = mlm(**batch).logits
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)
     assert got.shape[-1] == len(emb)
+
+
+def test_sentence_transformers_reads_the_masked_lm_as_its_cls_vector(
+    word_mlm: tuple[ContextualEmbeddings, Path],
+) -> None:
+    emb, out = word_mlm
+    model = sentence_transformers.SentenceTransformer(str(out), device="cpu")
+    got = model.encode(WORD_TEXTS)
+    np.testing.assert_allclose(got, emb.encode(WORD_TEXTS).pooled, atol=1e-5)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:  # still the masked LM's file
+        assert "lm_head.dense.weight" in set(f.keys())
+    assert (out / "1_Pooling" / "config.json").is_file()
 
 
 def test_exported_weights_carry_the_artefacts_metadata(

@@ -22,7 +22,9 @@ LayerNorm, except the last, which transformers 5 gives normalised already) and
 * attention: our fused qkv projection is split into query, key and value;
 * layer_norm_eps 1e-5 (torch's default, which our LayerNorms use), hidden_act "gelu";
 * no pooler: `AutoModel` builds RoBERTa's tanh pooler with fresh weights (and says so);
-  pool from last_hidden_state instead.
+  pool from last_hidden_state instead. The directory also holds sentence-transformers'
+  files (modules.json, a "cls" Pooling), so `SentenceTransformer(out).encode(texts)` is
+  `encode(texts).pooled`.
 
 `export_sentence_transformers`: static vectors as a `StaticEmbedding` module (the mean of
 the token vectors of a text, special tokens not added): `encode(["king queen"])` is the mean
@@ -76,6 +78,7 @@ def export_transformers(emb: ContextualEmbeddings, out: str | os.PathLike[str]) 
     model.eval().save_pretrained(out)
     _stamp_weights(out, emb, "mlm")
     _save_tokenizer(tokenizer, out, max_length=architecture.max_len)
+    _add_sentence_pooling(out)
     return out
 
 
@@ -182,6 +185,28 @@ def _stamp_weights(out: Path, emb: Embeddings, fallback_kind: str) -> None:
     meta = artefact_metadata(name, kind, emb.dim, len(emb), emb.tokenizer)
     for path in sorted(out.rglob("*.safetensors")):
         stamp(path, path, {"format": "pt", **meta})
+
+
+def _add_sentence_pooling(out: Path) -> None:
+    """The sentence-transformers files of model directory `out` (modules.json, the pooling
+    config), so `SentenceTransformer(out).encode` gives the [CLS] vector, as `encode()`'s
+    default pool does; written by the library into a scratch folder, only its configs kept
+    (its copy of the weights would lack the masked-LM head)."""
+    import shutil
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    encoder = Transformer(str(out))
+    pooling = Pooling(encoder.get_embedding_dimension(), pooling_mode="cls")
+    with tempfile.TemporaryDirectory() as tmp:
+        SentenceTransformer(modules=[encoder, pooling], device="cpu").save(tmp)
+        for path in sorted(Path(tmp).rglob("*")):
+            target = out / path.relative_to(tmp)
+            if path.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
 
 
 def _save_tokenizer(tokenizer: Any, out: Path, max_length: int) -> None:
