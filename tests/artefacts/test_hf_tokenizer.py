@@ -48,7 +48,7 @@ def test_word_tokenizer_gives_tokenize_lines_ids(config: TokenizeConfig) -> None
     tokenizer, extra = artefact_tokenizer(emb)
     assert extra == []
     for text in TEXTS:
-        want = [emb.lookup(w) if w in emb else S.UNK_ID for w in tokenize_line(text, config)]
+        want = [emb.key_to_index.get(w, S.UNK_ID) for w in tokenize_line(text, config)]
         assert tokenizer.encode(text).ids == [CLS_ID, *want, SEP_ID], text
     assert tokenizer.encode("a", "b").type_ids == [0, 0, 0, 1, 1]
     plain, _ = artefact_tokenizer(emb, pair_template=False)
@@ -82,7 +82,7 @@ def test_sentencepiece_tokenizer_gives_the_artefacts_ids(model_type: str) -> Non
     texts = [*TEXTS, *LINES[:3], "  leading space", "\u2581odd start", "the cat  on\u3000the mat "]
     for text in texts:
         ids = tokenizer.encode(text).ids[1:-1]
-        own = [emb.lookup(p) if p in emb else S.UNK_ID for p in emb.pieces(text)]
+        own = [emb.key_to_index.get(p, S.UNK_ID) for p in emb.pieces(text)]
         assert [i if i < len(emb) else S.UNK_ID for i in ids] == own, text
         # Beyond the vocabulary: exactly the model's pieces the vocabulary does not hold.
         assert {extra[i - len(emb)] for i in ids if i >= len(emb)} <= set(emb.pieces(text))

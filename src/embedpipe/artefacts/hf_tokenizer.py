@@ -46,16 +46,16 @@ def artefact_tokenizer(emb: Embeddings, pair_template: bool = True) -> tuple[Tok
         tokenizer, extra = sentencepiece_tokenizer(emb.tokenizer_model, emb.vocab, config)
     else:
         tokenizer, extra = word_tokenizer(emb.vocab, config), []
-    specials = [t for t in SPECIAL_TOKENS if t in emb]
+    specials = [t for t in SPECIAL_TOKENS if t in emb.key_to_index]
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     if pair_template:
-        missing = [t for t in (CLS, SEP) if t not in emb]
+        missing = [t for t in (CLS, SEP) if t not in emb.key_to_index]
         if missing:
             raise ValueError(f"{emb.path or 'the vocabulary'} lacks the special tokens {missing}")
         tokenizer.post_processor = TemplateProcessing(
             single=f"{CLS} $A {SEP}",
             pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-            special_tokens=[(CLS, emb.index(CLS)), (SEP, emb.index(SEP))],
+            special_tokens=[(CLS, emb.key_to_index[CLS]), (SEP, emb.key_to_index[SEP])],
         )
     return tokenizer, extra
 

@@ -167,9 +167,9 @@ def export_sentence_transformers(emb: Embeddings, out: str | os.PathLike[str]) -
 
     out = Path(out)
     tokenizer, extra = artefact_tokenizer(emb, pair_template=False)
-    if UNK not in emb:
+    if UNK not in emb.key_to_index:
         raise ValueError(f"{emb.path or 'the vocabulary'} lacks {UNK}: unknown words have no row")
-    unk = emb.vectors[emb.index(UNK)]
+    unk = emb.vectors[emb.key_to_index[UNK]]
     weights = np.vstack([emb.vectors, np.tile(unk, (len(extra), 1))]).astype(np.float32)
     module = StaticEmbedding(tokenizer, embedding_weights=weights)
     SentenceTransformer(modules=[module], device="cpu").save(str(out))
