@@ -20,12 +20,14 @@ from safetensors.numpy import save_file as save_numpy
 
 from embedpipe import schemas as S
 from embedpipe.artefacts import ArtefactError, ArtefactStore, Embeddings, load
+from embedpipe.artefacts.decoder import CausalEmbeddings, write_decoder_files
 from embedpipe.artefacts.encoder import ContextualEmbeddings, write_encoder_files
 from embedpipe.artefacts.export import export
 from embedpipe.artefacts.metadata import read_metadata
 from embedpipe.config import TokenizeConfig
 from embedpipe.text.sentencepiece import load_processor, train_sentencepiece
 from embedpipe.train.checkpoint import save_checkpoint
+from embedpipe.train.clm import CausalLM, DecoderConfig
 from embedpipe.train.mlm import EncoderConfig, MaskedLM, pack, padding_mask
 
 transformers = pytest.importorskip("transformers")
@@ -227,6 +229,40 @@ def test_sentencepiece_mlm_exports_with_its_segmentation(tmp_path: Path, model_t
     np.testing.assert_allclose(got[:, len(emb) :], unk, atol=1e-4)
 
 
+def test_causal_lm_exports_as_gpt2_with_its_tokenizer(tmp_path: Path) -> None:
+    """[CLS] begins a text, no token types (GPT-2 would add them), the decoder's vectors."""
+    tokens = [*S.SPECIAL_TOKENS, *WORDS]
+    decoder = CausalLM(DecoderConfig(len(tokens), 16, 2, 4, 24, max_len=10), seed=3)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.5)
+    state = {"decoder": decoder.config.to_dict()}
+    tensors = {f"model.{k}": v for k, v in decoder.state_dict().items()}
+    step = save_checkpoint(tmp_path / "train" / "checkpoints", 1, tensors, state, keep=1)
+    files = write_decoder_files(tmp_path / "train", {"checkpoint": step.name}, tmp_path)
+    save_numpy({"vectors": decoder.token.weight.detach().numpy()}, str(tmp_path / "v.st"))
+    ids = pa.array(range(len(tokens)), pa.int32())
+    table = pa.table({"id": ids, "token": tokens, "count": pa.array([1] * len(tokens), pa.int64())})
+    pq.write_table(table, tmp_path / "vocab.pq")
+    files |= {"vectors.safetensors": tmp_path / "v.st", "vocab.parquet": tmp_path / "vocab.pq"}
+    details = {"model": {"kind": "clm"}, "tokenizer": {"kind": "word", "digits": True}}
+    emb = load(ArtefactStore(tmp_path / "store").publish("clm", files, details))
+    assert isinstance(emb, CausalEmbeddings)
+    out = Path(export(emb, "hf", tmp_path / "hf"))
+
+    batch, output = hf_outputs(out, WORD_TEXTS)
+    assert "token_type_ids" not in batch
+    ours = emb.encode(WORD_TEXTS)
+    cls = S.SPECIAL_TOKENS.index(S.CLS)
+    for row, words in enumerate(ours.tokens):
+        n = len(words)
+        assert batch["input_ids"][row, : n + 1].tolist() == [cls, *emb.token_ids(words)]
+        assert int(batch["attention_mask"][row].sum()) == n + 1  # cut to max_len as encode()
+        np.testing.assert_allclose(output.last_hidden_state[row, 1 : 1 + n], ours.vectors[row],
+                                   atol=1e-5)  # fmt: skip
+    assert len(ours.tokens[4]) == 9 and read_metadata(out / "model.safetensors")["model"] == "clm"
+
+
 def static_artefact(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """A published word2vec-like artefact: 5 special tokens and 6 words, random vectors."""
     tokens = [*S.SPECIAL_TOKENS, "the", "king", "queen", "café", "数", "据"]
@@ -257,7 +293,7 @@ def test_sentence_transformers_encode_is_the_mean_of_word_vectors(tmp_path: Path
 
 def test_directory_exports_refuse_bad_input(tmp_path: Path) -> None:
     artefact, _ = static_artefact(tmp_path)
-    with pytest.raises(ArtefactError, match="format 'hf' needs a masked-LM artefact"):
+    with pytest.raises(ArtefactError, match="format 'hf' needs a language-model artefact"):
         export(artefact, "hf", tmp_path / "hf")
     assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".tmp-*"))
     (tmp_path / "taken").mkdir()

@@ -51,7 +51,7 @@ def test_word_tokenizer_gives_tokenize_lines_ids(config: TokenizeConfig) -> None
         want = [emb.key_to_index.get(w, S.UNK_ID) for w in tokenize_line(text, config)]
         assert tokenizer.encode(text).ids == [CLS_ID, *want, SEP_ID], text
     assert tokenizer.encode("a", "b").type_ids == [0, 0, 0, 1, 1]
-    plain, _ = artefact_tokenizer(emb, pair_template=False)
+    plain, _ = artefact_tokenizer(emb, frame=None)
     assert plain.encode("[MASK] x").tokens[0] == S.MASK  # written special tokens are special
     assert tokenizer.decode(tokenizer.encode(words[0]).ids) == words[0]
 

@@ -26,7 +26,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedpipe.artefacts.files import ArtefactError
 from embedpipe.artefacts.huggingface import export_sentence_transformers, export_transformers
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
 from embedpipe.artefacts.store import Location, as_location, filesystem
@@ -115,21 +114,9 @@ WRITERS = {
 }
 
 
-def _export_hf(emb: Embeddings, out: Path) -> Path:
-    """A masked-LM artefact as a transformers model directory (static vectors refused)."""
-    from embedpipe.artefacts.encoder import ContextualEmbeddings
-
-    if not isinstance(emb, ContextualEmbeddings):
-        raise ArtefactError(
-            f"{emb.path or 'these embeddings'}: format 'hf' needs a masked-LM artefact (with "
-            "an encoder); export static vectors as 'sentence-transformers'"
-        )
-    return export_transformers(emb, out)
-
-
 # Formats that are directories: written whole into a local folder, then moved into place.
 DIRECTORY_WRITERS: dict[str, Callable[[Embeddings, Path], Path]] = {
-    "hf": _export_hf,
+    "hf": export_transformers,
     "sentence-transformers": export_sentence_transformers,
 }
 

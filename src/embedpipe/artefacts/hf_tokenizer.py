@@ -19,25 +19,28 @@ ids the [UNK] row; the text's segmentation is then exactly the model's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from embedpipe.schemas import CLS, SEP, SPECIAL_TOKENS, UNK, UNK_ID
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from embedpipe.artefacts.loader import Embeddings
+    from embedpipe.artefacts.keyed import Embeddings
     from embedpipe.config import TokenizeConfig
 
 UNK_PENALTY = 10.0  # SentencePiece scores an unknown piece this far below its lowest piece
 NORMAL, USER_DEFINED = 1, 4  # SentencePiece piece types that segment text
 
 
-def artefact_tokenizer(emb: Embeddings, pair_template: bool = True) -> tuple[Tokenizer, list[str]]:
+def artefact_tokenizer(
+    emb: Embeddings, frame: Literal["encoder", "decoder"] | None = "encoder"
+) -> tuple[Tokenizer, list[str]]:
     """(tokenizer, extra pieces) of the artefact `emb`: ids are rows of `emb.vectors`, then
     one per extra piece (SentencePiece pieces missing from the vocabulary, which the artefact
-    reads as [UNK]). With `pair_template`, encoding adds [CLS] a [SEP] (b [SEP]) as the
-    masked LM saw its input, with segment ids 0 and 1."""
+    reads as [UNK]). `frame`: the special tokens encoding adds, as the model saw its input:
+    "encoder", [CLS] a [SEP] (b [SEP], segment 1), the masked LM; "decoder", [CLS] a, the
+    causal LM; None, nothing (static vectors)."""
     from tokenizers import AddedToken
     from tokenizers.processors import TemplateProcessing
 
@@ -46,16 +49,19 @@ def artefact_tokenizer(emb: Embeddings, pair_template: bool = True) -> tuple[Tok
         tokenizer, extra = sentencepiece_tokenizer(emb.tokenizer_model, emb.vocab, config)
     else:
         tokenizer, extra = word_tokenizer(emb.vocab, config), []
-    specials = [t for t in SPECIAL_TOKENS if t in emb.key_to_index]
+    ids = emb.key_to_index
+    specials = [t for t in SPECIAL_TOKENS if t in ids]
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    if pair_template:
-        missing = [t for t in (CLS, SEP) if t not in emb.key_to_index]
+    if frame is not None:
+        missing = [t for t in ((CLS, SEP) if frame == "encoder" else (CLS,)) if t not in ids]
         if missing:
             raise ValueError(f"{emb.path or 'the vocabulary'} lacks the special tokens {missing}")
+        if frame == "encoder":
+            single, pair = f"{CLS} $A {SEP}", f"{CLS} $A {SEP} $B:1 {SEP}:1"
+        else:
+            single, pair = f"{CLS} $A", f"{CLS} $A $B"
         tokenizer.post_processor = TemplateProcessing(
-            single=f"{CLS} $A {SEP}",
-            pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-            special_tokens=[(CLS, emb.key_to_index[CLS]), (SEP, emb.key_to_index[SEP])],
+            single=single, pair=pair, special_tokens=[(t, ids[t]) for t in (CLS, SEP) if t in ids]
         )
     return tokenizer, extra
 

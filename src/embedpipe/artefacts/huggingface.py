@@ -1,162 +1,183 @@
-"""Exports for the Hugging Face libraries: `transformers` (masked LMs) and
-`sentence-transformers` (static vectors). Both are optional (the `hf` extra) and imported
-only inside these functions.
+"""Exports for the Hugging Face libraries: `transformers` model directories of language-model
+artefacts (`export_transformers`, format "hf") and `sentence-transformers` directories of
+static vectors (`export_sentence_transformers`), for the optional `hf` extra. The "hf"
+directory is written without transformers (numpy, safetensors and `tokenizers`), as
+`artefacts.gpt2` writes GPT-2; the static one by sentence-transformers itself.
 
-`export_transformers`: a masked-LM artefact as a RoBERTa-PreLayerNorm model directory
-(config.json, model.safetensors, tokenizer.json and its configs), the one `transformers`
-family with our layout: LayerNorm on the summed token, position and segment embeddings,
-LayerNorm before attention and before the feed-forward block, one after the last layer,
-exact (erf) GELU, biases on every projection, and the same masked-LM head (dense, GELU,
-LayerNorm, output tied to the token embedding, its own bias). `AutoModel` then gives what
+A masked LM becomes RoBERTa-PreLayerNorm, the one `transformers` family with its layout:
+LayerNorm on the summed token, position and segment embeddings, LayerNorm before attention
+and before the feed-forward block, one after the last layer, exact (erf) GELU, biases on
+every projection, and the same masked-LM head (dense, GELU, LayerNorm, output tied to the
+token embedding or not, its own bias). `AutoModel` then gives what
 `ContextualEmbeddings.encode` gives for the same text (last_hidden_state: the vectors;
 position 0: the "cls" pool; `encode(layer=k)` is hidden_states[k] through the model's final
-LayerNorm, except the last, which transformers 5 gives normalised already) and
+LayerNorm, except the last, which transformers 5 gives normalised already), and
 `AutoModelForMaskedLM` the training's logits. How it maps:
 
 * positions: RoBERTa numbers real tokens from pad_id + 1 (padding gets position pad_id), so
   position row p is our row p - pad_id - 1 and max_position_embeddings is max_len + pad_id
   + 1; the rows up to pad_id are zero. A [PAD] token's own output differs (ours gave padding
   the position it sat at); every real token's is the same, as padding is masked out;
-* segments: token_type_embeddings is our segment table (type_vocab_size 2; the tokenizer
-  gives [CLS] a [SEP] type 0, b [SEP] type 1, as `train.mlm.pack` does);
+* segments: token_type_embeddings is our segment table (the tokenizer gives [CLS] a [SEP]
+  type 0 and b [SEP] type 1, as `train.mlm.pack` does);
 * attention: our fused qkv projection is split into query, key and value;
 * layer_norm_eps 1e-5 (torch's default, which our LayerNorms use), hidden_act "gelu";
-* no pooler: `AutoModel` builds RoBERTa's tanh pooler with fresh weights (and says so);
-  pool from last_hidden_state instead. The directory also holds sentence-transformers'
-  files (modules.json, a "cls" Pooling), so `SentenceTransformer(out).encode(texts)` is
+* no pooler: `AutoModel` builds RoBERTa's tanh pooler with fresh weights (and says so, as
+  for roberta-base); pool from last_hidden_state. The directory also holds
+  sentence-transformers' files (a "cls" Pooling), so `SentenceTransformer(out).encode` is
   `encode(texts).pooled`.
 
-`export_sentence_transformers`: static vectors as a `StaticEmbedding` module (the mean of
-the token vectors of a text, special tokens not added): `encode(["king queen"])` is the mean
-of the two words' vectors; a word the artefact does not know counts as its [UNK] vector.
+A causal LM becomes GPT-2 (`artefacts.gpt2`) with the tokenizer beside it: [CLS] begins a
+text, as in training, and no token types (GPT-2 would add them to the input).
+
+Static vectors become one `StaticEmbedding` module (the mean of a text's token vectors,
+special tokens not added): `encode(["king queen"])` is the mean of the two words' vectors; a
+word the artefact does not know counts as its [UNK] vector.
 
 Ids beyond the artefact's vocabulary (SentencePiece pieces it never kept, see
-`hf_tokenizer`) get copies of the [UNK] row, as the artefact reads them as [UNK].
+`hf_tokenizer`) get copies of the [UNK] row (and [UNK]'s output bias): the artefact reads
+them as [UNK]. Every safetensors file written carries the artefact's metadata.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
+from embedpipe.artefacts.files import ArtefactError
 from embedpipe.artefacts.hf_tokenizer import artefact_tokenizer
 from embedpipe.artefacts.metadata import artefact_metadata, stamp
 from embedpipe.schemas import CLS, MASK, PAD, SEP, UNK, UNK_ID
 
 if TYPE_CHECKING:
-    import torch
+    from tokenizers import Tokenizer
 
-    from embedpipe.artefacts.encoder import ContextualEmbeddings
-    from embedpipe.artefacts.loader import Embeddings
-    from embedpipe.train.mlm import EncoderConfig, MaskedLM
+    from embedpipe.artefacts.keyed import Embeddings
 
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by every norm of MaskedLM
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by every norm of our models
 BASE = "roberta_prelayernorm."  # the base model's prefix in RobertaPreLayerNormForMaskedLM
+# (RoBERTa name in a layer, our name in a layer): the norms and projections kept as they are.
+LAYER_PARTS = (
+    ("attention.LayerNorm", "attention_norm"),
+    ("attention.output.dense", "attention_out"),
+    ("intermediate.LayerNorm", "ffn_norm"),
+    ("intermediate.dense", "ffn_in"),
+    ("output.dense", "ffn_out"),
+)
 
 
-def export_transformers(emb: ContextualEmbeddings, out: str | os.PathLike[str]) -> Path:
-    """Write masked-LM artefact `emb` as a `transformers` model directory `out`; returns it."""
-    import torch
-    from transformers import RobertaPreLayerNormForMaskedLM
+def export_transformers(emb: Embeddings, out: str | os.PathLike[str]) -> Path:
+    """Write language-model artefact `emb` (mlm or clm) as a `transformers` model directory
+    `out` with its tokenizer; returns `out`."""
+    from embedpipe.artefacts.decoder import CausalEmbeddings
+    from embedpipe.artefacts.encoder import ContextualEmbeddings
+    from embedpipe.artefacts.gpt2 import gpt2_config, gpt2_weights
 
     out = Path(out)
-    architecture = emb.architecture()
-    tokenizer, extra = artefact_tokenizer(emb)
-    config = transformers_config(architecture, len(emb) + len(extra))
-    model = RobertaPreLayerNormForMaskedLM(config)
-    state = transformers_state(emb.to_torch_encoder(trainable=False), len(extra))
-    with torch.no_grad():
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.decoder.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise ValueError(f"weights do not map: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    model.eval().save_pretrained(out)
-    _stamp_weights(out, emb, "mlm")
-    _save_tokenizer(tokenizer, out, max_length=architecture.max_len)
-    _add_sentence_pooling(out)
+    if isinstance(emb, ContextualEmbeddings):
+        tokenizer, extra = artefact_tokenizer(emb, frame="encoder")
+        config, weights = roberta_config(emb, len(extra)), roberta_weights(emb, len(extra))
+        inputs = ["input_ids", "token_type_ids", "attention_mask"]
+    elif isinstance(emb, CausalEmbeddings):
+        tokenizer, extra = artefact_tokenizer(emb, frame="decoder")
+        config, weights = gpt2_config(emb), gpt2_weights(emb)
+        config["vocab_size"] = len(emb) + len(extra)
+        for name in ("transformer.wte.weight", "lm_head.weight"):
+            if name in weights:
+                weights[name] = with_unk_rows(weights[name], len(extra))
+        inputs = ["input_ids", "attention_mask"]
+    else:
+        raise ArtefactError(
+            f"{emb.path or 'these embeddings'}: format 'hf' needs a language-model artefact "
+            "(mlm or clm); export static vectors as 'sentence-transformers'"
+        )
+    max_len = emb.architecture().max_len
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / WEIGHTS_FILE))
+    stamp(out / WEIGHTS_FILE, out / WEIGHTS_FILE, {"format": "pt", **metadata_of(emb)})
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_tokenizer(tokenizer, out, max_len, inputs)
+    if isinstance(emb, ContextualEmbeddings):
+        write_sentence_pooling(out, emb.dim, max_len)
     return out
 
 
-def transformers_config(architecture: EncoderConfig, vocab_size: int) -> Any:
-    """The `RobertaPreLayerNormConfig` of our encoder `architecture` (see the module)."""
-    from transformers import RobertaPreLayerNormConfig
+def with_unk_rows(table: np.ndarray, extra: int) -> np.ndarray:
+    """`table` (vocabulary rows first) with `extra` copies of its [UNK] row after it."""
+    return np.concatenate([table, np.repeat(table[UNK_ID : UNK_ID + 1], extra, axis=0)])
 
-    if architecture.norm != "pre" or architecture.activation != "gelu":
-        raise ValueError(
-            f"only pre-LayerNorm GELU encoders map to transformers, not norm="
-            f"{architecture.norm!r} activation={architecture.activation!r}"
+
+def roberta_config(emb: Embeddings, extra: int) -> dict[str, Any]:
+    """RobertaPreLayerNormConfig's fields for masked-LM artefact `emb` (see the module)."""
+    arch = emb.architecture()  # type: ignore[attr-defined]
+    if arch.norm != "pre" or arch.activation != "gelu":
+        raise ArtefactError(
+            f"{emb.path}: a {arch.norm}-norm {arch.activation} encoder is not RoBERTa-PreLayerNorm"
         )
-    return RobertaPreLayerNormConfig(
-        vocab_size=vocab_size,
-        hidden_size=architecture.width,
-        num_hidden_layers=architecture.layers,
-        num_attention_heads=architecture.heads,
-        intermediate_size=architecture.ffn,
-        hidden_act="gelu",
-        hidden_dropout_prob=architecture.dropout,
-        attention_probs_dropout_prob=architecture.dropout,
-        max_position_embeddings=architecture.max_len + architecture.pad_id + 1,
-        type_vocab_size=architecture.segments,
-        layer_norm_eps=LAYER_NORM_EPS,
-        pad_token_id=architecture.pad_id,
-        bos_token_id=architecture.cls_id,
-        eos_token_id=architecture.sep_id,
-        tie_word_embeddings=architecture.tie_output,
-        architectures=["RobertaPreLayerNormForMaskedLM"],
-    )
+    return {
+        "architectures": ["RobertaPreLayerNormForMaskedLM"],
+        "model_type": "roberta-prelayernorm",
+        "vocab_size": arch.vocab_size + extra,
+        "hidden_size": arch.width,
+        "num_hidden_layers": arch.layers,
+        "num_attention_heads": arch.heads,
+        "intermediate_size": arch.ffn,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": arch.dropout,
+        "attention_probs_dropout_prob": arch.dropout,
+        "max_position_embeddings": arch.max_len + arch.pad_id + 1,
+        "type_vocab_size": arch.segments,
+        "layer_norm_eps": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "pad_token_id": arch.pad_id,
+        "bos_token_id": arch.cls_id,
+        "eos_token_id": arch.sep_id,
+        "tie_word_embeddings": arch.tie_output,
+    }
 
 
-def transformers_state(model: MaskedLM, extra: int) -> dict[str, torch.Tensor]:
-    """The weights of `model` under RobertaPreLayerNormForMaskedLM's names; `extra` more
-    vocabulary rows, copies of [UNK]'s, after the artefact's."""
-    import torch
-
-    config = model.config
-    ours = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-
-    def vocab_rows(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t, t[UNK_ID : UNK_ID + 1].expand(extra, *t.shape[1:])])
-
-    offset = torch.zeros(config.pad_id + 1, config.width)
-    state = {
-        "embeddings.word_embeddings.weight": vocab_rows(ours["token.weight"]),
-        "embeddings.position_embeddings.weight": torch.cat([offset, ours["position.weight"]]),
-        "embeddings.token_type_embeddings.weight": ours["segment.weight"],
+def roberta_weights(emb: Embeddings, extra: int) -> dict[str, np.ndarray]:
+    """The masked LM's weights under RobertaPreLayerNormForMaskedLM's names, float32."""
+    arch = emb.architecture()  # type: ignore[attr-defined]
+    w = emb.encoder_weights  # type: ignore[attr-defined]
+    offset = np.zeros((arch.pad_id + 1, arch.width), np.float32)
+    base = {
+        "embeddings.word_embeddings.weight": with_unk_rows(emb.vectors, extra),
+        "embeddings.position_embeddings.weight": np.concatenate([offset, w["position.weight"]]),
+        "embeddings.token_type_embeddings.weight": w["segment.weight"],
     }
     pairs = [("embeddings.LayerNorm", "embedding_norm"), ("LayerNorm", "final_norm")]
-    for i in range(config.layers):
-        theirs, mine = f"encoder.layer.{i}.", f"layers.{i}."
-        for part, qkv in zip(("query", "key", "value"), range(3), strict=True):
-            for kind in ("weight", "bias"):
-                block = ours[f"{mine}qkv.{kind}"].chunk(3)[qkv]
-                state[f"{theirs}attention.self.{part}.{kind}"] = block.clone()
-        pairs += [
-            (f"{theirs}attention.LayerNorm", f"{mine}attention_norm"),
-            (f"{theirs}attention.output.dense", f"{mine}attention_out"),
-            (f"{theirs}intermediate.LayerNorm", f"{mine}ffn_norm"),
-            (f"{theirs}intermediate.dense", f"{mine}ffn_in"),
-            (f"{theirs}output.dense", f"{mine}ffn_out"),
-        ]
-    for theirs, mine in pairs:
+    for i in range(arch.layers):
         for kind in ("weight", "bias"):
-            state[f"{theirs}.{kind}"] = ours[f"{mine}.{kind}"]
+            query, key, value = np.split(w[f"layers.{i}.qkv.{kind}"], 3)
+            for part, block in (("query", query), ("key", key), ("value", value)):
+                base[f"encoder.layer.{i}.attention.self.{part}.{kind}"] = block
+        pairs += [(f"encoder.layer.{i}.{theirs}", f"layers.{i}.{ours}") for theirs, ours in
+                  LAYER_PARTS]  # fmt: skip
+    for theirs, ours in pairs:
+        for kind in ("weight", "bias"):
+            base[f"{theirs}.{kind}"] = w[f"{ours}.{kind}"]
+    bias = with_unk_rows(w["output_bias"], extra)
     head = {
-        "lm_head.dense.weight": ours["head_dense.weight"],
-        "lm_head.dense.bias": ours["head_dense.bias"],
-        "lm_head.layer_norm.weight": ours["head_norm.weight"],
-        "lm_head.layer_norm.bias": ours["head_norm.bias"],
-        "lm_head.bias": vocab_rows(ours["output_bias"]),
-        # transformers ties decoder.bias to lm_head.bias only with tied embeddings: set both
-        "lm_head.decoder.bias": vocab_rows(ours["output_bias"]),
+        "lm_head.dense.weight": w["head_dense.weight"],
+        "lm_head.dense.bias": w["head_dense.bias"],
+        "lm_head.layer_norm.weight": w["head_norm.weight"],
+        "lm_head.layer_norm.bias": w["head_norm.bias"],
+        "lm_head.bias": bias,
+        "lm_head.decoder.bias": bias,  # tied to lm_head.bias only with tied embeddings
     }
-    if not config.tie_output:
-        head["lm_head.decoder.weight"] = vocab_rows(ours["output.weight"])
-    return {BASE + k: v for k, v in state.items()} | head
+    if not arch.tie_output:
+        head["lm_head.decoder.weight"] = with_unk_rows(w["output.weight"], extra)
+    weights = {BASE + k: v for k, v in base.items()} | head
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
 
 
 def export_sentence_transformers(emb: Embeddings, out: str | os.PathLike[str]) -> Path:
@@ -166,61 +187,59 @@ def export_sentence_transformers(emb: Embeddings, out: str | os.PathLike[str]) -
     from sentence_transformers.sentence_transformer.modules import StaticEmbedding
 
     out = Path(out)
-    tokenizer, extra = artefact_tokenizer(emb, pair_template=False)
     if UNK not in emb.key_to_index:
         raise ValueError(f"{emb.path or 'the vocabulary'} lacks {UNK}: unknown words have no row")
-    unk = emb.vectors[emb.key_to_index[UNK]]
-    weights = np.vstack([emb.vectors, np.tile(unk, (len(extra), 1))]).astype(np.float32)
-    module = StaticEmbedding(tokenizer, embedding_weights=weights)
+    tokenizer, extra = artefact_tokenizer(emb, frame=None)
+    module = StaticEmbedding(tokenizer, embedding_weights=with_unk_rows(emb.vectors, len(extra)))
     SentenceTransformer(modules=[module], device="cpu").save(str(out))
-    _stamp_weights(out, emb, "static")
+    for path in sorted(out.rglob("*.safetensors")):
+        stamp(path, path, metadata_of(emb))
     return out
 
 
-def _stamp_weights(out: Path, emb: Embeddings, fallback_kind: str) -> None:
-    """Add the artefact's metadata (`artefacts.metadata`) to every safetensors file in `out`."""
+def metadata_of(emb: Embeddings) -> dict[str, str]:
+    """The artefact metadata (`artefacts.metadata`) of `emb`, from its manifest if it has one."""
     manifest = emb.manifest
     name = manifest.name if manifest is not None else "embeddings"
-    kind = manifest.model.kind if manifest is not None and manifest.model else fallback_kind
-    meta = artefact_metadata(name, kind, emb.dim, len(emb), emb.tokenizer)
-    for path in sorted(out.rglob("*.safetensors")):
-        stamp(path, path, {"format": "pt", **meta})
+    kind = manifest.model.kind if manifest is not None and manifest.model else "unknown"
+    return artefact_metadata(name, kind, emb.dim, len(emb), emb.tokenizer)
 
 
-def _add_sentence_pooling(out: Path) -> None:
-    """The sentence-transformers files of model directory `out` (modules.json, the pooling
-    config), so `SentenceTransformer(out).encode` gives the [CLS] vector, as `encode()`'s
-    default pool does; written by the library into a scratch folder, only its configs kept
-    (its copy of the weights would lack the masked-LM head)."""
-    import shutil
-    import tempfile
-
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
-    encoder = Transformer(str(out))
-    pooling = Pooling(encoder.get_embedding_dimension(), pooling_mode="cls")
-    with tempfile.TemporaryDirectory() as tmp:
-        SentenceTransformer(modules=[encoder, pooling], device="cpu").save(tmp)
-        for path in sorted(Path(tmp).rglob("*")):
-            target = out / path.relative_to(tmp)
-            if path.is_file() and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
+def write_tokenizer(tokenizer: Tokenizer, out: Path, max_len: int, input_names: list[str]) -> None:
+    """tokenizer.json and tokenizer_config.json, which `AutoTokenizer` reads as a fast
+    tokenizer of this very pipeline (not RoBERTa's or GPT-2's own byte-level BPE)."""
+    tokenizer.save(str(out / "tokenizer.json"))
+    specials = {"unk_token": UNK, "pad_token": PAD, "cls_token": CLS, "sep_token": SEP,
+                "mask_token": MASK}  # fmt: skip
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "backend": "tokenizers",
+        "model_max_length": max_len,
+        "model_input_names": input_names,
+        "clean_up_tokenization_spaces": False,
+        **specials,
+    }
+    _write_json(out / "tokenizer_config.json", config)
+    _write_json(out / "special_tokens_map.json", specials)
 
 
-def _save_tokenizer(tokenizer: Any, out: Path, max_length: int) -> None:
-    """tokenizer.json, tokenizer_config.json and the special tokens, as transformers saves
-    them, so `AutoTokenizer.from_pretrained(out)` loads this very tokenizer."""
-    from transformers import PreTrainedTokenizerFast
+def write_sentence_pooling(out: Path, dim: int, max_len: int) -> None:
+    """modules.json and the configs that make model directory `out` a sentence-transformers
+    model pooling the [CLS] vector (the long-standing layout, read by 2.x to 6.x)."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]  # fmt: skip
+    _write_json(out / "modules.json", modules)
+    _write_json(
+        out / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False}
+    )
+    pooling = {"word_embedding_dimension": dim, "pooling_mode_cls_token": True,
+               "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+               "pooling_mode_mean_sqrt_len_tokens": False}  # fmt: skip
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    _write_json(out / "1_Pooling" / "config.json", pooling)
 
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=max_length, unk_token=UNK,
-        pad_token=PAD, cls_token=CLS, sep_token=SEP, mask_token=MASK,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )  # fmt: skip
-    fast.save_pretrained(str(out))
-    config_path = out / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # not RoBERTa's byte-level BPE
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+def _write_json(path: Path, data: Mapping[str, Any] | list[Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
