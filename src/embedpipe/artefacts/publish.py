@@ -32,6 +32,7 @@ from embedpipe.artefacts.manifest import (
     StageRecord,
     manifest_details,
 )
+from embedpipe.artefacts.metadata import artefact_metadata, stamp
 from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.config import RunConfig, redacted
 from embedpipe.corpus.registry import TABLES
@@ -144,12 +145,13 @@ def publish_training(
     else:
         metrics = evaluate_vectors(vectors, tokens)
     tokenizer_model = Path(wd.tokenizer_model)
+    tokenizer = {
+        **config.to_dict()["tokenize"],
+        "model_file": TOKENIZER_FILE if tokenizer_model.is_file() else None,
+    }
     details = manifest_details(
         model=Model(kind=config.train.model, hyperparameters=summary["config"]),
-        tokenizer={
-            **config.to_dict()["tokenize"],
-            "model_file": TOKENIZER_FILE if tokenizer_model.is_file() else None,
-        },
+        tokenizer=tokenizer,
         metrics=Metrics.from_json(metrics, f"evaluation of {config.name}"),
         lineage=trace_lineage(config, summary),
     )
@@ -168,9 +170,22 @@ def publish_training(
         pq.write_table(vocab.cast(S.VOCAB_SCHEMA), files[VOCAB_FILE])
         words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only
         write_word2vec_text(files[WORD2VEC_FILE], tokens[words:], vectors[words:])
+        meta = artefact_metadata(
+            config.name, config.train.model, vectors.shape[1], len(tokens), tokenizer
+        )
+        files = stamped(files, meta, Path(tmp, "stamped"))
         return open_store(config.store if store is None else store).publish(
             config.name, files, details, skip_unchanged=True
         )
+
+
+def stamped(files: dict[str, Path], meta: dict[str, str], folder: Path) -> dict[str, Path]:
+    """`files` with every safetensors file replaced by a copy in `folder` carrying `meta`
+    (the vectors, and a model's own files such as the encoder's): see `artefacts.metadata`."""
+    out = dict(files)
+    for key in sorted(k for k in files if k.endswith(".safetensors")):
+        out[key] = stamp(files[key], folder / key, meta)
+    return out
 
 
 __all__ = ["environment", "evaluate_vectors", "publish_training", "trace_lineage", "read_trained"]

@@ -24,8 +24,8 @@ import regex
 from embedpipe.config import TokenizeConfig
 from embedpipe.text.normalise import fold_digit, normalise_text
 
-_SEPARATOR = r"[^\p{L}\p{M}\p{N}]+"
-_CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
+SEPARATOR_PATTERN = r"[^\p{L}\p{M}\p{N}]+"
+CJK_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
 # A URL runs to the first whitespace or non-ASCII character (the same in RE2 and Python).
 # Case is spelled out instead of (?i): RE2 and Python fold non-ASCII letters differently
 # under (?i) (Python's [!-~] matches "İ", U+0130, as "i"; RE2's does not).
@@ -34,7 +34,7 @@ URL_TOKEN = "url"
 
 _URL = re.compile(URL_PATTERN)
 _BLANKS = re.compile(r"[ \t]+")
-_CJK_CHAR = regex.compile(_CJK)
+_CJK_CHAR = regex.compile(CJK_PATTERN)
 
 
 def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[str]:
@@ -145,8 +145,8 @@ def _normalise_unicode(texts: pa.StringArray, config: TokenizeConfig) -> pa.Stri
     if config.digits:
         texts = pc.replace_substring_regex(texts, r"\p{Nd}", "0")
     if config.cjk_chars:
-        texts = pc.replace_substring_regex(texts, f"({_CJK})", r" \1 ")
-    return pc.replace_substring_regex(texts, _SEPARATOR, " ").cast(pa.string())
+        texts = pc.replace_substring_regex(texts, f"({CJK_PATTERN})", r" \1 ")
+    return pc.replace_substring_regex(texts, SEPARATOR_PATTERN, " ").cast(pa.string())
 
 
 # Word bytes once separators are spaces: ASCII letters and digits, and every byte of a
