@@ -26,6 +26,7 @@ EXTRA_OF = {
     "transformers": "hf",
     "sentence_transformers": "hf",
     "huggingface_hub": "hf",
+    "tokenizers": "hf",
     "PIL": "pipeline",
     "gensim": "gensim",
 }
