@@ -41,6 +41,7 @@ from embedpipe.train.buckets import (
 )
 from embedpipe.train.data import count_rows
 from embedpipe.train.distributed import Cluster
+from embedpipe.train.init import Parent, init_encoder
 from embedpipe.train.loop import ModelRun, Resumed
 from embedpipe.train.mlm import IGNORE, EncoderConfig, MaskedLM, decay_groups, perplexity
 from embedpipe.train.registry import MLMConfig
@@ -106,9 +107,15 @@ class MaskedLMRun(ModelRun):
 
     gpu_backend = "cpu:gloo,cuda:nccl"
     unit = "tokens"
+    continues = True
 
     def __init__(
-        self, config: TrainConfig, workdir: Workdir, cluster: Cluster, resumed: Resumed | None
+        self,
+        config: TrainConfig,
+        workdir: Workdir,
+        cluster: Cluster,
+        resumed: Resumed | None,
+        parent: Parent | None = None,
     ) -> None:
         mlm: MLMConfig = config.options
         self.mlm, self.seed, self.cluster = mlm, config.seed, cluster
@@ -121,7 +128,11 @@ class MaskedLMRun(ModelRun):
         self.corpus_words = sum(b["tokens"] for b in buckets)
         self.epoch_words = self.corpus_words * (1.0 - mlm.heldout)  # expected training tokens
         self.encoder = EncoderConfig.from_mlm(mlm, self.vocab_size)
-        self.model = MaskedLM(self.encoder, config.seed).to(cluster.device)
+        self.model = MaskedLM(self.encoder, config.seed)
+        if parent is not None:  # the parent's encoder; AdamW and the schedule start fresh
+            parent.check_dim(mlm.width, "train.mlm.width")
+            init_encoder(parent, self.model, self.encoder)
+        self.model = self.model.to(cluster.device)
         self.optimizer = torch.optim.AdamW(
             decay_groups(self.model, mlm.weight_decay), lr=mlm.lr, betas=mlm.adam_betas,
             eps=ADAM_EPS,
