@@ -4,7 +4,7 @@ Both sides train the same model (same seed, same `train.mlm` settings) on the sa
 of a prepared workdir's `buckets` table, with the same packing (`[CLS] a [SEP] b [SEP]` pairs),
 masking and token budget (rows x longest row <= `max_tokens`):
 
-* bucketed: the trainer's own batches (`train.buckets.iter_mlm_batches`): one length bucket
+* bucketed: the trainer's own batches (`train.buckets.iter_bucket_batches`): one length bucket
   per batch, sorted by length within a chunk, buckets visited in a seeded shuffled order;
 * plain: every sequence in one shuffled pool, cut into batches in that order under the same
   budget (no sorting, no buckets): what a loader that ignores length does.
@@ -36,10 +36,10 @@ import torch
 
 from embedpipe.config import load_config
 from embedpipe.train.buckets import (
-    MLMBatch,
+    BucketBatch,
     cut_long,
     heldout_mask,
-    iter_mlm_batches,
+    iter_bucket_batches,
     make_batch,
     pair_examples,
     rank_bucket_chunks,
@@ -47,9 +47,10 @@ from embedpipe.train.buckets import (
     visit_order,
 )
 from embedpipe.train.data import Chunk, ChunkReader, count_rows
-from embedpipe.train.mlm import EncoderConfig, MaskedLM, decay_groups
+from embedpipe.train.mlm import EncoderConfig, MaskedLM
 from embedpipe.train.registry import MLMConfig
-from embedpipe.train.specs.mlm import ADAM_EPS
+from embedpipe.train.specs.transformer import ADAM_EPS
+from embedpipe.train.transformer import decay_groups
 from embedpipe.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,13 +59,13 @@ RESULTS = REPO / "bench" / "results" / "mlm_bucketing.json"
 
 def bucketed_batches(
     config: MLMConfig, table: str, vocab: int, seed: int, limit: int
-) -> tuple[list[MLMBatch], list[Chunk]]:
+) -> tuple[list[BucketBatch], list[Chunk]]:
     """The trainer's batches of epoch 0 on one rank, whole chunks up to `limit` corpus
     tokens, and the chunks they came from."""
     chunks = rank_bucket_chunks(table, 0, 1, config.chunk_rows)
     order = visit_order({b: len(c) for b, c in chunks.items()}, seed, 0)
     out, visited, tokens = [], [], 0.0
-    for batches in iter_mlm_batches(config, chunks, vocab, seed, 0, 0):
+    for batches in iter_bucket_batches(config, chunks, vocab, seed, 0, 0):
         out += batches
         tokens += sum(b.words for b in batches)
         bucket, index = order[batches[-1].cursor[0] - (batches[-1].cursor[1] == 0)]
@@ -74,7 +75,9 @@ def bucketed_batches(
     return out, visited
 
 
-def plain_batches(config: MLMConfig, chunks: list[Chunk], vocab: int, seed: int) -> list[MLMBatch]:
+def plain_batches(
+    config: MLMConfig, chunks: list[Chunk], vocab: int, seed: int
+) -> list[BucketBatch]:
     """Batches of the same sequences (the same chunks, long ones cut alike) in one shuffled
     pool, cut in that order under the same token budget."""
     reader = ChunkReader()
@@ -97,7 +100,7 @@ def plain_batches(config: MLMConfig, chunks: list[Chunk], vocab: int, seed: int)
         )
         second = examples.second[members]
         words = float(lengths[examples.first[members]].sum() + lengths[second[second >= 0]].sum())
-        out.append(MLMBatch(data, targets, words, 1, (0, b), tokens, slots, -1))
+        out.append(BucketBatch(data, targets, words, 1, (0, b), tokens, slots, -1))
     return out
 
 
@@ -105,7 +108,7 @@ class Side:
     """One side of the comparison: its model, optimizer, batches and counters."""
 
     def __init__(
-        self, name: str, batches: list[MLMBatch], config: MLMConfig, vocab: int, seed: int
+        self, name: str, batches: list[BucketBatch], config: MLMConfig, vocab: int, seed: int
     ):
         self.name, self.batches, self.next = name, batches, 0
         self.model = MaskedLM(EncoderConfig.from_mlm(config, vocab), seed)

@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from embedpipe.train.buckets import iter_mlm_batches, rank_bucket_chunks
+from embedpipe.train.buckets import iter_bucket_batches, rank_bucket_chunks
 from embedpipe.train.distributed import Cluster, agree
 from embedpipe.train.registry import MLMConfig
 
@@ -27,7 +27,7 @@ def main() -> None:
         cluster = Cluster(rank, world, rank, torch.device("cpu"))
         config = MLMConfig(max_len=40, max_tokens=120, heldout=0.1, chunk_rows=chunk_rows)
         chunks = rank_bucket_chunks(buckets, rank, world, chunk_rows)
-        stream = (b for c in iter_mlm_batches(config, chunks, 35, 1, 0, rank) for b in c)
+        stream = (b for c in iter_bucket_batches(config, chunks, 35, 1, 0, rank) for b in c)
         head = next(stream, None)
         steps, tokens = 0, 0
         while True:

@@ -105,7 +105,7 @@ def test_mlm_starts_from_the_parents_encoder(tmp_path: Path) -> None:
     rows, parent_rows = known_rows(parent)
     token = run.model.token.weight.detach().numpy()
     np.testing.assert_array_equal(token[rows], parent.emb.vectors[parent_rows])
-    fresh = MaskedLM(run.encoder, config.seed).token.weight.detach().numpy()
+    fresh = MaskedLM(run.architecture, config.seed).token.weight.detach().numpy()
     new = np.setdiff1d(np.arange(len(tokens)), rows)
     np.testing.assert_array_equal(token[new], fresh[new])
     weights = parent.emb.encoder_weights  # every other weight: the parent's

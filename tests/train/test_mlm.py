@@ -18,12 +18,12 @@ from embedpipe.train.mlm import (
     UNK_ID,
     EncoderConfig,
     MaskedLM,
-    decay_groups,
     mask_tokens,
     pack,
     padding_mask,
 )
 from embedpipe.train.registry import MLMConfig
+from embedpipe.train.transformer import decay_groups
 
 VOCAB = 1000
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from embedpipe.train.buckets import (
-    MLMBatch,
+    BucketBatch,
     cut_long,
     heldout_mask,
+    iter_bucket_batches,
     iter_heldout_batches,
-    iter_mlm_batches,
     pair_examples,
     rank_bucket_chunks,
     token_budget_batches,
@@ -50,7 +50,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return corpus.write_mlm_workdir(tmp_path_factory.mktemp("mlm") / "work", n_sequences=600)
 
 
-def originals(batch: MLMBatch) -> list[tuple[int, ...]]:
+def originals(batch: BucketBatch) -> list[tuple[int, ...]]:
     """The sequences of a batch as stored: the labels undo the masking; split at [SEP]s."""
     inputs, segments, mask, labels = (t.numpy() for t in batch.data)
     ids = np.where(labels != IGNORE, labels, inputs)
@@ -75,7 +75,7 @@ def epoch(
     workdir: Path, config: MLMConfig, seed: int = 1, ep: int = 0, rank: int = 0, world: int = 1
 ):
     chunks = rank_bucket_chunks(str(workdir / "buckets"), rank, world, config.chunk_rows)
-    return [b for chunk in iter_mlm_batches(config, chunks, 35, seed, ep, rank) for b in chunk]
+    return [b for chunk in iter_bucket_batches(config, chunks, 35, seed, ep, rank) for b in chunk]
 
 
 def test_each_batch_is_one_bucket_under_the_budget(workdir: Path) -> None:
@@ -115,7 +115,7 @@ def test_an_epoch_covers_the_training_split_once(workdir: Path) -> None:
 
 
 def test_order_is_seeded(workdir: Path) -> None:
-    def fingerprint(batches: list[MLMBatch]) -> list[tuple]:
+    def fingerprint(batches: list[BucketBatch]) -> list[tuple]:
         return [(b.bucket, tuple(b.data[0].flatten().tolist())) for b in batches]
 
     a = fingerprint(epoch(workdir, CONFIG, seed=1))
@@ -135,7 +135,7 @@ def test_resuming_from_a_cursor_gives_the_rest_of_the_epoch(workdir: Path) -> No
     for k in (3, 17, len(batches) - 1):
         rest = [
             b
-            for c in iter_mlm_batches(CONFIG, chunks, 35, 1, 0, 0, batches[k - 1].cursor)
+            for c in iter_bucket_batches(CONFIG, chunks, 35, 1, 0, 0, batches[k - 1].cursor)
             for b in c
         ]
         assert len(rest) == len(batches) - k

@@ -22,9 +22,14 @@ from embedpipe.train.checkpoint import (
     load_checkpoint,
 )
 from embedpipe.train.loop import SUMMARY, train
-from embedpipe.train.mlm import N_SPECIAL, EncoderConfig, MaskedLM, decay_groups
+from embedpipe.train.mlm import N_SPECIAL, EncoderConfig, MaskedLM
 from embedpipe.train.registry import MLMConfig
-from embedpipe.train.specs.mlm import learning_rate, optimizer_tensors, restore_optimizer
+from embedpipe.train.specs.transformer import (
+    learning_rate,
+    optimizer_tensors,
+    restore_optimizer,
+)
+from embedpipe.train.transformer import decay_groups
 from embedpipe.workdir import METRICS, TENSORBOARD
 
 HERE = Path(__file__).resolve().parent

@@ -36,7 +36,7 @@ VECTORS_FILE = "vectors.safetensors"
 VOCAB_FILE = "vocab.parquet"
 VECTORS_KEY = "vectors"
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece model of a SentencePiece artefact
-ENCODER_FILE = "encoder.safetensors"  # masked-LM artefacts: see artefacts/encoder.py
+ENCODER_FILE = "encoder.safetensors"  # language-model artefacts: see artefacts/contextual.py
 SUBWORDS_FILE = "subwords.safetensors"  # fasttext artefacts: see artefacts/subwords.py
 RETRIES = 2  # re-resolutions of an alias whose version is deleted while it is read
 
@@ -120,10 +120,10 @@ def _read_embeddings(directory: Location) -> Embeddings:
         )
     except ValueError as e:
         raise ArtefactError(f"{directory}: {e}") from e
-    if ENCODER_FILE in manifest.files:  # a masked LM: the encoder comes with its vectors
-        from embedpipe.artefacts.encoder import with_encoder
+    if ENCODER_FILE in manifest.files:  # a language model: the model comes with its vectors
+        from embedpipe.artefacts.contextual import with_model
 
-        return with_encoder(emb)
+        return with_model(emb)
     if SUBWORDS_FILE in manifest.files:  # fasttext: the n-gram table composes unseen words
         from embedpipe.artefacts.subwords import with_subwords
 

@@ -12,7 +12,8 @@ The layout, as `publish_training` writes it::
     files                         {relative name: {"sha256", "bytes"}}
     model                         {"kind", "hyperparameters"}
     tokenizer                     the tokenize settings and "model_file"
-    metrics                       {benchmark: {field: number}, "neighbours": {...}, "mlm": {...}}
+    metrics                       {benchmark: {field: number}, "neighbours": {...},
+                                  "mlm" / "clm": {...}}
     run_config, stages, training,
     code_version, python,
     libraries, hardware           the lineage: what went in, what ran, where
@@ -39,6 +40,7 @@ LINEAGE = (
 STAGE_FIELDS = ("fingerprint", "config", "counts", "inputs", "seconds")
 NEIGHBOURS = "neighbours"
 MLM = "mlm"
+CLM = "clm"
 
 
 class ManifestError(ArtefactError):
@@ -190,18 +192,20 @@ Neighbours = Mapping[str, tuple[tuple[str, float], ...]]
 class Metrics:
     """Evaluation at publish: `scores` holds one {field: number} table per benchmark (keyed
     by the benchmark's name, see `embedpipe.evaluate.benchmarks`); `neighbours` the probe
-    words' nearest neighbours; `mlm` a masked LM's held-out loss and perplexity."""
+    words' nearest neighbours; `mlm` a masked LM's held-out loss and perplexity, `clm` a
+    causal LM's (with the unigram model's perplexity on the same tokens)."""
 
     scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     neighbours: Neighbours | None = None
     mlm: Mapping[str, Any] | None = None
+    clm: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Metrics:
         metrics = _object(data, where, "metrics") or {}
         scores: dict[str, dict[str, float]] = {}
         for bench, table in metrics.items():
-            if bench in (NEIGHBOURS, MLM):
+            if bench in (NEIGHBOURS, MLM, CLM):
                 continue
             values = _object(table, where, f"metrics.{bench}") or {}
             for key, value in values.items():
@@ -211,6 +215,7 @@ class Metrics:
             scores=scores,
             neighbours=_neighbours(metrics.get(NEIGHBOURS), where),
             mlm=_object(metrics.get(MLM), where, f"metrics.{MLM}", optional=True),
+            clm=_object(metrics.get(CLM), where, f"metrics.{CLM}", optional=True),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -220,8 +225,9 @@ class Metrics:
                 word: [[token, score] for token, score in items]
                 for word, items in self.neighbours.items()
             }
-        if self.mlm is not None:
-            out[MLM] = dict(self.mlm)
+        for key, value in ((MLM, self.mlm), (CLM, self.clm)):
+            if value is not None:
+                out[key] = dict(value)
         return out
 
 

@@ -36,7 +36,6 @@ from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.config import RunConfig, redacted
 from embedpipe.corpus.registry import TABLES
 from embedpipe.evaluate import evaluate_all, probe_neighbours
-from embedpipe.train.checkpoint import load_checkpoint
 from embedpipe.train.registry import get_model, resolve
 from embedpipe.version import code_version
 from embedpipe.workdir import CHECKPOINTS, METRICS, SUMMARY, Workdir
@@ -54,6 +53,8 @@ def read_trained(train_dir: Path, vectors: str = "input") -> tuple[dict[str, Any
     if not summary_path.is_file():
         raise FileNotFoundError(f"{train_dir} holds no finished training run (no {SUMMARY})")
     summary = json.loads(summary_path.read_text())
+    from embedpipe.train.checkpoint import load_checkpoint  # torch: the pipeline extra
+
     tensors, _ = load_checkpoint(train_dir / CHECKPOINTS / summary["checkpoint"])
     return summary, tensors[vectors].numpy().astype(np.float32, copy=False)
 

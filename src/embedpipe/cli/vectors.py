@@ -36,11 +36,12 @@ def evaluate(
     from embedpipe.evaluate import evaluate_similarity, read_pairs
 
     emb = load(artefact, version=version, store=store)
-    if hasattr(emb, "encode"):  # masked LM: its input matrix as words, and its held-out loss
+    if hasattr(emb, "encode"):  # a language model: its input matrix as words, its held-out loss
         from embedpipe.artefacts.encoder import evaluate_input_matrix
 
-        metrics = emb.manifest.metrics if emb.manifest else None
-        results = {**evaluate_input_matrix(emb), "mlm": metrics.mlm if metrics else None}
+        kind = emb.manifest.model.kind if emb.manifest else "mlm"
+        heldout = getattr(emb.manifest.metrics, kind, None) if emb.manifest else None
+        results = {**evaluate_input_matrix(emb), kind: heldout}
     else:
         results = evaluate_vectors(emb.vectors, emb.vocab)
     for path in pairs or []:

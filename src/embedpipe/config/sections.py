@@ -225,7 +225,9 @@ class TrainConfig:
     fingerprint covers only the chosen model's section.
     """
 
-    model: str = "sgns"  # a registered model: sgns, cbow, fasttext, glove, mlm, or one of `plugins`
+    model: str = (
+        "sgns"  # a registered model: sgns, cbow, fasttext, glove, mlm, clm, or one of `plugins`
+    )
     epochs: int = 1
     seed: int = 1
     # Processes per node and compute threads per process (kernel threads, or torch's

@@ -12,6 +12,7 @@ without spaces fall back to characters); split.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -112,11 +113,31 @@ def _may_hold_url(texts: pa.StringArray, config: TokenizeConfig) -> pa.BooleanAr
     return pc.or_(pc.match_substring(texts, "://"), www)
 
 
+@functools.cache
+def arrow_composes() -> bool:
+    """Whether Arrow's utf8_normalize composes: before pyarrow 26 its NFC and NFKC returned
+    the decomposed forms, "é" as "e" + U+0301 (apache/arrow#51225)."""
+    return pc.utf8_normalize(pa.array(["e\u0301"]), form="NFKC")[0].as_py() == "\u00e9"
+
+
+def nfkc_arrow(texts: pa.Array) -> pa.Array:
+    """NFKC of every string, as `unicodedata.normalize` gives it: Arrow's kernel where it
+    composes, else Python's (a batch of pure ASCII, its own NFKC, is returned as it is)."""
+    if arrow_composes():
+        return pc.utf8_normalize(texts, form="NFKC")
+    if pc.all(pc.string_is_ascii(texts)).as_py() is not False:
+        return texts
+    return pa.array(
+        [t if t is None else unicodedata.normalize("NFKC", t) for t in texts.to_pylist()],
+        texts.type,
+    )
+
+
 def _normalise_unicode(texts: pa.StringArray, config: TokenizeConfig) -> pa.StringArray:
     """The steps of `tokenize_line` for any text, with every run of separators (anything
     but letters, marks and digits) replaced by one space."""
     if config.nfkc:
-        texts = pc.utf8_normalize(texts, form="NFKC")
+        texts = nfkc_arrow(texts)
     if config.lowercase:
         texts = pc.utf8_lower(texts)
     if config.urls:

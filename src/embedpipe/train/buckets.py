@@ -1,12 +1,14 @@
-"""Batches of the masked LM from the `buckets` table: one length bucket per batch.
+"""Batches of the Transformer LMs from the `buckets` table: one length bucket per batch.
 
 Each rank takes rows [rank * N / world, (rank + 1) * N / world) of every bucket, in chunks of
 `chunk_rows` sequences. An epoch visits the chunks in a seeded shuffled interleaving of the
 buckets (`visit_order`; a bucket's own chunks keep their order, so each row group is read
-once per epoch). Within a chunk, sequences longer than `max_len - 2` are cut into pieces, the
-held-out ones (`heldout_mask`) are set aside, the rest are shuffled and paired
-(`[CLS] a [SEP] b [SEP]` with probability `pair_prob`), sorted by length and cut into batches
-of at most `max_tokens` padded slots (`token_budget_batches`), which are then shuffled.
+once per epoch). Within a chunk, the held-out sequences (`heldout_mask`) are set aside, the
+rest are cut into pieces that fit an example (`piece_length`), shuffled and framed
+(`plan_examples`; the masked LM pairs them, `[CLS] a [SEP] b [SEP]` with probability
+`pair_prob`), sorted by length and cut into batches of at most `max_tokens` padded slots
+(`token_budget_batches`), which are then shuffled. A batch is masked (`mlm.mask_tokens`) or
+shifted for next-token prediction (`clm.causal_pack`) by the config's kind.
 
 Everything random about a chunk comes from generators seeded by (seed, epoch, rank, bucket,
 chunk), so the cursor (position in the visit order, batch) is a complete data state. Ranks
@@ -24,27 +26,29 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from embedpipe.train.clm import causal_pack
 from embedpipe.train.data import Chunk, ChunkReader, parquet_files, split_chunks
 from embedpipe.train.mlm import mask_tokens, pack, padding_mask
-from embedpipe.train.registry import MLMConfig
+from embedpipe.train.registry import MLMConfig, TransformerConfig
 
 _BUCKET = re.compile(r"bucket=(\d+)")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 HELDOUT_STREAM = 0x48454C44  # seeds the held-out batches apart from any epoch's
 
 
-class MLMBatch(NamedTuple):
-    """One step's tensors (ids, segments, mask, labels) and where the data cursor stands.
+class BucketBatch(NamedTuple):
+    """One step's tensors and where the data cursor stands. The tensors end with the labels:
+    (ids, segments, mask, labels) for the masked LM, (ids, labels) for the causal LM.
 
     Duck-types `data.Batch` for the loop and `distributed.agree` (`remaining`, `words`, `cursor`).
     """
 
     data: tuple[torch.Tensor, ...]
-    targets: int  # masked-LM target positions
+    targets: int  # target positions (labels != IGNORE)
     words: float  # corpus tokens one batch of its chunk stands for (the chunk's mean)
     remaining: int  # batches left in its chunk, this one included
     cursor: tuple[int, int]  # (visit position, batch) after this one
-    tokens: int  # real token slots ([CLS]/[SEP] included)
+    tokens: int  # real token slots (specials included)
     slots: int  # padded token slots (rows x longest row)
     bucket: int
 
@@ -168,6 +172,23 @@ def pair_examples(
     return Examples(first_a, second_a, packed.astype(np.int64))
 
 
+def plan_examples(
+    lengths: np.ndarray, config: TransformerConfig, rng: np.random.Generator
+) -> Examples:
+    """The examples of a chunk's pieces: the masked LM's pairs (`pair_examples`), or each
+    piece alone in a random order (causal LM: `[CLS] a`, as long as the piece)."""
+    if isinstance(config, MLMConfig):
+        return pair_examples(lengths, config.pair_prob, config.max_len, rng)
+    order = rng.permutation(len(lengths))
+    return Examples(order, np.full(len(order), -1, dtype=np.int64), lengths[order])
+
+
+def piece_length(config: TransformerConfig) -> int:
+    """The longest piece of a sequence one example holds: max_len less [CLS] and [SEP] for
+    the masked LM; max_len for the causal LM (it reads [CLS] a[:-1] and predicts a)."""
+    return config.max_len - 2 if isinstance(config, MLMConfig) else config.max_len
+
+
 def token_budget_batches(
     lengths: np.ndarray, max_tokens: int, sort: bool = True
 ) -> list[np.ndarray]:
@@ -195,11 +216,16 @@ def make_batch(
     examples: Examples,
     members: np.ndarray,
     vocab_size: int,
-    config: MLMConfig,
+    config: TransformerConfig,
     rng: np.random.Generator,
 ) -> tuple[tuple[torch.Tensor, ...], int, int, int]:
-    """((ids, segments, mask, labels), targets, real slots, padded slots) of one batch."""
+    """(tensors, targets, real slots, padded slots) of one batch: (ids, segments, mask,
+    labels) for the masked LM, (ids, labels) for the causal LM."""
     first = [flat[rows[p, 0] : rows[p, 1]] for p in examples.first[members]]
+    if not isinstance(config, MLMConfig):
+        ids, labels, lengths = causal_pack(first)
+        data = (torch.from_numpy(ids), torch.from_numpy(labels))
+        return data, int((labels >= 0).sum()), int(lengths.sum()), int(ids.size)
     second = [None if p < 0 else flat[rows[p, 0] : rows[p, 1]] for p in examples.second[members]]
     ids, segments, lengths = pack(first, second)
     inputs, labels = mask_tokens(
@@ -218,7 +244,7 @@ def make_batch(
 def chunk_batches(
     flat: np.ndarray,
     offsets: np.ndarray,
-    config: MLMConfig,
+    config: TransformerConfig,
     vocab_size: int,
     seeds: list[int],
     heldout: bool = False,
@@ -231,12 +257,14 @@ def chunk_batches(
     rebuilt alone.
     """
     out = heldout_mask(flat, offsets, config.heldout)
-    rows = cut_long(offsets, out if heldout else ~out, config.max_len - 2)
+    rows = cut_long(offsets, out if heldout else ~out, piece_length(config))
+    if not isinstance(config, MLMConfig):  # an empty sequence gives nothing to predict
+        rows = rows[rows[:, 1] > rows[:, 0]]
     if len(rows) == 0:
         return
     lengths = rows[:, 1] - rows[:, 0]
     rng = np.random.default_rng(seeds)
-    examples = pair_examples(lengths, config.pair_prob, config.max_len, rng)
+    examples = plan_examples(lengths, config, rng)
     batches = token_budget_batches(examples.lengths, config.max_tokens)
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -250,15 +278,15 @@ def chunk_seeds(seed: int, epoch: int, rank: int, bucket: int, chunk: int) -> li
     return [seed, epoch, rank, bucket, chunk]
 
 
-def iter_mlm_batches(
-    config: MLMConfig,
+def iter_bucket_batches(
+    config: TransformerConfig,
     chunks: dict[int, list[Chunk]],
     vocab_size: int,
     seed: int,
     epoch: int,
     rank: int,
     first: tuple[int, int] = (0, 0),
-) -> Iterator[list[MLMBatch]]:
+) -> Iterator[list[BucketBatch]]:
     """A rank's training batches of one epoch from cursor `first` on, as one list per chunk."""
     order = visit_order({b: len(c) for b, c in chunks.items()}, seed, epoch)
     readers: dict[int, ChunkReader] = {}
@@ -269,7 +297,7 @@ def iter_mlm_batches(
         made = list(chunk_batches(flat, offsets, config, vocab_size, seeds))
         start = first[1] if position == first[0] else 0
         batches = [
-            MLMBatch(
+            BucketBatch(
                 data,
                 targets,
                 words,
@@ -287,9 +315,9 @@ def iter_mlm_batches(
 
 
 def iter_heldout_batches(
-    config: MLMConfig, chunks: dict[int, list[Chunk]], vocab_size: int, seed: int
-) -> Iterator[MLMBatch]:
-    """A rank's held-out batches: the same every time (fixed pairing and masks)."""
+    config: TransformerConfig, chunks: dict[int, list[Chunk]], vocab_size: int, seed: int
+) -> Iterator[BucketBatch]:
+    """A rank's held-out batches: the same every time (fixed framing and masks)."""
     for bucket, bucket_chunks in chunks.items():
         reader = ChunkReader()
         for index, chunk in enumerate(bucket_chunks):
@@ -298,4 +326,4 @@ def iter_heldout_batches(
             for data, targets, tokens, slots, words in chunk_batches(
                 flat, offsets, config, vocab_size, seeds, heldout=True, shuffle=False
             ):
-                yield MLMBatch(data, targets, words, 1, (index, 0), tokens, slots, bucket)
+                yield BucketBatch(data, targets, words, 1, (index, 0), tokens, slots, bucket)

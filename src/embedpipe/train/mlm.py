@@ -2,10 +2,11 @@
 
 An example is `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` (`pack`): segment id 0 up to and
 including the first [SEP], 1 after it. The input is the sum of token, position and segment
-embeddings, normalised; then pre-LayerNorm Transformer layers (attention through
-`scaled_dot_product_attention`, padded keys masked out) and a final LayerNorm. The masked-LM
-head (dense, GELU, LayerNorm, then the output layer, tied to the token embedding by default)
-runs only on the target positions, so its (targets x vocabulary) logits stay small.
+embeddings, normalised; then pre-LayerNorm Transformer layers (`transformer.TransformerLayer`:
+attention through `scaled_dot_product_attention`, padded keys masked out) and a final
+LayerNorm. The masked-LM head (dense, GELU, LayerNorm, then the output layer, tied to the
+token embedding by default) runs only on the target positions, so its (targets x
+vocabulary) logits stay small.
 
 `mask_tokens` chooses targets among ordinary tokens only (never [PAD], [UNK], [CLS], [SEP],
 [MASK]): each with probability `mask_prob`; a target's input becomes [MASK] (80%), a random
@@ -14,108 +15,29 @@ word (10%) or stays as it is (10%), BERT's recipe.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedpipe import schemas as S
-from embedpipe.train.registry import MLMConfig
-
-PAD_ID = S.PAD_ID
-UNK_ID = S.UNK_ID
-CLS_ID = S.SPECIAL_TOKENS.index(S.CLS)
-SEP_ID = S.SPECIAL_TOKENS.index(S.SEP)
-MASK_ID = S.SPECIAL_TOKENS.index(S.MASK)
-N_SPECIAL = len(S.SPECIAL_TOKENS)  # ids below this are never targets nor random replacements
-IGNORE = -100  # label of a position that is not a target (cross_entropy's ignore_index)
-INIT_STD = 0.02
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """The architecture of a `MaskedLM`: everything needed to rebuild it from its weights."""
-
-    vocab_size: int
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    ffn: int = 512
-    max_len: int = 128
-    dropout: float = 0.1
-    tie_output: bool = True
-    segments: int = 2
-    norm: str = "pre"  # LayerNorm before each sub-layer, plus one after the last layer
-    activation: str = "gelu"
-    pad_id: int = PAD_ID
-    cls_id: int = CLS_ID
-    sep_id: int = SEP_ID
-    mask_id: int = MASK_ID
-
-    def __post_init__(self) -> None:
-        if self.vocab_size <= N_SPECIAL:
-            raise ValueError(f"vocab_size must exceed the {N_SPECIAL} special tokens")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-
-    @classmethod
-    def from_mlm(cls, config: MLMConfig, vocab_size: int) -> EncoderConfig:
-        return cls(
-            vocab_size=vocab_size,
-            width=config.width,
-            layers=config.layers,
-            heads=config.heads,
-            ffn=config.ffn,
-            max_len=config.max_len,
-            dropout=config.dropout,
-            tie_output=config.tie_output,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown encoder config key(s): {', '.join(unknown)}")
-        return cls(**data)
-
-
-class EncoderLayer(nn.Module):
-    """Pre-LayerNorm Transformer layer: x + attention(norm(x)), then x + ffn(norm(x))."""
-
-    def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        self.heads = config.heads
-        self.dropout = config.dropout
-        self.attention_norm = nn.LayerNorm(config.width)
-        self.qkv = nn.Linear(config.width, 3 * config.width)
-        self.attention_out = nn.Linear(config.width, config.width)
-        self.ffn_norm = nn.LayerNorm(config.width)
-        self.ffn_in = nn.Linear(config.width, config.ffn)
-        self.ffn_out = nn.Linear(config.ffn, config.width)
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
-        """`attend`: bool (B, 1, 1, L), True where a key is a real token (None: no padding)."""
-        batch, length, width = x.shape
-        qkv = self.qkv(self.attention_norm(x))
-        q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0
-        )
-        x = x + self.drop(
-            self.attention_out(attended.transpose(1, 2).reshape(batch, length, width))
-        )
-        return x + self.drop(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x)))))
+from embedpipe.train.architecture import (  # part of this module's API
+    CLS_ID,
+    MASK_ID,
+    PAD_ID,
+    SEP_ID,
+    UNK_ID,  # noqa: F401 (re-exported)
+    EncoderConfig,
+)
+from embedpipe.train.transformer import (
+    IGNORE,
+    N_SPECIAL,
+    TransformerLayer,
+    init_parameters,
+    layer_index,
+    target_loss,
+)
 
 
 class MaskedLM(nn.Module):
@@ -130,7 +52,10 @@ class MaskedLM(nn.Module):
         self.segment = nn.Embedding(config.segments, width)
         self.embedding_norm = nn.LayerNorm(width)
         self.drop = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
+        self.layers = nn.ModuleList(
+            TransformerLayer(config.width, config.heads, config.ffn, config.dropout)
+            for _ in range(config.layers)
+        )
         self.final_norm = nn.LayerNorm(width)
         self.head_dense = nn.Linear(width, width)
         self.head_norm = nn.LayerNorm(width)
@@ -140,16 +65,7 @@ class MaskedLM(nn.Module):
 
     def reset_parameters(self, seed: int) -> None:
         """N(0, 0.02) weights, zero biases, unit norms, a zero [PAD] row; the same for a seed."""
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if p.ndim >= 2:
-                    p.copy_(torch.randn(p.shape, generator=generator) * INIT_STD)
-                elif name.endswith("norm.weight"):
-                    p.fill_(1.0)
-                else:
-                    p.zero_()
-            self.token.weight[self.config.pad_id].zero_()
+        init_parameters(self, seed, self.config.pad_id)
 
     def hidden_states(
         self,
@@ -185,10 +101,7 @@ class MaskedLM(nn.Module):
     ) -> torch.Tensor:
         """Token vectors (B, L, d) after `layer` layers (0: the embeddings; default and -1:
         the last), through the final LayerNorm so every layer comes at the same scale."""
-        n = self.config.layers
-        index = n if layer is None else (layer + n + 1 if layer < 0 else layer)
-        if not 0 <= index <= n:
-            raise ValueError(f"layer must be in [-{n + 1}, {n}], got {layer}")
+        index = layer_index(layer, self.config.layers)
         return self.final_norm(self.hidden_states(ids, segments, mask, upto=index)[index])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -206,23 +119,7 @@ class MaskedLM(nn.Module):
     ) -> torch.Tensor:
         """Mean cross-entropy over the target positions (labels != IGNORE)."""
         hidden = self.final_norm(self.hidden_states(ids, segments, mask)[-1])
-        targets = labels != IGNORE
-        if not bool(targets.any()):
-            # No target in this batch: a zero loss that still reaches every parameter (DDP).
-            return self.logits(hidden[:1, 0]).sum() * 0.0
-        scores = self.logits(hidden[targets])
-        return F.cross_entropy(scores.float(), labels[targets])
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: weight decay on matrices (linear and embedding weights) only,
-    never on biases and LayerNorm weights (the 1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    plain = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
+        return target_loss(hidden, labels, self.logits, hidden[:1, 0])
 
 
 def mask_tokens(
@@ -279,8 +176,3 @@ def pack(
 def padding_mask(lengths: np.ndarray, width: int) -> np.ndarray:
     """bool (B, width): True at the first `lengths[i]` positions of row i."""
     return np.arange(width)[None, :] < np.asarray(lengths)[:, None]
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss), inf when it overflows."""
-    return math.exp(loss) if loss < 700 else math.inf

@@ -181,27 +181,21 @@ class GloVeConfig:
 
 
 @dataclass(frozen=True)
-class MLMConfig:
-    """`[train.mlm]`: a small BERT-style masked language model on the `buckets` table.
+class TransformerConfig:
+    """What `[train.mlm]` and `[train.clm]` share: a small Transformer on the `buckets` table.
 
     Each batch holds examples of one length bucket, at most `max_tokens` padded token slots
-    per rank; examples are `[CLS] a [SEP]` or, with probability `pair_prob`,
-    `[CLS] a [SEP] b [SEP]` (two sequences of the same bucket). AdamW at peak `lr` after
-    `warmup_steps` of linear warm-up, then linear decay to 0 over the run's tokens.
-    `heldout` of the sequences (chosen by a hash of their ids) are never trained on: their
-    masked-LM loss is measured before training and after every epoch.
+    per rank. AdamW at peak `lr` after `warmup_steps` of linear warm-up, then linear decay
+    to 0 over the run's tokens. `heldout` of the sequences (chosen by a hash of their ids)
+    are never trained on: their loss is measured before training and after every epoch.
     """
 
     layers: int = 2
     heads: int = 4
     width: int = 128  # hidden size = the published input embedding's dimension
     ffn: int = 512  # feed-forward inner size
-    max_len: int = 128  # longest example, [CLS] and [SEP]s included; longer sequences are cut
+    max_len: int = 128  # longest example, special tokens included; longer sequences are cut
     max_tokens: int = 4096  # padded token slots per batch and rank (rows x longest row)
-    mask_prob: float = 0.15  # share of ordinary tokens chosen as targets
-    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
-    random_token_prob: float = 0.1  # ... by a random word; the rest are kept
-    pair_prob: float = 0.5
     dropout: float = 0.1
     lr: float = 1e-3  # peak learning rate
     warmup_steps: int = 200
@@ -222,15 +216,7 @@ class MLMConfig:
             self.max_tokens >= self.max_len,
             "max_tokens must be >= max_len (one longest example per batch)",
         )
-        _check(0 < self.mask_prob < 1, "mask_prob must be in (0, 1)")
-        _check(
-            self.mask_token_prob >= 0
-            and self.random_token_prob >= 0
-            and self.mask_token_prob + self.random_token_prob <= 1,
-            "mask_token_prob + random_token_prob must be in [0, 1]",
-        )
-        for name in ("pair_prob", "dropout"):
-            _check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1)")
+        _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(0 <= self.heldout < 1, "heldout must be in [0, 1)")
         _check(self.lr > 0, "lr must be > 0")
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
@@ -242,7 +228,40 @@ class MLMConfig:
         )
 
 
+@dataclass(frozen=True)
+class MLMConfig(TransformerConfig):
+    """`[train.mlm]`: a small BERT-style masked language model (`TransformerConfig` plus the
+    masking). Examples are `[CLS] a [SEP]` or, with probability `pair_prob`,
+    `[CLS] a [SEP] b [SEP]` (two sequences of the same bucket)."""
+
+    mask_prob: float = 0.15  # share of ordinary tokens chosen as targets
+    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
+    random_token_prob: float = 0.1  # ... by a random word; the rest are kept
+    pair_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.mask_prob < 1, "mask_prob must be in (0, 1)")
+        _check(
+            self.mask_token_prob >= 0
+            and self.random_token_prob >= 0
+            and self.mask_token_prob + self.random_token_prob <= 1,
+            "mask_token_prob + random_token_prob must be in [0, 1]",
+        )
+        _check(0 <= self.pair_prob < 1, "pair_prob must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class CLMConfig(TransformerConfig):
+    """`[train.clm]`: a small GPT-style causal language model (`TransformerConfig` as it is).
+
+    Examples are `[CLS] a` ([CLS] begins every sequence); each position predicts the next
+    token (cross-entropy over the ordinary tokens). No masking, no pairs.
+    """
+
+
 _WORD2VEC = "embedpipe.train.specs.word2vec"
+_LM_METRICS = "embedpipe.train.specs.transformer:publish_metrics"
 register_model(ModelSpec("sgns", Word2VecConfig, "sequences", f"{_WORD2VEC}:SkipGramRun"))
 register_model(ModelSpec("cbow", Word2VecConfig, "sequences", f"{_WORD2VEC}:CBOWRun"))
 register_model(
@@ -262,7 +281,17 @@ register_model(
         MLMConfig,
         "buckets",
         "embedpipe.train.specs.mlm:MaskedLMRun",
-        evaluate="embedpipe.train.specs.mlm:publish_metrics",
+        evaluate=_LM_METRICS,
         files="embedpipe.artefacts.encoder:write_encoder_files",
+    )
+)
+register_model(
+    ModelSpec(
+        "clm",
+        CLMConfig,
+        "buckets",
+        "embedpipe.train.specs.clm:CausalLMRun",
+        evaluate=_LM_METRICS,
+        files="embedpipe.artefacts.decoder:write_decoder_files",
     )
 )

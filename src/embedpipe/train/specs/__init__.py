@@ -1,1 +1,2 @@
-"""The built-in models as `loop.ModelRun`s: word2vec (sgns, cbow), GloVe, the masked LM."""
+"""The built-in models as `loop.ModelRun`s: word2vec (sgns, cbow), GloVe, the masked and
+causal LMs."""
