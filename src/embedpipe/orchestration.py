@@ -187,7 +187,7 @@ def training_cache_key(config: RunConfig) -> str:
 
     config = resolve_layout(config)
     world = config.train.nproc * config.launch.nnodes
-    expected = training_fingerprint(config.train, Workdir(config.workdir))
+    expected = training_fingerprint(config.train, Workdir(config.workdir), config.store)
     return "train-" + fingerprint(expected, world, config.workdir, source_hash())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,18 @@ def test_diff(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (diff["a"]["version"], diff["b"]["version"]) == ("v0001", "v0002")
     text = run(["artefacts", "diff", "tiny", "v0001", "v0002", *at], capsys)
     assert text.splitlines()[0] == "tiny v0001 -> tiny v0002"
+    assert "vectors" not in diff  # manifests only, unless asked
+
+
+def test_diff_vectors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    at = ["--store", str(store), "--vectors"]
+    diff = run_json(["artefacts", "diff", "tiny", "v0001", "v0002", *at], capsys)
+    moved = diff["vectors"]
+    words = pq.read_table(store / "tiny" / "v0002" / "vocab.parquet").num_rows - 5
+    assert moved["added"] + moved["shared"] == words and moved["shared"] > 0
+    assert -1.0 <= moved["cosine"]["p5"] <= moved["cosine"]["median"] <= 1.0
+    text = run(["artefacts", "diff", "tiny", "v0001", "v0002", *at], capsys)
+    assert re.search(rf"median cosine +{moved['cosine']['median']:.4f}\n", text), text
 
 
 def test_export(

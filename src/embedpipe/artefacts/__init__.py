@@ -5,7 +5,7 @@ The function `embedpipe.artefacts.export.export` is re-exported as `export_vecto
 package attribute `export` stays the submodule.
 """
 
-from embedpipe.artefacts.diff import diff_manifests, format_diff
+from embedpipe.artefacts.diff import diff_manifests, diff_vectors, format_diff
 from embedpipe.artefacts.export import FORMATS as EXPORT_FORMATS
 from embedpipe.artefacts.export import export as export_vectors
 from embedpipe.artefacts.export import (
@@ -48,6 +48,7 @@ __all__ = [
     "StageRecord",
     "VersionGoneError",
     "diff_manifests",
+    "diff_vectors",
     "export_vectors",
     "format_diff",
     "is_artefact",

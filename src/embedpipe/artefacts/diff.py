@@ -2,14 +2,18 @@
 
 Answers "why is v0007 better than v0006?" from the manifests alone, with no vectors loaded:
 the hyper-parameters and run configuration that differ, the corpus stages whose fingerprint
-or counts moved, the evaluation scores with their deltas, and the sizes of files and runs.
+or counts moved, the evaluation scores with their deltas, the sizes of files and runs, and
+the parent a continued run started from. `diff_vectors` adds what moved, from the loaded
+vectors: the words added and removed, and the cosine of each shared word's two vectors.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from embedpipe.artefacts.manifest import Manifest, StageRecord
 from embedpipe.evaluate.benchmarks import BENCHMARKS
@@ -17,6 +21,10 @@ from embedpipe.evaluate.benchmarks import BENCHMARKS
 TRAINING = ("steps", "seconds", "words_per_sec", "corpus_words", "world_size", "device")
 STAGE_COUNTS_SKIPPED = ("buckets", "shards", "boundaries")  # bulky per-bucket/shard lists
 _MISSING = object()
+SHOWN_WORDS = 10  # words listed per kind in `diff_vectors`
+
+if TYPE_CHECKING:
+    from embedpipe.artefacts.keyed import Embeddings
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -142,7 +150,45 @@ def _both(x: Mapping[str, Any], y: Mapping[str, Any], keys: Any) -> dict[str, An
     }
 
 
-def diff_manifests(a: Manifest, b: Manifest) -> dict[str, Any]:
+def diff_vectors(a: Embeddings, b: Embeddings, shown: int = SHOWN_WORDS) -> dict[str, Any]:
+    """What moved from embeddings `a` to `b`, word by word (special tokens aside).
+
+    Returns "added", "removed", "shared" (word counts), "added_words" and "removed_words"
+    (the first `shown`, most frequent first), and "cosine": for the shared words, the
+    median, 5th percentile, mean and minimum of the cosine between a word's vector in `a`
+    and in `b`, with "moved_most" (the `shown` lowest, [word, cosine]); None when the
+    dimensions differ.
+    """
+    words_a, words_b = (set(e.vocab[i] for i in e.word_ids()) for e in (a, b))
+    shared = [a.vocab[i] for i in a.word_ids() if a.vocab[i] in words_b]
+    result: dict[str, Any] = {
+        "added": len(words_b - words_a),
+        "removed": len(words_a - words_b),
+        "shared": len(shared),
+        "added_words": [w for w in b.vocab if w in words_b - words_a][:shown],
+        "removed_words": [w for w in a.vocab if w in words_a - words_b][:shown],
+        "cosine": None,
+    }
+    if a.dim != b.dim or not shared:
+        return result
+    x = a.vectors[[a.key_to_index[w] for w in shared]].astype(np.float64)
+    y = b.vectors[[b.key_to_index[w] for w in shared]].astype(np.float64)
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    cos = (x * y).sum(axis=1) / np.maximum(norms, 1e-12)
+    lowest = np.argsort(cos, kind="stable")[:shown]
+    result["cosine"] = {
+        "median": float(np.median(cos)),
+        "p5": float(np.percentile(cos, 5)),
+        "mean": float(cos.mean()),
+        "min": float(cos.min()),
+        "moved_most": [[shared[i], round(float(cos[i]), 4)] for i in lowest],
+    }
+    return result
+
+
+def diff_manifests(
+    a: Manifest, b: Manifest, vectors: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """What changed from manifest `a` (older) to manifest `b` (newer).
 
     Returns a JSON-ready dict:
@@ -158,7 +204,9 @@ def diff_manifests(a: Manifest, b: Manifest) -> dict[str, Any]:
       are finite);
     * "sizes": bytes per file and in total, vocab size and dimension, with deltas;
     * "training": steps, seconds, words/s, corpus words, world size and device;
-    * "code", "libraries": versions that differ.
+    * "code", "libraries": versions that differ;
+    * "parent": {"a", "b"}, the artefact each side continued from, when either did;
+    * "vectors": `vectors` as given (`diff_vectors` of the two sides), when given.
     """
     run_a = dict(a.lineage.run_config or {})
     run_b = dict(b.lineage.run_config or {})
@@ -167,7 +215,7 @@ def diff_manifests(a: Manifest, b: Manifest) -> dict[str, Any]:
     stages, unchanged = _stages(a, b)
     sizes_a, sizes_b = _sizes(a), _sizes(b)
     training_a, training_b = a.lineage.training or {}, b.lineage.training or {}
-    return {
+    out = {
         "a": _identity(a),
         "b": _identity(b),
         "hyperparameters": _changes(_hyperparameters(a), _hyperparameters(b)),
@@ -180,6 +228,15 @@ def diff_manifests(a: Manifest, b: Manifest) -> dict[str, Any]:
         "code": _changes(a.lineage.code_version or {}, b.lineage.code_version or {}),
         "libraries": _changes(a.lineage.libraries or {}, b.lineage.libraries or {}),
     }
+    if a.lineage.parent is not None or b.lineage.parent is not None:
+        out["parent"] = {"a": _copy(a.lineage.parent), "b": _copy(b.lineage.parent)}
+    if vectors is not None:
+        out["vectors"] = dict(vectors)
+    return out
+
+
+def _copy(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
 
 
 def _show(value: Any) -> str:
@@ -262,6 +319,7 @@ def format_diff(d: Mapping[str, Any]) -> str:
         ]
         lines.extend(_table(rows))
 
+    lines += _parent_lines(d)
     section("metrics", d["metrics"])
     section("hyper-parameters", d["hyperparameters"])
     section("run config", d["config"])
@@ -274,7 +332,44 @@ def format_diff(d: Mapping[str, Any]) -> str:
             "code and libraries",
             {**{f"code.{k}": v for k, v in d["code"].items()}, **d["libraries"]},
         )
+    lines += _vector_lines(d.get("vectors"))
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["diff_manifests", "format_diff"]
+def _parent_lines(d: Mapping[str, Any]) -> list[str]:
+    """Which artefact each side continued from (continued training), if any did."""
+    lines = []
+    for side in ("a", "b"):
+        parent = (d.get("parent") or {}).get(side)
+        if parent:
+            label = f"{d[side].get('name') or '?'} {d[side].get('version') or '?'}"
+            lines.append(
+                f"{label} continued from {parent.get('name')} {parent.get('version')} "
+                f"({_show(parent.get('sha256'))})"
+            )
+    return lines
+
+
+def _vector_lines(v: Mapping[str, Any] | None) -> list[str]:
+    """The `diff_vectors` part of `format_diff`: words added and removed, cosines."""
+    if v is None:
+        return []
+    lines = ["", "vectors:"]
+    rows = [("added words", str(v["added"]), ", ".join(v["added_words"])),
+            ("removed words", str(v["removed"]), ", ".join(v["removed_words"])),
+            ("shared words", str(v["shared"]), "")]  # fmt: skip
+    cos = v.get("cosine")
+    if cos is None:
+        rows.append(("cosine", "-", "dimensions differ or no shared word"))
+    else:
+        moved = ", ".join(f"{w} {c:.3f}" for w, c in cos["moved_most"])
+        rows += [("median cosine", f"{cos['median']:.4f}", ""),
+                 ("5th percentile", f"{cos['p5']:.4f}", ""),
+                 ("moved most", f"{cos['min']:.4f}", moved)]  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for name, value, more in rows:
+        lines.append(f"  {name.ljust(widths[0])}  {value.ljust(widths[1])}  {more}".rstrip())
+    return lines
+
+
+__all__ = ["diff_manifests", "diff_vectors", "format_diff"]

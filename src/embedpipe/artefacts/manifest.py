@@ -17,10 +17,14 @@ The layout, as `publish_training` writes it::
     run_config, stages, training,
     code_version, python,
     libraries, hardware           the lineage: what went in, what ran, where
+    parent                        continued training: the artefact the run started from
+                                  {"name", "version", "sha256"} (`Manifest.content_sha256`)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -29,7 +33,10 @@ from embedpipe.artefacts.files import ArtefactError, relative_name
 
 MANIFEST = "manifest.json"
 IDENTITY = ("name", "version", "created", "files")
-LINEAGE = ("run_config", "stages", "training", "code_version", "python", "libraries", "hardware")
+LINEAGE = (
+    "run_config", "stages", "training", "code_version", "python", "libraries", "hardware",
+    "parent",
+)  # fmt: skip
 STAGE_FIELDS = ("fingerprint", "config", "counts", "inputs", "seconds")
 NEIGHBOURS = "neighbours"
 MLM = "mlm"
@@ -247,7 +254,8 @@ def _neighbours(data: Any, where: str) -> Neighbours | None:
 @dataclass(frozen=True)
 class Lineage:
     """How the artefact was made: the run config, every corpus stage, the training summary,
-    code and library versions, and the publishing host's hardware."""
+    code and library versions, the publishing host's hardware and, for continued training,
+    the parent artefact ({"name", "version", "sha256"})."""
 
     run_config: Mapping[str, Any] | None = None
     stages: Mapping[str, StageRecord] | None = None
@@ -256,6 +264,7 @@ class Lineage:
     python: str | None = None
     libraries: Mapping[str, str | None] | None = None
     hardware: Mapping[str, Any] | None = None
+    parent: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> Lineage:
@@ -266,7 +275,7 @@ class Lineage:
             _string(version, where, f"libraries.{lib}", optional=True)
         objects = {
             key: _object(data.get(key), where, key, optional=True)
-            for key in ("run_config", "training", "code_version", "hardware")
+            for key in ("run_config", "training", "code_version", "hardware", "parent")
         }
         return cls(
             stages=None
@@ -289,6 +298,7 @@ class Lineage:
             "python": self.python,
             "libraries": _copy(self.libraries),
             "hardware": _copy(self.hardware),
+            "parent": _copy(self.parent),
         }
         return {key: value for key, value in out.items() if value is not None}
 
@@ -360,6 +370,12 @@ class Manifest:
             files={k: FileEntry.from_json(v, where, f"files.{k}") for k, v in files.items()},
             **parse_details(data, where),
         )
+
+    def content_sha256(self) -> str:
+        """One hash of the version's content: sha256 of its {file: sha256} table as sorted
+        JSON (what a continued run records of its parent)."""
+        table = {name: entry.sha256 for name, entry in self.files.items()}
+        return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         """The manifest.json object: the keys it was read from, or publish wrote."""

@@ -116,6 +116,7 @@ def trace_lineage(config: RunConfig, summary: dict[str, Any]) -> Lineage:
         stages=stages,
         training={k: v for k, v in summary.items() if k != "config"},
         code_version=code_version(),
+        parent=summary.get("parent"),  # continued training: the artefact it started from
     )
 
 

@@ -77,15 +77,29 @@ def diff(
     a: Annotated[str, typer.Argument(help="Version or alias (older).")],
     b: Annotated[str, typer.Argument(help="Version or alias (newer).")],
     store: Store = None,
+    vectors: Annotated[
+        bool,
+        typer.Option(
+            "--vectors", help="Also load both: words added/removed, cosine of shared words."
+        ),
+    ] = False,
     json_: Json = False,
 ) -> None:
-    """What changed between two versions: hyper-parameters, config, stages, metrics."""
-    from embedpipe.artefacts import diff_manifests, format_diff, open_store, read_manifest
+    """What changed between two versions: hyper-parameters, config, stages, metrics, the
+    parent of a continued run; with --vectors, what moved word by word."""
+    from embedpipe.artefacts import (
+        diff_manifests,
+        diff_vectors,
+        format_diff,
+        open_store,
+        read_embeddings,
+        read_manifest,
+    )
 
     opened = open_store(store)
-    changes = diff_manifests(
-        read_manifest(opened.resolve(name, a)), read_manifest(opened.resolve(name, b))
-    )
+    where_a, where_b = opened.resolve(name, a), opened.resolve(name, b)
+    moved = diff_vectors(read_embeddings(where_a), read_embeddings(where_b)) if vectors else None
+    changes = diff_manifests(read_manifest(where_a), read_manifest(where_b), vectors=moved)
     if json_:
         print_json(changes)
     else:

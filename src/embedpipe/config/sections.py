@@ -239,6 +239,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 50
     plugins: tuple[str, ...] = ()  # modules imported first: models registered outside embedpipe
+    # Continued training: start from a published artefact's weights (`train.init`):
+    # "NAME@VERSION" (a version, number or alias of NAME in the run's store), "NAME" (its
+    # latest version), or a version directory given as a path or URL (anything holding a
+    # "/" or starting with "." or "~"). None: a fresh start.
+    init_from: str | None = None
     options: Any = None  # the model's section; None: its defaults
 
     def __post_init__(self) -> None:
@@ -261,6 +266,8 @@ class TrainConfig:
             check(value == "auto" or value >= 1, f"train.{name} must be >= 1 or 'auto'")
         check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+        if self.init_from is not None:
+            parse_init_from(self.init_from)
 
     @classmethod
     def from_table(cls, data: Any, where: str = "train.") -> TrainConfig:
@@ -293,6 +300,23 @@ class TrainConfig:
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del shared["options"]
         return to_dict(shared) | {self.model: to_dict(self.options)}
+
+
+def parse_init_from(value: str) -> tuple[str, str] | None:
+    """`train.init_from` read: (name, version) for "NAME@VERSION" or "NAME" (version
+    "latest"); None for a version directory (a path or URL). ConfigError when malformed."""
+    check(
+        isinstance(value, str) and value.strip() == value and bool(value),
+        f"train.init_from must be NAME@VERSION, NAME or a version directory, not {value!r}",
+    )
+    if "/" in value or "\\" in value or value.startswith((".", "~")):
+        return None
+    name, _, version = value.rpartition("@") if "@" in value else (value, "", "latest")
+    check(
+        bool(name) and bool(version) and not any(c.isspace() for c in value),
+        f"train.init_from: {value!r} is not NAME@VERSION (e.g. 'sample@v0003' or 'sample')",
+    )
+    return name, version
 
 
 @dataclass(frozen=True)

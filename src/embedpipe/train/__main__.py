@@ -18,7 +18,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Workdir(config.workdir).train_dir
-    train(config.train, config.workdir, out)
+    train(config.train, config.workdir, out, config.store)
 
 
 if __name__ == "__main__":

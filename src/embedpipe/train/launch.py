@@ -78,7 +78,7 @@ def run_training(
     (other inputs or settings) are cleared first, those of the same run are resumed.
     """
     config = resolve_layout(config)
-    expected_fingerprint = training_fingerprint(config.train, Workdir(config.workdir))
+    expected_fingerprint = training_fingerprint(config.train, Workdir(config.workdir), config.store)
     summary_path = out / SUMMARY
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())

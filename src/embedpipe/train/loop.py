@@ -17,6 +17,11 @@ draws all its randomness from (seed, epoch, rank, chunk) or the step, so the cur
 repeats the uninterrupted one exactly. Checkpoints and the summary carry the run's
 fingerprint (the TrainConfig and the input tables' fingerprints); a checkpoint of another
 run is refused on resume.
+
+With `train.init_from` the run starts from a published artefact's weights (`init`): the
+spec gets the parent mapped onto the vocabulary as `parent=` (a resumed run does not: its
+checkpoint holds the weights), the parent's content hash joins the fingerprint's inputs,
+and the summary records the parent and the counts of kept, new and dropped words.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from embedpipe.config import TrainConfig, fingerprint, to_dict
+from embedpipe.config import ConfigError, TrainConfig, fingerprint, to_dict
 from embedpipe.train.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from embedpipe.train.data import Prefetcher
 from embedpipe.train.distributed import Cluster, agree, gather_cursors, setup_cluster
+from embedpipe.train.init import Parent, resolve_parent, start_from
 from embedpipe.train.layout import resolve_threads
 from embedpipe.train.progress import ProgressLog, write_loss_curve
 from embedpipe.train.registry import get_model, resolve
@@ -57,6 +63,8 @@ class ModelRun(ABC):
     """
 
     gpu_backend = "gloo"  # process group backend on GPUs ("cpu:gloo,cuda:nccl": dense models)
+    # Takes `parent=` (an `init.Parent`) to start from a published artefact (train.init_from).
+    continues = False
     unit = "words"  # what `epoch_words` counts, for the progress line
 
     epoch_words: float  # units one epoch covers over all ranks (progress, schedule)
@@ -104,31 +112,57 @@ class ModelRun(ABC):
 # Where a run's processes and threads sit is not what it computes: left out of its
 # fingerprint (a checkpoint records its world size, and resume checks that).
 LAYOUT_KEYS = ("nproc", "threads")
+Store = str | os.PathLike[str] | None  # the artefact store `train.init_from` names refer to
 
 
-def training_fingerprint(config: TrainConfig, workdir: Workdir) -> str:
+def training_fingerprint(config: TrainConfig, workdir: Workdir, store: Store = None) -> str:
     """What a training run depends on: its config (less the layout) and the input tables'
-    fingerprints."""
+    fingerprints (with the parent artefact's content hash, under `train.init_from`)."""
     settings = {k: v for k, v in to_dict(config).items() if k not in LAYOUT_KEYS}
-    return fingerprint(settings, input_fingerprints(config, workdir))
+    if config.init_from is None:  # a fresh run's fingerprint stays what it was before
+        del settings["init_from"]
+    return fingerprint(settings, input_fingerprints(config, workdir, store))
 
 
-def input_fingerprints(config: TrainConfig, workdir: Workdir) -> dict[str, str]:
-    """{table: fingerprint} of the model's table and the vocabulary."""
+def input_fingerprints(
+    config: TrainConfig, workdir: Workdir, store: Store = None
+) -> dict[str, str]:
+    """{table: fingerprint} of the model's table and the vocabulary, and "init_from": the
+    parent's content hash when there is one."""
     tables = (get_model(config.model).table, "vocab")
-    return {table: workdir.require(table)["fingerprint"] for table in tables}
+    inputs = {table: workdir.require(table)["fingerprint"] for table in tables}
+    if config.init_from is not None:
+        inputs["init_from"] = resolve_parent(config.init_from, store).sha256
+    return inputs
 
 
-def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
-    """Train `config.model` on the workdir's tables; checkpoints, metrics and the summary go
-    to `out`; resumes from the newest checkpoint there. Returns the summary."""
-    config = resolve_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+def build_model(
+    config: TrainConfig, wd: Workdir, cluster: Cluster, resumed: Any, store: Store
+) -> tuple[ModelRun, Parent | None]:
+    """The model's run, started from the parent artefact when `train.init_from` names one
+    and there is no checkpoint to resume; the parent (None: a fresh start)."""
     run_class = resolve(get_model(config.model).trainer)
-    cluster = setup_cluster(run_class.gpu_backend)
+    parent = start_from(config, wd, store)
+    if parent is None:
+        return run_class(config, wd, cluster, resumed), None
+    if not run_class.continues:
+        raise ConfigError(f"train.init_from: model {config.model!r} cannot start from an artefact")
+    if cluster.is_main:
+        counts = ", ".join(f"{n} {k}" for k, n in parent.map.counts().items())
+        print(f"starting from {parent.ref.name} {parent.ref.version}: words {counts}", flush=True)
+    return run_class(config, wd, cluster, resumed, parent=None if resumed else parent), parent
+
+
+def train(config: TrainConfig, workdir: str, out: Path, store: Store = None) -> dict[str, Any]:
+    """Train `config.model` on the workdir's tables; checkpoints, metrics and the summary go
+    to `out`; resumes from the newest checkpoint there. Returns the summary. `store`: where
+    a `train.init_from` name is found (None: `artefacts.store_root`)."""
+    config = resolve_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cluster = setup_cluster(resolve(get_model(config.model).trainer).gpu_backend)
     wd = Workdir(workdir)
-    run_fingerprint = training_fingerprint(config, wd)
+    run_fingerprint = training_fingerprint(config, wd, store)
     resumed = resume_checkpoint(out / CHECKPOINTS, run_fingerprint, cluster.world)
-    model = run_class(config, wd, cluster, resumed[1:] if resumed else None)
+    model, parent = build_model(config, wd, cluster, resumed[1:] if resumed else None, store)
     state = resumed[2] if resumed else {"epoch": 0, "cursors": [[0, 0]] * cluster.world}
     out.mkdir(parents=True, exist_ok=True)
     loop = Loop(config, cluster, model, out, run_fingerprint, state)
@@ -138,7 +172,9 @@ def train(config: TrainConfig, workdir: str, out: Path) -> dict[str, Any]:
         for epoch in range(state["epoch"], config.epochs):
             cursor = state["cursors"][cluster.rank] if epoch == state["epoch"] else (0, 0)
             loop.run_epoch(epoch, (int(cursor[0]), int(cursor[1])))
-        summary = loop.summarise(input_fingerprints(config, wd))
+        summary = loop.summarise(input_fingerprints(config, wd, store))
+        if parent is not None:
+            summary |= parent.summary()
         loop.close(summary)
     finally:  # what was logged reaches the disk, even when training fails
         if loop.progress is not None:

@@ -33,6 +33,7 @@ from embedpipe.artefacts.subwords import NGRAMS_KEY, SUBWORDS_CONFIG_FILE, subwo
 from embedpipe.config import TrainConfig
 from embedpipe.train.data import rank_chunks
 from embedpipe.train.distributed import Cluster, set_kernel_threads
+from embedpipe.train.init import Parent, init_subwords
 from embedpipe.train.loop import Resumed
 from embedpipe.train.registry import FastTextConfig
 from embedpipe.train.sgns import InPlaceTrainer
@@ -47,7 +48,12 @@ class FastTextRun(SkipGramRun):
     """Skip-gram whose centre word is the mean of its word and n-gram rows."""
 
     def __init__(
-        self, config: TrainConfig, workdir: Workdir, cluster: Cluster, resumed: Resumed | None
+        self,
+        config: TrainConfig,
+        workdir: Workdir,
+        cluster: Cluster,
+        resumed: Resumed | None,
+        parent: Parent | None = None,
     ) -> None:
         options: FastTextConfig = config.options
         self.options, self.seed, self.cluster = options, config.seed, cluster
@@ -69,6 +75,10 @@ class FastTextRun(SkipGramRun):
             with torch.no_grad():
                 self.model.input.weight.copy_(resumed[0]["input"])
                 self.model.output.weight.copy_(resumed[0]["output"])
+        if parent is not None:  # n-gram rows and word rows from the artefact; output fresh
+            parent.check_dim(options.dim, "train.fasttext.dim")
+            settings = {"minn": options.minn, "maxn": options.maxn, "bucket": options.bucket}
+            init_subwords(parent, self.model.input.weight, self.index, settings)
         self.params = [self.model.input.weight, self.model.output.weight]
         self.in_place = True  # CPU tables on every rank: SpanBatches over global ids
         self.runner = InPlaceTrainer(self.model, config.threads)  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ from embedpipe.train.data import (
 )
 from embedpipe.train.distributed import Cluster, set_kernel_threads, sync_group
 from embedpipe.train.glove import TABLES, GloVe, glove_step
+from embedpipe.train.init import Parent
 from embedpipe.train.loop import ModelRun, Resumed
 from embedpipe.train.registry import GloVeConfig
 from embedpipe.train.sync import RowSync
@@ -53,9 +54,15 @@ class GloVeRun(ModelRun):
     """GloVe's four tables and their AdaGrad sums, trained on this rank's `cooccur` share."""
 
     unit = "entries"
+    continues = True
 
     def __init__(
-        self, config: TrainConfig, workdir: Workdir, cluster: Cluster, resumed: Resumed | None
+        self,
+        config: TrainConfig,
+        workdir: Workdir,
+        cluster: Cluster,
+        resumed: Resumed | None,
+        parent: Parent | None = None,
     ) -> None:
         options: GloVeConfig = config.options
         self.options, self.seed, self.threads, self.cluster = (
@@ -76,6 +83,10 @@ class GloVeRun(ModelRun):
                 for name, p, s in zip(TABLES, self.params, self.sums, strict=True):
                     p.copy_(resumed[0][name])
                     s.copy_(resumed[0][f"adagrad.{name}"])
+        if parent is not None:  # W = C = half the published W + C; biases, sums fresh
+            parent.check_dim(options.dim, "train.glove.dim")
+            for table in (self.model.word.weight, self.model.context.weight):
+                parent.copy_rows(table, parent.emb.vectors, scale=0.5)
         self.compact = RowCompactor(vocab_size)
         self.sync = None
         if cluster.world > 1:

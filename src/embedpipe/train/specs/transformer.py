@@ -45,6 +45,7 @@ from embedpipe.train.buckets import (
     rank_bucket_chunks,
 )
 from embedpipe.train.distributed import Cluster
+from embedpipe.train.init import Parent
 from embedpipe.train.loop import ModelRun, Resumed
 from embedpipe.train.registry import TransformerConfig
 from embedpipe.train.transformer import IGNORE, N_SPECIAL, decay_groups, perplexity
@@ -135,8 +136,18 @@ class TransformerRun(ModelRun):
     def build(self, vocab_size: int, seed: int) -> tuple[Any, nn.Module]:
         """(architecture with `to_dict`, model initialised from `seed`)."""
 
+    def start_from(self, parent: Parent, model: nn.Module) -> None:
+        """Set the new `model`'s weights from a published artefact (`train.init_from`): the
+        subclasses that set `continues`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot start from an artefact")
+
     def __init__(
-        self, config: TrainConfig, workdir: Workdir, cluster: Cluster, resumed: Resumed | None
+        self,
+        config: TrainConfig,
+        workdir: Workdir,
+        cluster: Cluster,
+        resumed: Resumed | None,
+        parent: Parent | None = None,
     ) -> None:
         options: TransformerConfig = config.options
         self.options, self.seed, self.cluster = options, config.seed, cluster
@@ -149,6 +160,8 @@ class TransformerRun(ModelRun):
         self.corpus_words = sum(b["tokens"] for b in manifest["counts"]["buckets"])
         self.epoch_words = self.corpus_words * (1.0 - options.heldout)  # expected training tokens
         self.architecture, model = self.build(self.vocab_size, config.seed)
+        if parent is not None:  # the parent's weights; AdamW and the schedule start fresh
+            self.start_from(parent, model)
         self.model = model.to(cluster.device)
         self.optimizer = torch.optim.AdamW(
             decay_groups(self.model, options.weight_decay), lr=options.lr,

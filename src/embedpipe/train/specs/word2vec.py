@@ -25,6 +25,7 @@ from embedpipe.config import TrainConfig
 from embedpipe.train.cbow import CBOW
 from embedpipe.train.data import Batch, Chunk, ChunkReader, chunk_seed, rank_chunks
 from embedpipe.train.distributed import Cluster, set_kernel_threads, sync_group
+from embedpipe.train.init import Parent
 from embedpipe.train.loop import ModelRun, Resumed
 from embedpipe.train.registry import Word2VecConfig
 from embedpipe.train.sgns import InPlaceTrainer, SkipGram
@@ -45,9 +46,15 @@ class SkipGramRun(ModelRun):
     """Skip-gram: each context word predicts the centre word (`sgns.SkipGram`)."""
 
     table_class: type[SkipGram] = SkipGram
+    continues = True
 
     def __init__(
-        self, config: TrainConfig, workdir: Workdir, cluster: Cluster, resumed: Resumed | None
+        self,
+        config: TrainConfig,
+        workdir: Workdir,
+        cluster: Cluster,
+        resumed: Resumed | None,
+        parent: Parent | None = None,
     ) -> None:
         options: Word2VecConfig = config.options
         self.options, self.seed, self.cluster = options, config.seed, cluster
@@ -71,6 +78,9 @@ class SkipGramRun(ModelRun):
             with torch.no_grad():
                 self.model.input.weight.copy_(resumed[0]["input"])
                 self.model.output.weight.copy_(resumed[0]["output"])
+        if parent is not None:  # input rows from the published vectors; output fresh
+            parent.check_dim(options.dim, f"train.{config.model}.dim")
+            parent.copy_rows(self.model.input.weight, parent.emb.vectors)
         self.params = [self.model.input.weight, self.model.output.weight]
         # On CPU the kernel trains the tables in place; GPUs step on copies of the rows.
         self.in_place = cluster.device.type == "cpu"
