@@ -1,10 +1,11 @@
 # embedpipe: `make demo` runs the pipeline on the bundled sample, `make test` runs the tests.
-# Both create .venv and install the project on first use (torch as the CPU wheel).
+# Both create .venv and install the project on first use, with every extra, at the exact
+# versions of constraints.txt (torch as the CPU wheel).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
@@ -17,10 +18,10 @@ check-system:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
 	  echo "error: Python 3.10 or newer is needed ($(PYTHON) is older)"; exit 1; }
 
-$(STAMP): pyproject.toml | check-system
+$(STAMP): pyproject.toml constraints.txt | check-system
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

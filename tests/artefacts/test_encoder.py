@@ -26,6 +26,7 @@ from embedpipe.artefacts.encoder import (
     write_encoder_files,
 )
 from embedpipe.artefacts.export import export
+from embedpipe.artefacts.metadata import read_metadata
 from embedpipe.artefacts.publish import publish_training
 from embedpipe.config import TokenizeConfig, load_config
 from embedpipe.evaluate import BENCHMARKS
@@ -79,6 +80,9 @@ def test_publish_lists_the_encoder_and_loads_it(published: tuple[Path, Path]) ->
     files = emb.manifest.files
     for name in (ENCODER_FILE, ENCODER_CONFIG_FILE, "vectors.safetensors", "vocab.parquet"):
         assert files[name].sha256 == sha256_file(artefact / name)
+    for name in (ENCODER_FILE, "vectors.safetensors"):  # every safetensors file says what it is
+        meta = read_metadata(artefact / name)
+        assert (meta["name"], meta["model"], meta["dim"]) == ("tiny-mlm", "mlm", "16")
     config = json.loads((artefact / ENCODER_CONFIG_FILE).read_text())
     assert config["architecture"]["layers"] == 2 and config["architecture"]["vocab_size"] == 35
     assert emb.manifest.model is not None and emb.manifest.model.kind == "mlm"

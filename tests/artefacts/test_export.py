@@ -131,7 +131,7 @@ def test_export_from_embeddings_and_bad_input(tmp_path: Path) -> None:
     emb = Embeddings.from_arrays(["[PAD]", "a", "b"], np.eye(3, dtype=np.float32))
     out = export(emb, "w2v-text", tmp_path / "e.txt")
     assert out.read_text().splitlines() == ["2 3", "a 0 1 0", "b 0 0 1"]
-    assert FORMATS == ("w2v-text", "w2v-binary", "parquet")
+    assert FORMATS == ("w2v-text", "w2v-binary", "parquet", "hf", "sentence-transformers")
 
     with pytest.raises(ValueError, match="unknown export format 'csv'"):
         export(emb, "csv", tmp_path / "e.csv")  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ import torch
 
 import embedpipe
 from embedpipe.artefacts import ArtefactStore, FileEntry, Model, StageRecord, verify
+from embedpipe.artefacts.metadata import FORMAT, read_metadata
 from embedpipe.artefacts.publish import LIBRARIES, publish_training
 from embedpipe.artefacts.store import filesystem
 from embedpipe.config import RunConfig, SparkConfig, TrainConfig, to_dict
@@ -156,3 +157,25 @@ def test_publish_opens_the_runs_store_by_default(
     assert publish_training(config, work / "train") == f"{store_url}/tiny/v0001"
     unset = dataclasses.replace(config, store=None)
     assert publish_training(unset, work / "train") == tmp_path / "env-store" / "tiny" / "v0001"
+
+
+def test_vectors_carry_metadata_and_a_republish_is_the_same_version(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The safetensors file says what it is, and nothing in it (no version number, no time)
+    makes the same training publish twice: `skip_unchanged` compares files by sha256."""
+    work = write_workdir(tmp_path / "work")
+    options = Word2VecConfig(dim=4, window=2, negatives=2, batch_size=64)
+    train_config = TrainConfig(epochs=1, options=options)
+    train(train_config, str(work), work / "train")
+    config = RunConfig(name="tiny", workdir=str(work), store=store_url, train=train_config)
+    first = publish_training(config, work / "train")
+    assert publish_training(config, work / "train") == first == f"{store_url}/tiny/v0001"
+    manifest = verify(first)
+    assert manifest.tokenizer is not None
+    assert read_metadata(f"{first}/vectors.safetensors") == {
+        "name": "tiny", "model": "sgns", "dim": "4",
+        "vocab_size": str(len(embedpipe.load(first))),
+        "tokenizer": json.dumps(manifest.tokenizer, sort_keys=True),
+        "embedpipe_version": embedpipe.__version__, "embedpipe_format": FORMAT,
+    }  # fmt: skip

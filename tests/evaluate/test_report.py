@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import struct
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from embedpipe.evaluate.report import (
     score_title,
     write_report,
 )
+from embedpipe.extras import MissingExtraError
 from embedpipe.schemas import SPECIAL_TOKENS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -204,3 +206,16 @@ def test_inline_report_carries_its_pictures(tmp_path: Path) -> None:
     (tmp_path / "out" / "projection.png").unlink()
     with pytest.raises(FileNotFoundError, match="projection.png"):
         inline_report(report)
+
+
+def test_report_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtefactStore(tmp_path / "store")
+    version = publish_version(store, tmp_path, 1)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as in a core install
+    with pytest.raises(
+        MissingExtraError, match=r"the report's plots needs matplotlib, .*embedpipe\[pipeline\]"
+    ):
+        write_report(version, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.md").exists()

@@ -65,13 +65,14 @@ def test_dockerfile_has_java_the_package_and_a_torch_switch() -> None:
     runs = " ".join(a for i, a in instructions if i == "RUN")
     assert "openjdk-17-jre-headless" in runs
     assert '"${TORCH_INDEX}/${TORCH_VARIANT}"' in runs and '"torch==${TORCH_VERSION}"' in runs
-    assert re.search(r"pip install [^&]*\.(\s|$)", runs), "the package itself is installed"
+    # the package itself, with the pipeline extra, at the versions CI tests
+    assert re.search(r"pip install [^&]*-c constraints\.txt '\.\[pipeline\]'", runs), runs
     copied = {src for i, a in instructions if i == "COPY" for src in a.split()[:-1]}
-    assert {"pyproject.toml", "src", "flows", "prefect.yaml"} <= copied
+    assert {"pyproject.toml", "constraints.txt", "src", "flows", "prefect.yaml"} <= copied
     for path in copied:
         assert (ROOT / path).exists(), path  # the build context holds every source
-    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
-    assert pinned == args["TORCH_VERSION"]  # the image's torch meets the package's pin
+    pinned = re.search(r"^torch==([\d.]+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    assert pinned and pinned.group(1) == args["TORCH_VERSION"]  # the image's torch meets it
     # The image names the package's job file where pip installs it, and checks it is there.
     env = dict(a.split("=", 1) for i, a in instructions if i == "ENV" and " " not in a)
     installed = JOB_FILE.relative_to(Path(embedpipe.__file__).resolve().parents[1])

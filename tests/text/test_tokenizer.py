@@ -1,10 +1,14 @@
+import unicodedata
+
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedpipe.config import TokenizeConfig
 from embedpipe.text import tokenize_arrow, tokenize_line
-from embedpipe.text.tokenizer import split_long_line
+from embedpipe.text import tokenizer as tokenizer_module
+from embedpipe.text.tokenizer import nfkc_arrow, split_long_line
 
 # Latin with accents, Greek with final sigma, Cyrillic, CJK, digits, combining marks,
 # full-width forms and ligatures (NFKC), punctuation, whitespace, control characters.
@@ -35,6 +39,24 @@ def test_arrow_matches_reference(
     config = TokenizeConfig(lowercase=lowercase, nfkc=nfkc, cjk_chars=cjk, urls=urls, digits=digits)
     got = tokenize_arrow(pa.array(lines, pa.string()), config).to_pylist()
     assert got == [tokenize_line(line, config) for line in lines]
+
+
+@pytest.mark.parametrize("composes", [True, False])
+def test_nfkc_is_python_s_whichever_arrow_kernel(
+    composes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow < 26 decomposes in NFKC (apache/arrow#51225): then Python's NFKC is used."""
+    if composes and not tokenizer_module.arrow_composes():
+        pytest.skip("this pyarrow's utf8_normalize does not compose")
+    monkeypatch.setattr(tokenizer_module, "arrow_composes", lambda: composes)
+    texts = ["caf\u0065\u0301", "\u00e9", "\ufb01ne", None, "plain", "\uff21\u0301"]
+    got = nfkc_arrow(pa.array(texts, pa.string())).to_pylist()
+    assert got == [t and unicodedata.normalize("NFKC", t) for t in texts]
+    assert got[:3] == ["caf\u00e9", "\u00e9", "fine"]
+    ascii_only = pa.array(["a", None, "b c"], pa.string())
+    assert nfkc_arrow(ascii_only).to_pylist() == ["a", None, "b c"]
+    line = ALPHABET * 2
+    assert tokenize_arrow(pa.array([line])).to_pylist() == [tokenize_line(line)]
 
 
 def test_options() -> None:

@@ -39,7 +39,7 @@ from embedpipe.workdir import CHECKPOINTS
 if TYPE_CHECKING:
     from torch import nn
 
-    from embedpipe.train.transformer import Architecture
+    from embedpipe.train.architecture import Architecture
 
 ENCODER_CONFIG_FILE = "encoder.json"
 

@@ -39,7 +39,7 @@ class CausalEmbeddings(LanguageModelEmbeddings):
 
     @classmethod
     def architecture_class(cls) -> type[DecoderConfig]:
-        from embedpipe.train.clm import DecoderConfig
+        from embedpipe.train.architecture import DecoderConfig
 
         return DecoderConfig
 

@@ -73,7 +73,7 @@ class ContextualEmbeddings(LanguageModelEmbeddings):
 
     @classmethod
     def architecture_class(cls) -> type[EncoderConfig]:
-        from embedpipe.train.mlm import EncoderConfig
+        from embedpipe.train.architecture import EncoderConfig
 
         return EncoderConfig
 

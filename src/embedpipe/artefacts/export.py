@@ -3,7 +3,10 @@
 * word2vec text: gensim, fastText tooling, most embedding viewers.
 * word2vec binary: the original C tool's format; gensim `load_word2vec_format(binary=True)`.
 * Parquet with VECTORS_SCHEMA: Spark, DuckDB, Polars, pandas.
+* hf: a masked LM as a `transformers` model directory (`AutoModel`, `AutoTokenizer`).
+* sentence-transformers: vectors as a `SentenceTransformer` directory (a static embedding).
 
+The last two need the `hf` extra and write a directory (see `artefacts.huggingface`).
 Sources and targets are local paths or fsspec URLs.
 """
 
@@ -12,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal, get_args
 
 import fsspec
@@ -21,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedpipe.artefacts.huggingface import export_sentence_transformers, export_transformers
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
 from embedpipe.artefacts.store import Location, as_location, filesystem
 from embedpipe.schemas import SPECIAL_TOKENS, VECTOR, VECTORS_SCHEMA
 
-ExportFormat = Literal["w2v-text", "w2v-binary", "parquet"]
+ExportFormat = Literal["w2v-text", "w2v-binary", "parquet", "hf", "sentence-transformers"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 # float32 needs 9 significant digits to round-trip exactly through decimal text.
@@ -108,6 +114,13 @@ WRITERS = {
 }
 
 
+# Formats that are directories: written whole into a local folder, then moved into place.
+DIRECTORY_WRITERS: dict[str, Callable[[Embeddings, Path], Path]] = {
+    "hf": export_transformers,
+    "sentence-transformers": export_sentence_transformers,
+}
+
+
 def export(
     source: str | os.PathLike[str] | Embeddings,
     fmt: ExportFormat,
@@ -117,12 +130,16 @@ def export(
     """Write the vectors of an artefact directory (verified first) or Embeddings as `fmt`.
 
     The special tokens ([PAD], [UNK], ...) are left out unless `include_special`: they carry
-    no meaning for a downstream tool. The file appears complete or not at all (written to a
-    temporary name, then moved). Returns where it was written (a Path, or the URL given).
+    no meaning for a downstream tool. The directory formats (hf, sentence-transformers) keep
+    every row, so token ids stay the artefact's, and refuse a target that exists. The output
+    appears complete or not at all (written to a temporary name, then moved). Returns where
+    it was written (a Path, or the URL given).
     """
-    if fmt not in WRITERS:
+    if fmt not in WRITERS and fmt not in DIRECTORY_WRITERS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     emb = source if isinstance(source, Embeddings) else read_embeddings(source)
+    if fmt in DIRECTORY_WRITERS:
+        return _export_directory(emb, DIRECTORY_WRITERS[fmt], out_path)
     if include_special:
         tokens, vectors = emb.vocab, emb.vectors
     else:
@@ -140,4 +157,32 @@ def export(
     finally:
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(tmp)
+    return out
+
+
+def _export_directory(
+    emb: Embeddings,
+    writer: Callable[[Embeddings, Path], Path],
+    out_path: str | os.PathLike[str],
+) -> Location:
+    """Run a directory `writer` into a local temporary folder, copy its files beside the
+    target (path or URL) under a temporary name, then move that onto the target."""
+    out = as_location(out_path)
+    fs, path = filesystem(out)
+    if fs.exists(path):
+        raise FileExistsError(f"{out} exists: remove it or export to another directory")
+    parent, name = posixpath.split(path.rstrip("/"))
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+    fs.makedirs(parent, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory() as local:
+            written = writer(emb, Path(local, name))
+            for file in sorted(p for p in written.rglob("*") if p.is_file()):
+                target = f"{tmp}/{file.relative_to(written).as_posix()}"
+                fs.makedirs(posixpath.dirname(target), exist_ok=True)
+                fs.put_file(str(file), target)
+        fs.mv(tmp, path, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
     return out

@@ -330,9 +330,10 @@ class Embeddings:
     def to_gensim(self, include_special: bool = False) -> KeyedVectors:
         """A gensim KeyedVectors holding a copy of the vectors, with counts as the "count"
         attribute; the special tokens are left out unless `include_special` (as in the
-        exports). Needs gensim, which is not a dependency of embedpipe."""
-        from gensim.models import KeyedVectors
+        exports). Needs gensim: `pip install 'embedpipe[gensim]'`."""
+        from embedpipe.extras import require
 
+        KeyedVectors = require("gensim.models", "to_gensim()").KeyedVectors  # noqa: N806
         ids = np.arange(len(self)) if include_special else self.word_ids()
         kv = KeyedVectors(self.dim, dtype=np.float32)
         kv.add_vectors([self.vocab[i] for i in ids], self.vectors[ids])

@@ -32,11 +32,11 @@ from embedpipe.artefacts.manifest import (
     StageRecord,
     manifest_details,
 )
+from embedpipe.artefacts.metadata import artefact_metadata, stamp
 from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.config import RunConfig, redacted
 from embedpipe.corpus.registry import TABLES
 from embedpipe.evaluate import evaluate_all, probe_neighbours
-from embedpipe.train.checkpoint import load_checkpoint
 from embedpipe.train.registry import get_model, resolve
 from embedpipe.version import code_version
 from embedpipe.workdir import CHECKPOINTS, METRICS, SUMMARY, Workdir
@@ -54,6 +54,8 @@ def read_trained(train_dir: Path, vectors: str = "input") -> tuple[dict[str, Any
     if not summary_path.is_file():
         raise FileNotFoundError(f"{train_dir} holds no finished training run (no {SUMMARY})")
     summary = json.loads(summary_path.read_text())
+    from embedpipe.train.checkpoint import load_checkpoint  # torch: the pipeline extra
+
     tensors, _ = load_checkpoint(train_dir / CHECKPOINTS / summary["checkpoint"])
     return summary, tensors[vectors].numpy().astype(np.float32, copy=False)
 
@@ -143,12 +145,13 @@ def publish_training(
     else:
         metrics = evaluate_vectors(vectors, tokens)
     tokenizer_model = Path(wd.tokenizer_model)
+    tokenizer = {
+        **config.to_dict()["tokenize"],
+        "model_file": TOKENIZER_FILE if tokenizer_model.is_file() else None,
+    }
     details = manifest_details(
         model=Model(kind=config.train.model, hyperparameters=summary["config"]),
-        tokenizer={
-            **config.to_dict()["tokenize"],
-            "model_file": TOKENIZER_FILE if tokenizer_model.is_file() else None,
-        },
+        tokenizer=tokenizer,
         metrics=Metrics.from_json(metrics, f"evaluation of {config.name}"),
         lineage=trace_lineage(config, summary),
     )
@@ -167,9 +170,22 @@ def publish_training(
         pq.write_table(vocab.cast(S.VOCAB_SCHEMA), files[VOCAB_FILE])
         words = len(S.SPECIAL_TOKENS)  # the word2vec export holds words only
         write_word2vec_text(files[WORD2VEC_FILE], tokens[words:], vectors[words:])
+        meta = artefact_metadata(
+            config.name, config.train.model, vectors.shape[1], len(tokens), tokenizer
+        )
+        files = stamped(files, meta, Path(tmp, "stamped"))
         return open_store(config.store if store is None else store).publish(
             config.name, files, details, skip_unchanged=True
         )
+
+
+def stamped(files: dict[str, Path], meta: dict[str, str], folder: Path) -> dict[str, Path]:
+    """`files` with every safetensors file replaced by a copy in `folder` carrying `meta`
+    (the vectors, and a model's own files such as the encoder's): see `artefacts.metadata`."""
+    out = dict(files)
+    for key in sorted(k for k in files if k.endswith(".safetensors")):
+        out[key] = stamp(files[key], folder / key, meta)
+    return out
 
 
 __all__ = ["environment", "evaluate_vectors", "publish_training", "trace_lineage", "read_trained"]

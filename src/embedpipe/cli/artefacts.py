@@ -6,10 +6,11 @@ the core install, without torch, pyspark, Prefect or numba.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
+from embedpipe.artefacts.export import ExportFormat  # the one list of formats
 from embedpipe.cli.options import Json, Name, Store, Version
 from embedpipe.cli.output import print_json
 
@@ -17,8 +18,6 @@ app = typer.Typer(
     help="List, show, verify, diff, alias, delete, gc and export artefacts.",
     no_args_is_help=True,
 )
-
-ExportFormat = Literal["w2v-text", "w2v-binary", "parquet"]  # artefacts.export.FORMATS
 
 
 @app.command("list")
@@ -144,7 +143,14 @@ def gc(
 @app.command()
 def export(
     name: Name,
-    format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")],
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="w2v-text / w2v-binary / parquet: the vectors; hf: a transformers model "
+            "directory (mlm, clm) or static vectors; sentence-transformers: a model directory.",
+        ),
+    ],
     out: Annotated[str, typer.Option(help="Output file, a path or fsspec URL.")],
     version: Version = "latest",
     include_special: Annotated[

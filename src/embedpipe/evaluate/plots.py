@@ -6,7 +6,8 @@ the most frequent words whose labels go to informative words spread over the pla
 most frequent words (function words, punctuation) and tokens without a letter are never
 labelled, and a word is labelled only at a distance from every label placed before it.
 Figures are drawn with matplotlib's Agg canvas directly (no pyplot): headless, and the
-global backend is left alone.
+global backend is left alone. matplotlib comes with the pipeline extra and is imported when
+the first figure is made, so loading and evaluating artefacts never imports it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from embedpipe.artefacts import Embeddings
+from embedpipe.extras import require
 from embedpipe.schemas import SPECIAL_TOKENS
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 LOSS_PLOT = "loss.png"
 PROJECTION_PLOT = "projection.png"
@@ -35,9 +38,14 @@ LABEL_SPACING = 0.08  # labels at least this share of the map's diagonal apart
 SENTENCEPIECE_SPACE = "\u2581"
 
 
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure (MissingExtraError naming the extra where matplotlib is absent)."""
+    return require("matplotlib.figure", "the report's plots").Figure(**kwargs)
+
+
 def save_png(fig: Figure, path: Path, dpi: int = DPI) -> None:
     """Render a figure to PNG through the Agg canvas."""
-    FigureCanvasAgg(fig)
+    require("matplotlib.backends.backend_agg", "the report's plots").FigureCanvasAgg(fig)
     fig.savefig(path, dpi=dpi, format="png")
 
 
@@ -59,7 +67,7 @@ def _curve(ax: Axes, records: Sequence[Mapping[str, Any]], key: str, **style: An
 def plot_training(records: Sequence[Mapping[str, Any]], path: Path) -> Figure:
     """Loss (and held-out loss) with the learning rate on a second axis, and words/s, against
     the step; written to `path` and returned (for a look at what it drew)."""
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    fig = new_figure(figsize=(8, 5.5), layout="constrained")
     ax_loss, ax_speed = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     _curve(ax_loss, records, "loss", color="tab:blue", label="loss")
     _curve(ax_loss, records, "heldout_loss", color="tab:red", label="held-out loss")
@@ -145,7 +153,7 @@ def plot_projection(emb: Embeddings, path: Path) -> tuple[int, list[str]]:
     coords, share = project(emb.normed[ids])
     tokens = [emb.vocab[i] for i in ids]
     labelled = choose_labels(tokens, coords)
-    fig = Figure(figsize=(9, 8), layout="constrained")
+    fig = new_figure(figsize=(9, 8), layout="constrained")
     ax = fig.subplots()
     ax.scatter(coords[:, 0], coords[:, 1], s=8, color="tab:blue", alpha=0.4)
     ax.scatter(coords[labelled, 0], coords[labelled, 1], s=12, color="tab:red")

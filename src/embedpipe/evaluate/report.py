@@ -24,7 +24,6 @@ from typing import Any
 
 import fsspec
 import numpy as np
-from matplotlib.figure import Figure
 
 from embedpipe.artefacts.diff import diff_manifests, format_diff
 from embedpipe.artefacts.files import as_location, filesystem, join
@@ -36,6 +35,7 @@ from embedpipe.evaluate.plots import (
     PROJECTION_PLOT,
     SKIPPED_FREQUENT,
     frequent_words,
+    new_figure,
     plot_projection,
     plot_training,
     save_png,
@@ -95,7 +95,7 @@ def score_title(bench: Benchmark) -> str:
 def plot_scores(manifests: Sequence[Manifest], current: str, path: Path) -> None:
     """Each benchmark's score across versions, the reported version marked."""
     labels = [m.version for m in manifests]
-    fig = Figure(figsize=(8, 4), layout="constrained")
+    fig = new_figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(manifests))
     for bench in BENCHMARKS:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -73,16 +72,27 @@ def word_index(words: Iterable[str], case_insensitive: bool) -> dict[str, int]:
     return index
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho, NaN for fewer than two points or a constant input (without warnings)."""
-    if len(x) < 2:
-        return math.nan
-    from scipy.stats import spearmanr
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of the values of x, tied values sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the rank of the last copy of each distinct value
+    return (last - (counts - 1) / 2.0)[inverse.ravel()]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = spearmanr(x, y).statistic
-    return float(rho)
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (Pearson's r of the average ranks, as scipy.stats.spearmanr computes
+    it, in numpy so that evaluation needs no scipy); NaN for fewer than two points, a NaN
+    input or a constant one."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or np.isnan(x).any() or np.isnan(y).any():
+        return math.nan
+    rx = average_ranks(x)
+    ry = average_ranks(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    norm = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    return math.nan if norm == 0.0 else float(np.clip(rx @ ry / norm, -1.0, 1.0))
 
 
 def pair_cosines(
@@ -155,17 +165,58 @@ def word_pair_correlations(
     human, cosine, unknown = pair_cosines(vectors, vocab, pairs, case_insensitive, dummy4unknown)
     if len(human) < 2:
         raise ValueError(f"{source}: {len(human)} scorable pairs, need at least 2")
-    from scipy.stats import pearsonr, spearmanr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a constant input gives NaN, as in gensim
-        pearson, rho = pearsonr(human, cosine), spearmanr(human, cosine)
-    oov = 100.0 * unknown / len(pairs)
-    return (
-        (float(pearson.statistic), float(pearson.pvalue)),
-        (float(rho.statistic), float(rho.pvalue)),
-        oov,
+    pearson = (
+        float(np.corrcoef(human, cosine)[0, 1]) if np.ptp(human) and np.ptp(cosine) else math.nan
     )
+    rho = spearman(human, cosine)
+    oov = 100.0 * unknown / len(pairs)
+    n = len(human)
+    return (pearson, correlation_pvalue(pearson, n)), (rho, correlation_pvalue(rho, n)), oov
+
+
+def correlation_pvalue(r: float, n: int) -> float:
+    """Two-sided p-value of a correlation `r` over `n` pairs (Student's t with n - 2 degrees of
+    freedom, as scipy's pearsonr and spearmanr give it): I_{df / (df + t^2)}(df / 2, 1 / 2)."""
+    df = n - 2
+    if math.isnan(r) or df <= 0:
+        return math.nan
+    if abs(r) >= 1.0:
+        return 0.0
+    return incomplete_beta(df / 2, 0.5, (1 - r * r))  # df / (df + t^2) == 1 - r^2
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction
+    (modified Lentz), on the side of x where it converges fast."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    return front * _beta_fraction(a, b, x) / a
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of I_x(a, b), evaluated by the modified Lentz method."""
+
+    def guard(v: float) -> float:
+        return v if abs(v) > 1e-300 else 1e-300
+
+    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1))
+    h = d
+    for m in range(1, 500):
+        for term in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 / guard(1.0 + term * d)
+            c = guard(1.0 + term / c)
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
 
 
 def nearest_neighbours(

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import sentencepiece as spm
 
 from embedpipe.config import TokenizeConfig
+from embedpipe.text.tokenizer import nfkc_arrow
 from embedpipe.workdir import TOKENIZER_MODEL
 
 MODEL_FILE = TOKENIZER_MODEL  # beside the tokens table
@@ -24,7 +25,7 @@ def normalize_arrow(texts: pa.Array, config: TokenizeConfig) -> pa.Array:
     """NFKC and lower-casing as configured; null text becomes ""."""
     texts = pc.fill_null(texts, "")
     if config.nfkc:
-        texts = pc.utf8_normalize(texts, form="NFKC")
+        texts = nfkc_arrow(texts)
     if config.lowercase:
         texts = pc.utf8_lower(texts)
     return texts

@@ -12,6 +12,7 @@ without spaces fall back to characters); split.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -23,8 +24,8 @@ import regex
 from embedpipe.config import TokenizeConfig
 from embedpipe.text.normalise import fold_digit, normalise_text
 
-_SEPARATOR = r"[^\p{L}\p{M}\p{N}]+"
-_CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
+SEPARATOR_PATTERN = r"[^\p{L}\p{M}\p{N}]+"
+CJK_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
 # A URL runs to the first whitespace or non-ASCII character (the same in RE2 and Python).
 # Case is spelled out instead of (?i): RE2 and Python fold non-ASCII letters differently
 # under (?i) (Python's [!-~] matches "İ", U+0130, as "i"; RE2's does not).
@@ -33,7 +34,7 @@ URL_TOKEN = "url"
 
 _URL = re.compile(URL_PATTERN)
 _BLANKS = re.compile(r"[ \t]+")
-_CJK_CHAR = regex.compile(_CJK)
+_CJK_CHAR = regex.compile(CJK_PATTERN)
 
 
 def tokenize_line(text: str, config: TokenizeConfig = TokenizeConfig()) -> list[str]:
@@ -112,11 +113,31 @@ def _may_hold_url(texts: pa.StringArray, config: TokenizeConfig) -> pa.BooleanAr
     return pc.or_(pc.match_substring(texts, "://"), www)
 
 
+@functools.cache
+def arrow_composes() -> bool:
+    """Whether Arrow's utf8_normalize composes: before pyarrow 26 its NFC and NFKC returned
+    the decomposed forms, "é" as "e" + U+0301 (apache/arrow#51225)."""
+    return pc.utf8_normalize(pa.array(["e\u0301"]), form="NFKC")[0].as_py() == "\u00e9"
+
+
+def nfkc_arrow(texts: pa.Array) -> pa.Array:
+    """NFKC of every string, as `unicodedata.normalize` gives it: Arrow's kernel where it
+    composes, else Python's (a batch of pure ASCII, its own NFKC, is returned as it is)."""
+    if arrow_composes():
+        return pc.utf8_normalize(texts, form="NFKC")
+    if pc.all(pc.string_is_ascii(texts)).as_py() is not False:
+        return texts
+    return pa.array(
+        [t if t is None else unicodedata.normalize("NFKC", t) for t in texts.to_pylist()],
+        texts.type,
+    )
+
+
 def _normalise_unicode(texts: pa.StringArray, config: TokenizeConfig) -> pa.StringArray:
     """The steps of `tokenize_line` for any text, with every run of separators (anything
     but letters, marks and digits) replaced by one space."""
     if config.nfkc:
-        texts = pc.utf8_normalize(texts, form="NFKC")
+        texts = nfkc_arrow(texts)
     if config.lowercase:
         texts = pc.utf8_lower(texts)
     if config.urls:
@@ -124,8 +145,8 @@ def _normalise_unicode(texts: pa.StringArray, config: TokenizeConfig) -> pa.Stri
     if config.digits:
         texts = pc.replace_substring_regex(texts, r"\p{Nd}", "0")
     if config.cjk_chars:
-        texts = pc.replace_substring_regex(texts, f"({_CJK})", r" \1 ")
-    return pc.replace_substring_regex(texts, _SEPARATOR, " ").cast(pa.string())
+        texts = pc.replace_substring_regex(texts, f"({CJK_PATTERN})", r" \1 ")
+    return pc.replace_substring_regex(texts, SEPARATOR_PATTERN, " ").cast(pa.string())
 
 
 # Word bytes once separators are spaces: ASCII letters and digits, and every byte of a

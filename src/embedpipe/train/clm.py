@@ -14,61 +14,21 @@ masked LM, so the held-out perplexity compares with a unigram model of the same 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedpipe import schemas as S
-from embedpipe.train.registry import CLMConfig
+from embedpipe.train.architecture import BOS_ID, PAD_ID, DecoderConfig
 from embedpipe.train.transformer import (
     IGNORE,
     N_SPECIAL,
-    Architecture,
     TransformerLayer,
     init_parameters,
     layer_index,
     target_loss,
 )
-
-PAD_ID = S.PAD_ID
-BOS_ID = S.SPECIAL_TOKENS.index(S.CLS)  # [CLS] begins every example
-
-
-@dataclass(frozen=True)
-class DecoderConfig(Architecture):
-    """The architecture of a `CausalLM`: everything needed to rebuild it from its weights."""
-
-    vocab_size: int
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    ffn: int = 512
-    max_len: int = 128
-    dropout: float = 0.1
-    tie_output: bool = True
-    norm: str = "pre"  # LayerNorm before each sub-layer, plus one after the last layer
-    activation: str = "gelu"
-    pad_id: int = PAD_ID
-    bos_id: int = BOS_ID
-
-    def __post_init__(self) -> None:
-        self.check_shape()
-
-    @classmethod
-    def from_clm(cls, config: CLMConfig, vocab_size: int) -> DecoderConfig:
-        return cls(
-            vocab_size=vocab_size,
-            width=config.width,
-            layers=config.layers,
-            heads=config.heads,
-            ffn=config.ffn,
-            max_len=config.max_len,
-            dropout=config.dropout,
-            tie_output=config.tie_output,
-        )
 
 
 class CausalLM(nn.Module):

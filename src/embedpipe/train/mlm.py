@@ -16,67 +16,28 @@ word (10%) or stays as it is (10%), BERT's recipe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedpipe import schemas as S
-from embedpipe.train.registry import MLMConfig
+from embedpipe.train.architecture import (  # part of this module's API
+    CLS_ID,
+    MASK_ID,
+    PAD_ID,
+    SEP_ID,
+    UNK_ID,  # noqa: F401 (re-exported)
+    EncoderConfig,
+)
 from embedpipe.train.transformer import (
     IGNORE,
     N_SPECIAL,
-    Architecture,
     TransformerLayer,
     init_parameters,
     layer_index,
     target_loss,
 )
-
-PAD_ID = S.PAD_ID
-UNK_ID = S.UNK_ID
-CLS_ID = S.SPECIAL_TOKENS.index(S.CLS)
-SEP_ID = S.SPECIAL_TOKENS.index(S.SEP)
-MASK_ID = S.SPECIAL_TOKENS.index(S.MASK)
-
-
-@dataclass(frozen=True)
-class EncoderConfig(Architecture):
-    """The architecture of a `MaskedLM`: everything needed to rebuild it from its weights."""
-
-    vocab_size: int
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    ffn: int = 512
-    max_len: int = 128
-    dropout: float = 0.1
-    tie_output: bool = True
-    segments: int = 2
-    norm: str = "pre"  # LayerNorm before each sub-layer, plus one after the last layer
-    activation: str = "gelu"
-    pad_id: int = PAD_ID
-    cls_id: int = CLS_ID
-    sep_id: int = SEP_ID
-    mask_id: int = MASK_ID
-
-    def __post_init__(self) -> None:
-        self.check_shape()
-
-    @classmethod
-    def from_mlm(cls, config: MLMConfig, vocab_size: int) -> EncoderConfig:
-        return cls(
-            vocab_size=vocab_size,
-            width=config.width,
-            layers=config.layers,
-            heads=config.heads,
-            ffn=config.ffn,
-            max_len=config.max_len,
-            dropout=config.dropout,
-            tie_output=config.tie_output,
-        )
 
 
 class MaskedLM(nn.Module):

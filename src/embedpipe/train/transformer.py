@@ -9,47 +9,17 @@ off biases and LayerNorm weights (`decay_groups`), name their layers the same wa
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedpipe import schemas as S
+from embedpipe.train.architecture import N_SPECIAL, Architecture  # noqa: F401 (re-exported)
 
-N_SPECIAL = len(S.SPECIAL_TOKENS)  # ids below this are never targets nor random replacements
 IGNORE = -100  # label of a position that is not a target (cross_entropy's ignore_index)
 INIT_STD = 0.02
-
-A = TypeVar("A", bound="Architecture")
-
-
-class Architecture:
-    """A model's architecture as a frozen dataclass: checked, and round-tripped as a dict."""
-
-    vocab_size: int
-    width: int
-    heads: int
-
-    def check_shape(self) -> None:
-        if self.vocab_size <= N_SPECIAL:
-            raise ValueError(f"vocab_size must exceed the {N_SPECIAL} special tokens")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls: type[A], data: dict[str, Any]) -> A:
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            kind = cls.__name__.removesuffix("Config").lower()  # "encoder", "decoder"
-            raise ValueError(f"unknown {kind} config key(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 class TransformerLayer(nn.Module):
