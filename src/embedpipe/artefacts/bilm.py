@@ -23,7 +23,8 @@ from embedpipe.artefacts.contextual import LanguageModelEmbeddings, write_model_
 if TYPE_CHECKING:
     from torch import nn
 
-    from embedpipe.train.bilm import BidirectionalConfig, BiLM
+    from embedpipe.train.architecture import BidirectionalConfig
+    from embedpipe.train.bilm import BiLM
 
 FORMAT = "embedpipe-bilm/1"
 
@@ -51,7 +52,7 @@ class BiLMEmbeddings(LanguageModelEmbeddings):
 
     @classmethod
     def architecture_class(cls) -> type[BidirectionalConfig]:
-        from embedpipe.train.bilm import BidirectionalConfig
+        from embedpipe.train.architecture import BidirectionalConfig
 
         return BidirectionalConfig
 

@@ -26,57 +26,19 @@ average of the layers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedpipe import schemas as S
-from embedpipe.train.registry import BiLMConfig
-from embedpipe.train.transformer import IGNORE, INIT_STD, N_SPECIAL, Architecture, target_loss
-
-PAD_ID = S.PAD_ID
-BOS_ID = S.SPECIAL_TOKENS.index(S.CLS)  # [CLS] begins every example
-EOS_ID = S.SPECIAL_TOKENS.index(S.SEP)  # [SEP] ends it
-
-
-@dataclass(frozen=True)
-class BidirectionalConfig(Architecture):
-    """The architecture of a `BiLM`: everything needed to rebuild it from its weights."""
-
-    vocab_size: int
-    width: int = 128  # token embedding = each direction's output per layer
-    hidden: int = 512  # LSTM cells; projected to width when larger
-    layers: int = 2
-    max_len: int = 128
-    dropout: float = 0.1
-    tie_output: bool = True
-    residual: bool = True  # layer k > 1 adds its input
-    pad_id: int = PAD_ID
-    bos_id: int = BOS_ID
-    eos_id: int = EOS_ID
-
-    def __post_init__(self) -> None:
-        if self.vocab_size <= N_SPECIAL:
-            raise ValueError(f"vocab_size must exceed the {N_SPECIAL} special tokens")
-        if self.hidden < self.width:
-            raise ValueError(f"hidden {self.hidden} must be >= width {self.width}")
-        if self.layers < 1:
-            raise ValueError(f"layers must be >= 1, got {self.layers}")
-
-    @classmethod
-    def from_bilm(cls, config: BiLMConfig, vocab_size: int) -> BidirectionalConfig:
-        return cls(
-            vocab_size=vocab_size,
-            width=config.dim,
-            hidden=config.hidden,
-            layers=config.layers,
-            max_len=config.max_len,
-            dropout=config.dropout,
-            tie_output=config.tie_output,
-        )
+from embedpipe.train.architecture import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    BidirectionalConfig,
+)
+from embedpipe.train.transformer import IGNORE, INIT_STD, N_SPECIAL, target_loss
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
