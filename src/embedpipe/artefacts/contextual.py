@@ -12,7 +12,8 @@ work as for static vectors) plus two files listed with their sha256 in the manif
 The format names the model and the class `embedpipe.load(...)` returns (`with_model`):
 "embedpipe-mlm-encoder/1", a masked LM (`encoder.ContextualEmbeddings`, with `encode`);
 "embedpipe-clm-decoder/1", a causal LM (`decoder.CausalEmbeddings`, with `encode` and
-`generate`). Both tokenise with the artefact's own tokenizer (the SentencePiece model when
+`generate`); "embedpipe-bilm/1", a bidirectional LSTM LM (`bilm.BiLMEmbeddings`, with
+`encode`, a mix of its layers). Both tokenise with the artefact's own tokenizer (the SentencePiece model when
 there is one, else the word tokenizer with the artefact's settings). Nothing is unpickled;
 torch is imported only when a model is built.
 """
@@ -139,10 +140,11 @@ class LanguageModelEmbeddings(Embeddings):
 
 def model_classes() -> dict[str, type[LanguageModelEmbeddings]]:
     """{format: artefact class} of the language models."""
+    from embedpipe.artefacts.bilm import BiLMEmbeddings
     from embedpipe.artefacts.decoder import CausalEmbeddings
     from embedpipe.artefacts.encoder import ContextualEmbeddings
 
-    return {c.format: c for c in (ContextualEmbeddings, CausalEmbeddings)}
+    return {c.format: c for c in (ContextualEmbeddings, CausalEmbeddings, BiLMEmbeddings)}
 
 
 def with_model(emb: Embeddings) -> LanguageModelEmbeddings:

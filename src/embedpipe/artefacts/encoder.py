@@ -142,7 +142,7 @@ def evaluate_language_model(
     tokenize: dict[str, Any],
     sp_model: Path | None = None,
 ) -> dict[str, Any]:
-    """The metrics of an mlm or clm artefact: the input matrix's word similarity, analogies
+    """The metrics of an mlm, clm or bilm artefact: the input matrix's word similarity, analogies
     and neighbours (`evaluate_input_matrix`) and, under `kind`, the held-out loss and
     perplexity the training measured (`heldout_metrics`)."""
     model = sp_model.read_bytes() if sp_model is not None and sp_model.is_file() else None

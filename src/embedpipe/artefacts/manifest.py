@@ -13,7 +13,7 @@ The layout, as `publish_training` writes it::
     model                         {"kind", "hyperparameters"}
     tokenizer                     the tokenize settings and "model_file"
     metrics                       {benchmark: {field: number}, "neighbours": {...},
-                                  "mlm" / "clm": {...}}
+                                  "mlm" / "clm" / "bilm": {...}}
     run_config, stages, training,
     code_version, python,
     libraries, hardware           the lineage: what went in, what ran, where
@@ -41,6 +41,7 @@ STAGE_FIELDS = ("fingerprint", "config", "counts", "inputs", "seconds")
 NEIGHBOURS = "neighbours"
 MLM = "mlm"
 CLM = "clm"
+BILM = "bilm"
 
 
 class ManifestError(ArtefactError):
@@ -193,19 +194,21 @@ class Metrics:
     """Evaluation at publish: `scores` holds one {field: number} table per benchmark (keyed
     by the benchmark's name, see `embedpipe.evaluate.benchmarks`); `neighbours` the probe
     words' nearest neighbours; `mlm` a masked LM's held-out loss and perplexity, `clm` a
-    causal LM's (with the unigram model's perplexity on the same tokens)."""
+    causal LM's and `bilm` a biLM's (with the unigram model's perplexity on the same
+    tokens)."""
 
     scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     neighbours: Neighbours | None = None
     mlm: Mapping[str, Any] | None = None
     clm: Mapping[str, Any] | None = None
+    bilm: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Metrics:
         metrics = _object(data, where, "metrics") or {}
         scores: dict[str, dict[str, float]] = {}
         for bench, table in metrics.items():
-            if bench in (NEIGHBOURS, MLM, CLM):
+            if bench in (NEIGHBOURS, MLM, CLM, BILM):
                 continue
             values = _object(table, where, f"metrics.{bench}") or {}
             for key, value in values.items():
@@ -216,6 +219,7 @@ class Metrics:
             neighbours=_neighbours(metrics.get(NEIGHBOURS), where),
             mlm=_object(metrics.get(MLM), where, f"metrics.{MLM}", optional=True),
             clm=_object(metrics.get(CLM), where, f"metrics.{CLM}", optional=True),
+            bilm=_object(metrics.get(BILM), where, f"metrics.{BILM}", optional=True),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -225,7 +229,7 @@ class Metrics:
                 word: [[token, score] for token, score in items]
                 for word, items in self.neighbours.items()
             }
-        for key, value in ((MLM, self.mlm), (CLM, self.clm)):
+        for key, value in ((MLM, self.mlm), (CLM, self.clm), (BILM, self.bilm)):
             if value is not None:
                 out[key] = dict(value)
         return out

@@ -226,7 +226,7 @@ class TrainConfig:
     """
 
     model: str = (
-        "sgns"  # a registered model: sgns, cbow, fasttext, glove, mlm, clm, or one of `plugins`
+        "sgns"  # a registered model: sgns, cbow, fasttext, glove, mlm, clm, bilm, or a plugin
     )
     epochs: int = 1
     seed: int = 1

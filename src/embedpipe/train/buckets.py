@@ -7,8 +7,9 @@ once per epoch). Within a chunk, the held-out sequences (`heldout_mask`) are set
 rest are cut into pieces that fit an example (`piece_length`), shuffled and framed
 (`plan_examples`; the masked LM pairs them, `[CLS] a [SEP] b [SEP]` with probability
 `pair_prob`), sorted by length and cut into batches of at most `max_tokens` padded slots
-(`token_budget_batches`), which are then shuffled. A batch is masked (`mlm.mask_tokens`) or
-shifted for next-token prediction (`clm.causal_pack`) by the config's kind.
+(`token_budget_batches`), which are then shuffled. A batch is masked (`mlm.mask_tokens`),
+shifted for next-token prediction (`clm.causal_pack`) or framed for both directions
+(`bilm.bilm_pack`) by the config's kind.
 
 Everything random about a chunk comes from generators seeded by (seed, epoch, rank, bucket,
 chunk), so the cursor (position in the visit order, batch) is a complete data state. Ranks
@@ -26,10 +27,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from embedpipe.train.bilm import bilm_pack
 from embedpipe.train.clm import causal_pack
 from embedpipe.train.data import Chunk, ChunkReader, parquet_files, split_chunks
 from embedpipe.train.mlm import mask_tokens, pack, padding_mask
-from embedpipe.train.registry import MLMConfig, TransformerConfig
+from embedpipe.train.registry import BiLMConfig, BucketLMConfig, MLMConfig
 
 _BUCKET = re.compile(r"bucket=(\d+)")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -173,20 +175,24 @@ def pair_examples(
 
 
 def plan_examples(
-    lengths: np.ndarray, config: TransformerConfig, rng: np.random.Generator
+    lengths: np.ndarray, config: BucketLMConfig, rng: np.random.Generator
 ) -> Examples:
     """The examples of a chunk's pieces: the masked LM's pairs (`pair_examples`), or each
-    piece alone in a random order (causal LM: `[CLS] a`, as long as the piece)."""
+    piece alone in a random order (causal LM: `[CLS] a`, as long as the piece; biLM:
+    `[CLS] a [SEP]`, two longer)."""
     if isinstance(config, MLMConfig):
         return pair_examples(lengths, config.pair_prob, config.max_len, rng)
     order = rng.permutation(len(lengths))
-    return Examples(order, np.full(len(order), -1, dtype=np.int64), lengths[order])
+    framing = 2 if isinstance(config, BiLMConfig) else 0
+    return Examples(order, np.full(len(order), -1, dtype=np.int64), lengths[order] + framing)
 
 
-def piece_length(config: TransformerConfig) -> int:
+def piece_length(config: BucketLMConfig) -> int:
     """The longest piece of a sequence one example holds: max_len less [CLS] and [SEP] for
-    the masked LM; max_len for the causal LM (it reads [CLS] a[:-1] and predicts a)."""
-    return config.max_len - 2 if isinstance(config, MLMConfig) else config.max_len
+    the masked LM and the biLM; max_len for the causal LM (it reads [CLS] a[:-1] and
+    predicts a)."""
+    framed = isinstance(config, (MLMConfig, BiLMConfig))
+    return config.max_len - 2 if framed else config.max_len
 
 
 def token_budget_batches(
@@ -216,12 +222,17 @@ def make_batch(
     examples: Examples,
     members: np.ndarray,
     vocab_size: int,
-    config: TransformerConfig,
+    config: BucketLMConfig,
     rng: np.random.Generator,
 ) -> tuple[tuple[torch.Tensor, ...], int, int, int]:
     """(tensors, targets, real slots, padded slots) of one batch: (ids, segments, mask,
-    labels) for the masked LM, (ids, labels) for the causal LM."""
+    labels) for the masked LM, (ids, labels) for the causal LM, (ids, lengths, labels) for
+    the biLM."""
     first = [flat[rows[p, 0] : rows[p, 1]] for p in examples.first[members]]
+    if isinstance(config, BiLMConfig):
+        ids, labels, lengths = bilm_pack(first)
+        data = (torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(labels))
+        return data, int((labels >= 0).sum()), int(lengths.sum()), int(ids.size)
     if not isinstance(config, MLMConfig):
         ids, labels, lengths = causal_pack(first)
         data = (torch.from_numpy(ids), torch.from_numpy(labels))
@@ -244,7 +255,7 @@ def make_batch(
 def chunk_batches(
     flat: np.ndarray,
     offsets: np.ndarray,
-    config: TransformerConfig,
+    config: BucketLMConfig,
     vocab_size: int,
     seeds: list[int],
     heldout: bool = False,
@@ -279,7 +290,7 @@ def chunk_seeds(seed: int, epoch: int, rank: int, bucket: int, chunk: int) -> li
 
 
 def iter_bucket_batches(
-    config: TransformerConfig,
+    config: BucketLMConfig,
     chunks: dict[int, list[Chunk]],
     vocab_size: int,
     seed: int,
@@ -315,7 +326,7 @@ def iter_bucket_batches(
 
 
 def iter_heldout_batches(
-    config: TransformerConfig, chunks: dict[int, list[Chunk]], vocab_size: int, seed: int
+    config: BucketLMConfig, chunks: dict[int, list[Chunk]], vocab_size: int, seed: int
 ) -> Iterator[BucketBatch]:
     """A rank's held-out batches: the same every time (fixed framing and masks)."""
     for bucket, bucket_chunks in chunks.items():

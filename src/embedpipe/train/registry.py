@@ -181,8 +181,9 @@ class GloVeConfig:
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
-    """What `[train.mlm]` and `[train.clm]` share: a small Transformer on the `buckets` table.
+class BucketLMConfig:
+    """What the language models on the `buckets` table share (`[train.mlm]`, `[train.clm]`,
+    `[train.bilm]`): batching, AdamW, the schedule and the held-out split.
 
     Each batch holds examples of one length bucket, at most `max_tokens` padded token slots
     per rank. AdamW at peak `lr` after `warmup_steps` of linear warm-up, then linear decay
@@ -190,10 +191,6 @@ class TransformerConfig:
     are never trained on: their loss is measured before training and after every epoch.
     """
 
-    layers: int = 2
-    heads: int = 4
-    width: int = 128  # hidden size = the published input embedding's dimension
-    ffn: int = 512  # feed-forward inner size
     max_len: int = 128  # longest example, special tokens included; longer sequences are cut
     max_tokens: int = 4096  # padded token slots per batch and rank (rows x longest row)
     dropout: float = 0.1
@@ -208,9 +205,8 @@ class TransformerConfig:
     amp: bool = True  # bf16/fp16 autocast, on CUDA only
 
     def __post_init__(self) -> None:
-        for name in ("layers", "heads", "width", "ffn", "max_tokens", "chunk_rows"):
+        for name in ("max_tokens", "chunk_rows"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
-        _check(self.width % self.heads == 0, "width must be a multiple of heads")
         _check(self.max_len >= 4, "max_len must be >= 4")
         _check(
             self.max_tokens >= self.max_len,
@@ -226,6 +222,23 @@ class TransformerConfig:
             len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
             "adam_betas must be two numbers in [0, 1)",
         )
+
+
+@dataclass(frozen=True)
+class TransformerConfig(BucketLMConfig):
+    """What `[train.mlm]` and `[train.clm]` share: a small Transformer (`BucketLMConfig`
+    plus its shape)."""
+
+    layers: int = 2
+    heads: int = 4
+    width: int = 128  # hidden size = the published input embedding's dimension
+    ffn: int = 512  # feed-forward inner size
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("layers", "heads", "width", "ffn"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(self.width % self.heads == 0, "width must be a multiple of heads")
 
 
 @dataclass(frozen=True)
@@ -258,6 +271,30 @@ class CLMConfig(TransformerConfig):
     Examples are `[CLS] a` ([CLS] begins every sequence); each position predicts the next
     token (cross-entropy over the ordinary tokens). No masking, no pairs.
     """
+
+
+@dataclass(frozen=True)
+class BiLMConfig(BucketLMConfig):
+    """`[train.bilm]`: an ELMo-style bidirectional LSTM language model (`BucketLMConfig` plus
+    its shape), over the vocabulary's tokens (words or SentencePiece pieces; no character
+    CNN).
+
+    Examples are `[CLS] a [SEP]`; a forward LSTM stack predicts each token of `a` from the
+    ones before it, a separate backward stack from the ones after it (`train.bilm`). Each
+    LSTM has `hidden` cells and, when `hidden > dim`, a projection of its output to `dim`
+    (ELMo's LSTMP), so every layer gives `dim` per direction. `tie_output`: the softmax is
+    the input embedding matrix (it is shared by the two directions either way).
+    """
+
+    dim: int = 128  # token embedding size = each direction's layer output size
+    hidden: int = 512  # LSTM cells per direction and layer (>= dim)
+    layers: int = 2  # LSTM layers per direction, as ELMo
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("dim", "hidden", "layers"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(self.hidden >= self.dim, "hidden must be >= dim (the LSTM output is projected)")
 
 
 _WORD2VEC = "embedpipe.train.specs.word2vec"
@@ -293,5 +330,15 @@ register_model(
         "embedpipe.train.specs.clm:CausalLMRun",
         evaluate=_LM_METRICS,
         files="embedpipe.artefacts.decoder:write_decoder_files",
+    )
+)
+register_model(
+    ModelSpec(
+        "bilm",
+        BiLMConfig,
+        "buckets",
+        "embedpipe.train.specs.bilm:BiLMRun",
+        evaluate=_LM_METRICS,
+        files="embedpipe.artefacts.bilm:write_bilm_files",
     )
 )

@@ -1,2 +1,2 @@
 """The built-in models as `loop.ModelRun`s: word2vec (sgns, cbow), GloVe, the masked and
-causal LMs."""
+causal LMs, the biLM."""

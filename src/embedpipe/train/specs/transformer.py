@@ -47,7 +47,7 @@ from embedpipe.train.buckets import (
 from embedpipe.train.distributed import Cluster
 from embedpipe.train.init import Parent
 from embedpipe.train.loop import ModelRun, Resumed
-from embedpipe.train.registry import TransformerConfig
+from embedpipe.train.registry import BucketLMConfig
 from embedpipe.train.transformer import IGNORE, N_SPECIAL, decay_groups, perplexity
 from embedpipe.workdir import Workdir
 
@@ -58,9 +58,7 @@ ADAM_EPS = 1e-6
 MOMENTS = ("exp_avg", "exp_avg_sq", "step")
 
 
-def learning_rate(
-    config: TransformerConfig, step: int, progress: float, decay_from: float
-) -> float:
+def learning_rate(config: BucketLMConfig, step: int, progress: float, decay_from: float) -> float:
     """Linear warm-up to `lr` over `warmup_steps`, then linear decay to 0 over the rest of the
     run's tokens: from `decay_from` (the progress when warm-up ended) to progress 1."""
     if step < config.warmup_steps:
@@ -73,7 +71,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step, 0x6D6C6D]).generate_state(1)[0])
 
 
-def autocast_dtype(config: TransformerConfig, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(config: BucketLMConfig, device: torch.device) -> torch.dtype | None:
     """bf16 (or fp16 where bf16 is missing) on CUDA when `amp`; None (float32) on CPU."""
     if not config.amp or device.type != "cuda":
         return None
@@ -149,7 +147,7 @@ class TransformerRun(ModelRun):
         resumed: Resumed | None,
         parent: Parent | None = None,
     ) -> None:
-        options: TransformerConfig = config.options
+        options: BucketLMConfig = config.options
         self.options, self.seed, self.cluster = options, config.seed, cluster
         torch.set_num_threads(config.threads)
         self.unigram = unigram_log_probs(workdir.table_path("vocab"))
