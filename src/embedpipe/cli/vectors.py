@@ -39,8 +39,9 @@ def evaluate(
     if hasattr(emb, "encode"):  # a language model: its input matrix as words, its held-out loss
         from embedpipe.artefacts.encoder import evaluate_input_matrix
 
-        kind = emb.manifest.model.kind if emb.manifest else "mlm"
-        heldout = getattr(emb.manifest.metrics, kind, None) if emb.manifest else None
+        manifest = emb.manifest
+        kind = manifest.model.kind if manifest and manifest.model else "mlm"
+        heldout = getattr(manifest.metrics, kind, None) if manifest and manifest.metrics else None
         results = {**evaluate_input_matrix(emb), kind: heldout}
     else:
         results = evaluate_vectors(emb.vectors, emb.vocab)
