@@ -172,11 +172,14 @@ def test_kernel_sgd_is_a_window_at_a_time(kit: SimpleNamespace) -> None:
         )
         h = a[rows].mean(0)
         err = torch.zeros_like(h)
-        for j in range(int(batch.left[c]), int(batch.right[c]) + 1):
-            if j == int(batch.centre_span[c]):
-                continue
+        contexts = [
+            j for j in range(int(batch.left[c]), int(batch.right[c]) + 1)
+            if j != int(batch.centre_span[c])
+        ]  # fmt: skip
+        for m, j in enumerate(contexts):  # fresh draws per context: centre (c + m)'s
             target = int(batch.span[j])
-            outputs = [(target, 1.0)] + [(int(n), 0.0) for n in batch.negatives[c] if n != target]
+            drawn = batch.negatives[(c + m) % len(batch.centres)]
+            outputs = [(target, 1.0)] + [(int(n), 0.0) for n in drawn if n != target]
             for o, label in outputs:
                 g = lr * (label - torch.sigmoid(h @ b[o]))
                 err += g * b[o]

@@ -8,7 +8,8 @@ of every vocabulary word are hashed once, when training starts, into a CSR index
 
 The window batches and negatives are skip-gram's (`windows.SpanBatch`, global ids); as in
 fastText, a centre word's subword mean predicts each context word of its window (output
-table, V rows) against the centre's K negatives. The kernel computes the centre's mean
+table, V rows) against K negatives drawn for that context (the batch's draws of another
+centre word: fresh for every context, as fastText draws them). The kernel computes the centre's mean
 once per window and adds the summed error of all its contexts to every subword row once,
 at the end of the window (fastText recomputes the mean and updates the rows after every
 context word): 1 + K output rows per context, but the ~20 input rows once per centre
@@ -152,7 +153,8 @@ def fasttext_window_sgd(
 ) -> tuple[float, int]:
     """Subword skip-gram over a window batch (global ids): the mean h of the centre word's
     subword rows (`offsets`, `rows`: a `SubwordIndex`) predicts every context word's
-    output row against the centre's K negatives (a negative equal to the context skipped).
+    output row against K negatives drawn for that context (a negative equal to the context
+    skipped): the m-th context of centre c takes the draws of centre (c + m) mod n.
 
     lr > 0: SGD in place, centre word by centre word; the error of h summed over the
     window is added to each subword row once. lr == 0: the loss's gradient (every subword
@@ -185,12 +187,17 @@ def fasttext_window_sgd(
             h[t] *= inv
         err[:] = 0
         measure = c % every == 0
+        m = 0  # contexts of this centre so far
         for j in range(left[c], right[c] + 1):
             if j == centre_span[c]:
                 continue
             target = span[j]
+            # Fresh negatives for every context, as fastText draws them: the m-th context
+            # takes the draws of the batch's (c + m)-th centre (independent draws).
+            drawn = (c + m) % n
+            m += 1
             for q in range(k + 1):
-                o = target if q == 0 else negatives[c, q - 1]
+                o = target if q == 0 else negatives[drawn, q - 1]
                 if q > 0 and o == target:
                     continue
                 f = np.float32(0.0)
@@ -265,7 +272,8 @@ def reference_loss(
     w_in: torch.Tensor, w_out: torch.Tensor, index: SubwordIndex, batch: SpanBatch
 ) -> torch.Tensor:
     """The batch loss the kernel computes, with autograd, for checks: per (centre, context)
-    pair -log s(u_o . h) - sum_k [n_k != o] log s(-u_k . h), h the mean of the centre's
+    pair -log s(u_o . h) - sum_k [n_k != o] log s(-u_k . h) (the m-th context of centre c
+    with the draws of centre (c + m) mod n, as the kernel), h the mean of the centre's
     subword rows. The mean is taken so that each row's gradient is the whole gradient of h
     (forward: the mean; backward: as a sum), fastText's skip-gram update rule."""
     losses = []
@@ -274,11 +282,13 @@ def reference_loss(
         rows = torch.from_numpy(index.rows[index.offsets[w] : index.offsets[w + 1]])
         total = w_in[rows].sum(0)
         h = total.detach() / len(rows) + (total - total.detach())
-        negatives = torch.from_numpy(batch.negatives[c])
-        for j in range(int(batch.left[c]), int(batch.right[c]) + 1):
-            if j == int(batch.centre_span[c]):
-                continue
+        contexts = [
+            j for j in range(int(batch.left[c]), int(batch.right[c]) + 1)
+            if j != int(batch.centre_span[c])
+        ]  # fmt: skip
+        for m, j in enumerate(contexts):
             target = int(batch.span[j])
+            negatives = torch.from_numpy(batch.negatives[(c + m) % len(batch.centres)])
             live = negatives[negatives != target]
             losses.append(-F.logsigmoid(w_out[target] @ h) - F.logsigmoid(-(w_out[live] @ h)).sum())
     return torch.stack(losses).sum()
