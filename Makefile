@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml constraints.txt | check-system
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e '.[test]'
+	@# Bytecode once, in parallel, at install: with PYTHONDONTWRITEBYTECODE=1 (common in
+	@# containers) every Spark worker, torchrun rank and CLI call would otherwise compile
+	@# torch, pyarrow, pandas and the package from source on each start.
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib src >/dev/null || true
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
