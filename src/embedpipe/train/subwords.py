@@ -134,7 +134,30 @@ def _prefetch_centre(
         prefetch_row(w_out, span[right[c]])
 
 
-# Longer than 60 lines: one compiled loop over the batch; helpers would cost a call per word.
+@numba.njit(inline="always", fastmath=True)
+def _subword_mean(w_in: np.ndarray, rows: np.ndarray, a: int, b: int, h: np.ndarray) -> None:
+    """h = the mean of the input rows rows[a:b] (a word's own row and its n-gram rows)."""
+    h[:] = 0
+    for s in range(a, b):
+        for t in range(h.shape[0]):
+            h[t] += w_in[rows[s], t]
+    inv = np.float32(1.0 / (b - a))
+    for t in range(h.shape[0]):
+        h[t] *= inv
+
+
+@numba.njit(inline="always", fastmath=True)
+def _add_to_subwords(
+    table: np.ndarray, rows: np.ndarray, a: int, b: int, err: np.ndarray, sign: np.float32
+) -> None:
+    """Add sign x err to each of the rows rows[a:b] of `table` (the tables or the gradient)."""
+    for s in range(a, b):
+        r = rows[s]
+        for t in range(err.shape[0]):
+            table[r, t] += sign * err[t]
+
+
+# One compiled loop over the batch; its per-word pieces are inlined helpers (no calls).
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def fasttext_window_sgd(
     w_in: np.ndarray,
@@ -178,13 +201,7 @@ def fasttext_window_sgd(
             continue
         w = centres[c]
         a, b = offsets[w], offsets[w + 1]
-        h[:] = 0
-        for s in range(a, b):
-            for t in range(d):
-                h[t] += w_in[rows[s], t]
-        inv = np.float32(1.0 / (b - a))
-        for t in range(d):
-            h[t] *= inv
+        _subword_mean(w_in, rows, a, b, h)
         err[:] = 0
         measure = c % every == 0
         m = 0  # contexts of this centre so far
@@ -217,14 +234,10 @@ def fasttext_window_sgd(
                         grad_out[o, t] -= g * h[t]
             pairs += 1
             measured += measure
-        for s in range(a, b):
-            r = rows[s]
-            if apply:
-                for t in range(d):
-                    w_in[r, t] += err[t]
-            else:
-                for t in range(d):
-                    grad_in[r, t] -= err[t]
+        if apply:
+            _add_to_subwords(w_in, rows, a, b, err, np.float32(1.0))
+        else:
+            _add_to_subwords(grad_in, rows, a, b, err, np.float32(-1.0))
     return loss * pairs / max(measured, 1), pairs
 
 
