@@ -59,21 +59,32 @@ def hot_mask(hot: int | str) -> np.ndarray:
     return rows % 2 == 0 if hot == "even" else rows < hot
 
 
-def expected_after(rank: int, interval: int, hot: int | str, rare_every: int) -> list[torch.Tensor]:
+def expected_after(
+    rank: int, interval: int, hot: int | str, rare_every: int, settled: bool = False
+) -> list[torch.Tensor]:
     """What a rank's tables hold after the boundary that ends `interval` (staleness).
 
     Its own changes up to `interval`; the other rank's hot rows up to interval - 1 (that
-    interval's exchange is still in flight); its rare rows up to the last boundary that
-    sent them (every `rare_every`-th) before this one.
+    interval's exchange is still in flight), or up to `interval` once it is `settled`; its
+    rare rows up to the last applied boundary that sent them (every `rare_every`-th).
     """
     other = range(1 - rank, 2 - rank)
-    last_full = interval // rare_every * rare_every  # boundaries are numbered from 1
+    seen = interval + 1 if settled else interval  # the other rank's intervals applied
+    last_full = seen // rare_every * rare_every  # boundaries are numbered from 1
     tables = with_changes(initial_tables(), range(rank, rank + 1), range(interval + 1))
-    tables = with_changes(tables, other, range(interval), hot_mask(hot))
+    tables = with_changes(tables, other, range(seen), hot_mask(hot))
     return with_changes(tables, other, range(last_full), ~hot_mask(hot))
 
 
-def worker(rank: int, port: int, out: str, payload: str, hot: int | str, rare_every: int) -> None:
+def assert_tables(tables: list[torch.Tensor], expected: list[torch.Tensor], tol: float, at: str):
+    for t in range(2):
+        gap = float((tables[t] - expected[t]).abs().max())
+        assert gap < tol, f"{at} table {t}: {gap}"
+
+
+def worker(
+    rank: int, port: int, out: str, payload: str, hot: int | str, rare_every: int, settle: bool
+) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     tables = initial_tables()
     group = dist.new_group(backend="gloo")
@@ -89,29 +100,42 @@ def worker(rank: int, port: int, out: str, payload: str, hot: int | str, rare_ev
             sync.mark(table, rows)
         sync.boundary()
         expected = expected_after(rank, interval, hot, rare_every)
-        for t in range(2):
-            gap = float((tables[t] - expected[t]).abs().max())
-            assert gap < tolerance, f"rank {rank} interval {interval} table {t}: {gap}"
+        assert_tables(tables, expected, tolerance, f"rank {rank} interval {interval}")
+        if settle:  # as the loop does partway into the next interval (sync_overlap < 1)
+            sync.settle()
+            expected = expected_after(rank, interval, hot, rare_every, settled=True)
+            assert_tables(tables, expected, tolerance, f"rank {rank} settled {interval}")
     sync.finish()
     torch.save(
-        {"tables": tables, "bytes": sync.bytes, "syncs": sync.syncs},
+        {"tables": tables, "bytes": sync.bytes, "syncs": sync.syncs, "summary": sync.summary()},
         Path(out) / f"rank{rank}.pt",
     )
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize(
-    ("payload", "hot", "rare_every"),
-    [("float32", ROWS, 1), ("bfloat16", ROWS, 1), ("float32", 20, 3), ("float32", "even", 3)],
-    ids=["float32", "bfloat16", "rare-rows-every-3rd", "hot-rows-by-mask"],
+    ("payload", "hot", "rare_every", "settle"),
+    [
+        ("float32", ROWS, 1, False),
+        ("bfloat16", ROWS, 1, False),
+        ("float32", 20, 3, False),
+        ("float32", "even", 3, False),
+        ("float32", 20, 3, True),
+    ],
+    ids=["float32", "bfloat16", "rare-rows-every-3rd", "hot-rows-by-mask", "settled-early"],
 )
 def test_two_ranks_end_with_identical_tables_holding_every_change(
-    tmp_path: Path, payload: str, hot: int | str, rare_every: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    payload: str,
+    hot: int | str,
+    rare_every: int,
+    settle: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The spawned ranks import this module by name: from the repository root.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
-    args = (free_port(), str(tmp_path), payload, hot, rare_every)
+    args = (free_port(), str(tmp_path), payload, hot, rare_every, settle)
     mp.spawn(worker, args=args, nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     expected = with_changes(initial_tables(), range(2), range(INTERVALS))
@@ -124,3 +148,7 @@ def test_two_ranks_end_with_identical_tables_holding_every_change(
     # Traffic is bounded by the rows touched, never the table: ids + values of the union.
     bound = (INTERVALS + 1) * 2 * PER_INTERVAL * (4 + (WIDTH + 1) * 4 * 2)
     assert 0 < results[0]["bytes"] <= bound
+    # Where the time went: every figure recorded, none negative.
+    summary = results[0]["summary"]
+    assert summary["exchange_seconds"] >= summary["exchange_cpu_seconds"] > 0
+    assert summary["boundary_seconds"] >= 0 and summary["wait_seconds"] >= 0

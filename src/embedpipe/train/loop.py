@@ -70,6 +70,9 @@ class ModelRun(ABC):
     epoch_words: float  # units one epoch covers over all ranks (progress, schedule)
     corpus_words: int  # the input's size, reported in the summary
     sync_every: float = 0  # words over all ranks between `exchange` calls; 0: none
+    # Share of an interval after which the exchange launched at its start is applied
+    # (`settle`); 1: at the next boundary.
+    sync_overlap: float = 1.0
 
     @abstractmethod
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Any]]:
@@ -94,6 +97,9 @@ class ModelRun(ABC):
     def exchange(self) -> None:
         """At a sync boundary (the same step on every rank): exchange what the ranks changed."""
         raise NotImplementedError(f"{type(self).__name__} sets sync_every but cannot exchange")
+
+    def settle(self) -> None:  # noqa: B027 (optional hook: models without exchange)
+        """Apply the exchange launched at the last boundary (the same step on every rank)."""
 
     def drain(self) -> float:
         """Finish steps and exchanges still running (before a checkpoint: afterwards every
@@ -225,9 +231,8 @@ class Loop:
                     self.words += step_words
                     self.loss_sum += loss
                     self.examples += examples
-                    if model.sync_every and self.words - self.synced >= model.sync_every:
-                        model.exchange()
-                        self.synced = self.words
+                    if model.sync_every:
+                        self.sync_step()
                     if cluster.is_main and (self.step == 1 or self.step % config.log_every == 0):
                         self.log(epoch, progress)
                     if config.checkpoint_every and self.step % config.checkpoint_every == 0:
@@ -235,6 +240,16 @@ class Loop:
         self.words = (epoch + 1) * model.epoch_words
         self.end_epoch(epoch, epoch + 1)
         self.snapshot(epoch + 1, (0, 0))
+
+    def sync_step(self) -> None:
+        """After a step: launch an exchange at a boundary, or apply the last one once its
+        share of the interval is trained (words are agreed: the same step on every rank)."""
+        since = self.words - self.synced
+        if since >= self.model.sync_every:
+            self.model.exchange()
+            self.synced = self.words
+        elif since >= self.model.sync_every * self.model.sync_overlap:
+            self.model.settle()
 
     def end_epoch(self, epoch: int, done: int) -> None:
         """After `done` epochs (0: before training): the model's evaluation (all ranks) and

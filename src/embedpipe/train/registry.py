@@ -100,14 +100,18 @@ class Word2VecConfig:
     batch_size: int = 16384  # centre words per step and rank
     # Across ranks (`sync.RowSync`): corpus words a rank trains between exchanges of the
     # changed rows of the `sync_hot_rows` most frequent words (0: of every word); the rows of
-    # the other words go at every `sync_rare_every`-th exchange; the number format.
-    sync_every: int = 262_144
+    # the other words go at every `sync_rare_every`-th exchange; the share of the next
+    # interval an exchange runs beside before it is applied; the number format. Chosen by
+    # bench/scaleout.py: staleness, not traffic, cost the 2-rank scores (module `sync`).
+    sync_every: int = 65_536
     sync_hot_rows: int = 4000
-    sync_rare_every: int = 4
+    sync_rare_every: int = 16
+    sync_overlap: float = 0.5
     sync_payload: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         _check(self.sync_hot_rows >= 0, "sync_hot_rows must be >= 0")
+        _check(0 < self.sync_overlap <= 1, "sync_overlap must be in (0, 1]")
         for name in ("dim", "window", "negatives", "batch_size", "sync_every", "sync_rare_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(0 < self.min_lr <= self.lr, "min_lr must be in (0, lr]")
@@ -155,8 +159,10 @@ class GloVeConfig:
     x_max: float = 100.0
     alpha: float = 0.75
     # Across ranks: entries a rank trains between exchanges of the changed rows and AdaGrad
-    # sums (`sync.RowSync`), and the exchange's number format.
+    # sums (`sync.RowSync`), the share of the next interval an exchange runs beside before
+    # it is applied, and the exchange's number format.
     sync_every: int = 4_194_304
+    sync_overlap: float = 1.0
     sync_payload: Literal["float32", "bfloat16"] = "float32"
 
     # Chosen by measurement (bench/defaults.py). On CPUs the kernel trains entry by entry, so
@@ -174,6 +180,7 @@ class GloVeConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "sync_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(0 < self.sync_overlap <= 1, "sync_overlap must be in (0, 1]")
         _check(self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.lr > 0, "lr must be > 0")
         _check(self.x_max > 0, "x_max must be > 0")

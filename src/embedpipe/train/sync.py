@@ -12,12 +12,16 @@ the rows each batch touches. At every sync boundary (the loop calls `boundary()`
    a background thread that sums it over ranks (one all-gather of row ids, one dense
    all-reduce of the values over the union of rows) while the next interval trains.
 
-Staleness: a rank sees another rank's change of interval k after the boundary that ends
-interval k + 1, so it trains without at most the last two intervals of the other ranks'
-changes: 2 x sync_every x (world - 1) words. With `hot_rows`, that holds for the rows of
-the most frequent words; the other rows go at every `full_every`-th boundary, so a rank
-may miss up to 2 x full_every x sync_every x (world - 1) words of the other ranks' changes
-to a rare word (a few occurrences: most rows of the output table are touched only as
+The loop applies the exchange launched at a boundary (`settle()`) once a share `overlap`
+of the next interval has trained (`sync_overlap`, at the same step on every rank: words
+are agreed), or at the next boundary, whichever comes first.
+
+Staleness: a rank sees another rank's change of interval k once a share `overlap` of
+interval k + 1 has trained, so it trains without at most (1 + overlap) x sync_every x
+(world - 1) words of the other ranks' changes (2 x sync_every x (world - 1) with overlap 1).
+With `hot_rows`, that holds for the rows of the most frequent words; the other rows go at
+every `full_every`-th boundary, so a rank may miss up to (full_every + overlap) x
+sync_every x (world - 1) words of the other ranks' changes to a rare word (a few occurrences: most rows of the output table are touched only as
 negative samples, with tiny steps). Word2vec's Hogwild threads already train on
 rows that other threads change under them; local SGD with periodic averaging (Ji et al.
 2016, pWord2Vec) converges the same way for these sparse, small-step updates, and the
@@ -34,6 +38,7 @@ and sets every rank's tables to the base: after it, all ranks hold bit-identical
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +95,11 @@ class RowSync:
         self.boundaries = 0
         self.syncs = 0
         self.bytes = 0  # payload this rank sent: row ids gathered + values reduced
+        # Where the exchange's time goes: seconds the exchange thread ran (wall) and its own
+        # CPU seconds (packing, the base update; gloo's copies run on gloo's threads), seconds
+        # the training thread spends in snapshots and applies, and waits for an exchange.
+        self.exchange_seconds = self.exchange_cpu = 0.0
+        self.boundary_seconds = self.wait_seconds = 0.0
         # Grow-only buffers, reused by every exchange: fresh ones of tens of MB each time
         # cost page faults (kernel time) on every boundary.
         self._deltas = [torch.empty(0, dtype=t.dtype) for t in self.tables]
@@ -101,18 +111,34 @@ class RowSync:
         self.touched[table][rows] = True
 
     def boundary(self) -> None:
-        """End an interval: apply the previous exchange, launch this interval's."""
-        self._apply_pending()
+        """End an interval: apply the previous exchange (unless settled), launch this one's."""
+        self.settle()
         self.boundaries += 1
+        start = time.perf_counter()
         exchange = self._snapshot(full=self.boundaries % self.full_every == 0)
+        self.boundary_seconds += time.perf_counter() - start
         thread = threading.Thread(target=self._run, args=(exchange,), daemon=True)
         thread.start()
         self.pending = (exchange, thread)
 
+    def settle(self) -> None:
+        """Apply the exchange launched at the last boundary, waiting for it if it still runs
+        (nothing when none is pending). Called at the same step on every rank."""
+        if self.pending is None:
+            return
+        exchange, thread = self.pending
+        self.pending = None
+        start = time.perf_counter()
+        thread.join()
+        joined = time.perf_counter()
+        self._apply(exchange)
+        self.wait_seconds += joined - start
+        self.boundary_seconds += time.perf_counter() - joined
+
     def finish(self) -> None:
         """Exchange everything now; afterwards every rank's tables equal the common base
         (checked: a checksum of the tables, compared across ranks)."""
-        self._apply_pending()
+        self.settle()
         exchange = self._snapshot(full=True)
         self._run(exchange)
         self._apply(exchange)
@@ -134,12 +160,16 @@ class RowSync:
         if not bool((every == mine).all()):
             raise RuntimeError(f"ranks hold different tables after an exchange: {every.tolist()}")
 
-    def summary(self) -> dict[str, int]:
-        """What the exchange cost this rank: syncs and bytes sent."""
+    def summary(self) -> dict[str, int | float]:
+        """What the exchange cost this rank: syncs, bytes sent, and seconds (as __init__)."""
         return {
             "syncs": self.syncs,
             "bytes_sent": self.bytes,
             "bytes_per_sync": round(self.bytes / max(self.syncs, 1)),
+            "exchange_seconds": round(self.exchange_seconds, 3),
+            "exchange_cpu_seconds": round(self.exchange_cpu, 3),
+            "boundary_seconds": round(self.boundary_seconds, 3),
+            "wait_seconds": round(self.wait_seconds, 3),
         }
 
     def _snapshot(self, full: bool) -> Exchange:
@@ -161,14 +191,6 @@ class RowSync:
             deltas.append(delta)
         return Exchange(rows, deltas)
 
-    def _apply_pending(self) -> None:
-        if self.pending is None:
-            return
-        exchange, thread = self.pending
-        self.pending = None
-        thread.join()
-        self._apply(exchange)
-
     def _apply(self, exchange: Exchange) -> None:
         """Add the other ranks' changes to the tables: one pass over the union rows on the
         training thread (the base was updated by the exchange thread)."""
@@ -188,6 +210,7 @@ class RowSync:
         """On the exchange thread: the sum over ranks, added to the base; then what the
         tables lack of it (the sum less this rank's own delta, which they hold already).
         The base is read again only at the next boundary, after this thread is joined."""
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             unions, positions = self._unions(exchange.rows)
             sums = self._sum_over_ranks(exchange, unions, positions)
@@ -207,6 +230,8 @@ class RowSync:
             exchange.unions, exchange.sums = unions, sums
         except BaseException as e:  # surfaced by _apply on the training thread
             exchange.error = e
+        self.exchange_cpu += time.thread_time() - cpu
+        self.exchange_seconds += time.perf_counter() - start
 
     def _unions(self, rows: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """All-gather every table's row ids at once: per table the sorted union of the rows

@@ -93,6 +93,7 @@ class FastTextRun(SkipGramRun):
                 full_every=options.sync_rare_every,
             )
             self.sync_every = options.sync_every * cluster.world
+            self.sync_overlap = options.sync_overlap
 
     def hot_rows(self, words: int) -> list[np.ndarray | None] | None:
         """Per table, the rows sent at every exchange: those of the `words` most frequent

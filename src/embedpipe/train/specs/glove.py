@@ -94,6 +94,7 @@ class GloVeRun(ModelRun):
             tables = [*self.params, *self.sums]
             self.sync = RowSync(tables, sync_group(cluster), cluster.world, payload)
             self.sync_every = options.sync_every * cluster.world
+            self.sync_overlap = options.sync_overlap
 
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Batch]]:
         return iter_glove_batches(
@@ -126,6 +127,10 @@ class GloVeRun(ModelRun):
     def exchange(self) -> None:
         assert self.sync is not None
         self.sync.boundary()
+
+    def settle(self) -> None:
+        assert self.sync is not None
+        self.sync.settle()
 
     def drain(self) -> float:
         if self.sync is not None:

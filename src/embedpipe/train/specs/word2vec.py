@@ -97,6 +97,7 @@ class SkipGramRun(ModelRun):
                 full_every=options.sync_rare_every,
             )
             self.sync_every = options.sync_every * cluster.world
+            self.sync_overlap = options.sync_overlap
 
     def batches(self, epoch: int, cursor: tuple[int, int]) -> Iterator[list[Batch]]:
         return iter_batches(
@@ -137,6 +138,10 @@ class SkipGramRun(ModelRun):
     def exchange(self) -> None:
         assert self.sync is not None
         self.sync.boundary()
+
+    def settle(self) -> None:
+        assert self.sync is not None
+        self.sync.settle()
 
     def drain(self) -> float:
         loss = self.runner.drain() if self.runner is not None else 0.0
