@@ -7,10 +7,14 @@ vectors are worth: mean-pooled word embeddings and one linear layer, trained thr
 
 * random:     embeddings drawn at random (at the pretrained vectors' scale), trained;
 * frozen:     the artefact's vectors, fixed; only the linear layer learns;
-* fine-tuned: the artefact's vectors as the start, trained with the rest;
-* fine-tuned encoder (masked-LM artefacts only): the artefact's whole Transformer encoder
-  reads the gloss with its own tokenizer; the mean of its token vectors feeds one linear
-  layer, and everything is trained (AdamW, a smaller learning rate).
+* fine-tuned: the artefact's vectors as the start, trained with the rest.
+
+A language-model artefact (mlm, clm or bilm) adds two rows in which its whole model reads the
+gloss with the artefact's own tokenizer and the mean of its token vectors (the last layer of
+a Transformer; the average of a biLM's layers) feeds one linear layer:
+
+* frozen encoder:     the model's weights fixed; only the linear layer learns (as in frozen);
+* fine-tuned encoder: everything trains (AdamW, a smaller learning rate).
 
 The classifier's vocabulary comes from its training split; `Embeddings.align` maps it onto the
 artefact (words the artefact lacks get random rows of the same scale).
@@ -35,13 +39,15 @@ from torch import nn
 
 import embedpipe
 from embedpipe.artefacts import Embeddings
+from embedpipe.artefacts.contextual import LanguageModelEmbeddings
 from embedpipe.schemas import PAD, PAD_ID, UNK, UNK_ID
 from embedpipe.text.tokenizer import tokenize_line
+from embedpipe.train.architecture import CLS_ID, SEP_ID
 
 DATA = Path(__file__).resolve().parent / "data" / "supersense.tsv"
 KINDS: tuple[str, ...] = ("random", "frozen", "fine-tuned")
 Kind = Literal["random", "frozen", "fine-tuned"]
-ENCODER_KIND = "fine-tuned encoder"  # the fourth row, for masked-LM artefacts
+ENCODER_KINDS: tuple[str, ...] = ("frozen encoder", "fine-tuned encoder")  # language models
 MAX_TOKENS = 64
 
 
@@ -181,8 +187,8 @@ def run(
     encoder_lr: float = 1e-3,
     encoder_init: str = "pretrained",
 ) -> dict[str, float]:
-    """Train the three variants (and, for a masked-LM artefact, the fine-tuned encoder) on
-    `data`; print and return their test accuracies."""
+    """Train the three word-vector variants (and, for a language-model artefact, the frozen
+    and the fine-tuned encoder) on `data`; print and return their test accuracies."""
     train, test, classes = read_examples(data)
     vocab = build_vocab(train.tokens)
     _, found = emb.align(vocab)
@@ -202,61 +208,117 @@ def run(
         fit(model, train_ids, train_y, epochs, batch_size, lr, seed)
         results[kind] = accuracy(model, test_ids, test_y)
         print(f"  trained {kind:<10} in {time.perf_counter() - start:5.1f}s", flush=True)
-    if hasattr(emb, "encode"):  # a masked-LM artefact: fine-tune its encoder as well
-        start = time.perf_counter()
-        torch.manual_seed(seed)
-        encoder = emb.to_torch_encoder()
-        if encoder_init == "random":  # the baseline: the same architecture, untrained
-            encoder.reset_parameters(seed)
-        model = EncoderClassifier(encoder, len(classes))
-        train_x, test_x = encode_texts(emb, train.texts), encode_texts(emb, test.texts)
-        fit_encoder(model, train_x, train_y, encoder_epochs, batch_size, encoder_lr, seed)
-        results[ENCODER_KIND] = encoder_accuracy(model, test_x, test_y)
-        print(f"  trained {ENCODER_KIND} in {time.perf_counter() - start:5.1f}s", flush=True)
+    if isinstance(emb, LanguageModelEmbeddings):  # mlm, clm or bilm: its encoder as well
+        settings = EncoderSettings(
+            epochs, lr, encoder_epochs, encoder_lr, batch_size, seed, encoder_init
+        )
+        results |= encoder_rows(emb, train, test, len(classes), settings)
     chance = Counter(test.labels).most_common(1)[0][1] / len(test.labels)
     print(format_results(results, chance))
     return results
 
 
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How the encoder rows train. The frozen encoder's linear layer learns as the
+    word-vector rows' does (`epochs`, `lr`); the fine-tuned encoder takes its own
+    (`encoder_epochs`, `encoder_lr`, AdamW). `init` "random": the same architecture,
+    untrained (the baseline that shows what pretraining adds)."""
+
+    epochs: int = 15
+    lr: float = 5e-3
+    encoder_epochs: int = 5
+    encoder_lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    init: str = "pretrained"
+
+
+def encoder_rows(
+    emb: LanguageModelEmbeddings, train: Split, test: Split, n_classes: int, s: EncoderSettings
+) -> dict[str, float]:
+    """Test accuracies of the frozen and the fine-tuned encoder of a language-model artefact;
+    every text is read with the artefact's own tokenizer."""
+    train_x, test_x = emb.encoder_inputs(train.texts), emb.encoder_inputs(test.texts)
+    train_y, test_y = torch.tensor(train.labels), torch.tensor(test.labels)
+    results = {}
+    for kind in ENCODER_KINDS:
+        start = time.perf_counter()
+        model = build_encoder_classifier(emb, n_classes, s.seed, s.init)
+        train_encoder_row(kind, model, train_x, train_y, s)
+        results[kind] = encoder_accuracy(model, test_x, test_y)
+        print(f"  trained {kind} in {time.perf_counter() - start:5.1f}s", flush=True)
+    return results
+
+
 class EncoderClassifier(nn.Module):
-    """A pretrained masked-LM encoder, the mean of a text's token vectors, one linear layer."""
+    """A language model's encoder, the mean of a text's token vectors, one linear layer.
+
+    The encoder is any `to_torch_encoder()` module (masked LM, causal LM or biLM): it maps
+    `encoder_inputs` rows (ids, lengths) to per-token vectors with `token_vectors`.
+    """
 
     def __init__(self, encoder: nn.Module, n_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
-        self.linear = nn.Linear(encoder.config.width, n_classes)
+        self.linear = nn.Linear(encoder.vector_width, n_classes)
 
-    def forward(
-        self, ids: torch.Tensor, segments: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        hidden = self.encoder.encode(ids, segments, mask)
-        cfg = self.encoder.config
-        text = (mask & (ids != cfg.cls_id) & (ids != cfg.sep_id)).unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * text).sum(1) / text.sum(1).clamp(min=1.0)
-        return self.linear(self.drop(pooled))
+    def pooled(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, width): the mean of each text's own token vectors ([CLS], [SEP] and padding
+        left out)."""
+        hidden = self.encoder.token_vectors(ids, lengths)
+        text = (ids != PAD_ID) & (ids != CLS_ID) & (ids != SEP_ID)
+        text = text.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * text).sum(1) / text.sum(1).clamp(min=1.0)
 
-
-def encode_texts(emb: Embeddings, texts: Sequence[str]) -> tuple[torch.Tensor, ...]:
-    """(ids, segments, mask) of `[CLS] text [SEP]` rows, tokenised by the artefact itself."""
-    from embedpipe.train.mlm import pack, padding_mask
-
-    ids = [np.array(emb.token_ids(t), dtype=np.int64) for t in emb.tokenize(texts)]
-    batch, segments, lengths = pack(ids, [None] * len(ids))
-    mask = padding_mask(lengths, batch.shape[1])
-    return torch.from_numpy(batch), torch.from_numpy(segments), torch.from_numpy(mask)
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(self.pooled(ids, lengths)))
 
 
-def _trimmed(inputs: tuple[torch.Tensor, ...], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The rows of (ids, segments, mask), cut to their longest text."""
-    ids, segments, mask = (t[rows] for t in inputs)
-    width = max(1, int(mask.sum(1).max()))
-    return ids[:, :width], segments[:, :width], mask[:, :width]
+def build_encoder_classifier(
+    emb: LanguageModelEmbeddings, n_classes: int, seed: int = 0, init: str = "pretrained"
+) -> EncoderClassifier:
+    """The artefact's encoder (its weights, or fresh ones drawn by `seed` for init "random")
+    under a new linear layer."""
+    torch.manual_seed(seed)
+    encoder = emb.to_torch_encoder()
+    if init == "random":
+        encoder.reset_parameters(seed)
+    return EncoderClassifier(encoder, n_classes)
+
+
+def train_encoder_row(
+    kind: str,
+    model: EncoderClassifier,
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor,
+    s: EncoderSettings,
+) -> None:
+    """Train one encoder row. "frozen encoder": the encoder's pooled vectors are computed
+    once (eval mode, weights fixed) and only the linear layer learns on them, as in the
+    frozen word-vector row; "fine-tuned encoder": everything trains."""
+    if kind == "frozen encoder":
+        model.encoder.requires_grad_(False)
+        features = encoder_outputs(model, inputs, pooled=True)
+        fit(model.linear, features, labels, s.epochs, s.batch_size, s.lr, s.seed)
+    elif kind == "fine-tuned encoder":
+        fit_encoder(model, inputs, labels, s.encoder_epochs, s.batch_size, s.encoder_lr, s.seed)
+    else:
+        raise ValueError(f"kind must be one of {ENCODER_KINDS}, got {kind!r}")
+
+
+def _trimmed(
+    inputs: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of (ids, lengths), the ids cut to their longest row."""
+    ids, lengths = inputs[0][rows], inputs[1][rows]
+    return ids[:, : max(1, int(lengths.max()))], lengths
 
 
 def fit_encoder(
     model: EncoderClassifier,
-    inputs: tuple[torch.Tensor, ...],
+    inputs: tuple[torch.Tensor, torch.Tensor],
     labels: torch.Tensor,
     epochs: int,
     batch_size: int = 64,
@@ -275,17 +337,26 @@ def fit_encoder(
             optimiser.step()
 
 
+def encoder_outputs(
+    model: EncoderClassifier,
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    pooled: bool = False,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The class scores (`pooled`: the pooled text vectors) of every row of (ids, lengths):
+    eval mode, no gradients, in batches cut to their longest row."""
+    model.eval()
+    function = model.pooled if pooled else model
+    batches = torch.arange(len(inputs[1])).split(batch_size)
+    with torch.no_grad():
+        return torch.cat([function(*_trimmed(inputs, rows)) for rows in batches])
+
+
 def encoder_accuracy(
-    model: EncoderClassifier, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor
+    model: EncoderClassifier, inputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor
 ) -> float:
     """Share of texts whose highest-scoring class is the label."""
-    model.eval()
-    with torch.no_grad():
-        right = sum(
-            int((model(*_trimmed(inputs, rows)).argmax(1) == labels[rows]).sum())
-            for rows in torch.arange(len(labels)).split(256)
-        )
-    return right / len(labels)
+    return float((encoder_outputs(model, inputs).argmax(1) == labels).float().mean())
 
 
 def format_results(results: dict[str, float], chance: float | None = None) -> str:
@@ -310,11 +381,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--encoder-epochs", type=int, default=5, help="masked-LM artefacts")
-    parser.add_argument("--encoder-lr", type=float, default=1e-3, help="masked-LM artefacts")
+    parser.add_argument("--encoder-epochs", type=int, default=5, help="fine-tuned encoder")
+    parser.add_argument("--encoder-lr", type=float, default=1e-3, help="fine-tuned encoder")
     parser.add_argument(
         "--encoder-init", choices=["pretrained", "random"], default="pretrained",
-        help="masked-LM artefacts: start from the artefact's encoder or a fresh one",
+        help="both encoder rows: start from the artefact's model or a fresh one",
     )  # fmt: skip
     args = parser.parse_args(argv)
 

@@ -74,14 +74,19 @@ class BiLMEmbeddings(LanguageModelEmbeddings):
         """A new `BiLM` holding a copy of the artefact's weights (for fine-tuning)."""
         return self.to_torch_model(trainable)  # type: ignore[return-value]
 
+    def pack_ids(self, ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(batch, lengths) of `[CLS] text [SEP]` rows, right-padded."""
+        from embedpipe.train.bilm import bilm_pack
+
+        batch, _, lengths = bilm_pack(ids)
+        return batch, lengths
+
     def encode_layers(
         self, texts: str | Sequence[str], batch_size: int = 64
     ) -> tuple[list[list[str]], list[np.ndarray]]:
         """(tokens, layers): layers[i] is float32 (layers + 1, len(tokens[i]), 2 * dim),
         text i's ELMo layers. Each text is read alone (cut to the model's max_len)."""
         import torch
-
-        from embedpipe.train.bilm import bilm_pack
 
         tokens, ids = self.encoded_tokens(texts)
         depth, width = self.layers + 1, 2 * self.dim
@@ -90,7 +95,7 @@ class BiLMEmbeddings(LanguageModelEmbeddings):
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                batch, _, lengths = bilm_pack([ids[r] for r in rows])
+                batch, lengths = self.pack_ids([ids[r] for r in rows])
                 states = self.model.layer_states(
                     torch.from_numpy(batch), torch.from_numpy(lengths)
                 ).numpy()

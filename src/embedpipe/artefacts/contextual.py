@@ -37,6 +37,7 @@ from embedpipe.schemas import SPECIAL_TOKENS, UNK_ID
 from embedpipe.workdir import CHECKPOINTS
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from embedpipe.train.architecture import Architecture
@@ -100,6 +101,27 @@ class LanguageModelEmbeddings(Embeddings):
         model.load_state_dict(state)
         model.requires_grad_(trainable)
         return model
+
+    def to_torch_encoder(self, trainable: bool = True) -> nn.Module:
+        """The model as a text encoder, for any language model alike: a new copy of the
+        artefact's weights (`to_torch_model`) whose `token_vectors(ids, lengths)` turns
+        `encoder_inputs` rows into (B, L, `vector_width`) per-token vectors."""
+        return self.to_torch_model(trainable)
+
+    def pack_ids(self, ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(batch, lengths): each text's token ids framed as the model was trained to read a
+        text ([CLS] first), right-padded with [PAD]; lengths count the real positions."""
+        raise NotImplementedError
+
+    def encoder_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, lengths) tensors of texts, tokenised by the artefact itself, cut to what fits
+        in the model and framed by `pack_ids`: the input of `to_torch_encoder()`'s
+        `token_vectors`."""
+        import torch
+
+        _, ids = self.encoded_tokens(texts)
+        batch, lengths = self.pack_ids(ids)
+        return torch.from_numpy(batch), torch.from_numpy(lengths)
 
     @property
     def model(self) -> nn.Module:

@@ -53,6 +53,16 @@ class CausalEmbeddings(LanguageModelEmbeddings):
         """A new `CausalLM` holding a copy of the artefact's weights (for fine-tuning)."""
         return self.to_torch_model(trainable)  # type: ignore[return-value]
 
+    def pack_ids(self, ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(batch, lengths) of `[CLS] text` rows, right-padded with [PAD] (= 0), which no real
+        position reads."""
+        lengths = np.array([1 + len(i) for i in ids], dtype=np.int64)
+        batch = np.zeros((len(ids), int(lengths.max(initial=1))), np.int64)
+        batch[:, 0] = BOS_ID
+        for row, text in enumerate(ids):
+            batch[row, 1 : 1 + len(text)] = text
+        return batch, lengths
+
     def encode(
         self,
         texts: str | Sequence[str],
@@ -82,10 +92,7 @@ class CausalEmbeddings(LanguageModelEmbeddings):
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                batch = np.zeros((len(rows), 1 + max(len(ids[r]) for r in rows)), np.int64)
-                batch[:, 0] = BOS_ID  # right padding ([PAD] = 0): never read by real positions
-                for j, r in enumerate(rows):
-                    batch[j, 1 : 1 + len(ids[r])] = ids[r]
+                batch, _ = self.pack_ids([ids[r] for r in rows])
                 out = self.model.encode(torch.from_numpy(batch), index).numpy()
                 for j, r in enumerate(rows):
                     n = len(ids[r])

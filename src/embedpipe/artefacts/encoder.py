@@ -87,6 +87,13 @@ class ContextualEmbeddings(LanguageModelEmbeddings):
         """A new `MaskedLM` holding a copy of the artefact's weights (for fine-tuning)."""
         return self.to_torch_model(trainable)  # type: ignore[return-value]
 
+    def pack_ids(self, ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(batch, lengths) of `[CLS] text [SEP]` rows (one segment), right-padded."""
+        from embedpipe.train.mlm import pack
+
+        batch, _, lengths = pack(ids, [None] * len(ids))
+        return batch, lengths
+
     def encode(
         self,
         texts: str | Sequence[str],

@@ -129,6 +129,17 @@ class BiLM(nn.Module):
         """(B, L, 2 * width): `scalar_mix` of `layer_states`."""
         return scalar_mix(self.layer_states(ids, lengths), weights, gamma)
 
+    @property
+    def vector_width(self) -> int:
+        """The width of `token_vectors`: a forward and a backward state side by side."""
+        return 2 * self.config.width
+
+    def token_vectors(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L, 2 * width): the plain average of the ELMo layers (as
+        `BiLMEmbeddings.encode` by default) of right-padded `[CLS] text [SEP]` rows with
+        `lengths` real positions; the text-encoder interface the three language models share."""
+        return self.layer_mix(ids, lengths)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores of top-layer states (..., width) -> (..., V), either direction."""
         weight = self.token.weight if self.output is None else self.output.weight

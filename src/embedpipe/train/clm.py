@@ -47,7 +47,11 @@ class CausalLM(nn.Module):
         )
         self.final_norm = nn.LayerNorm(width)
         self.output = None if config.tie_output else nn.Linear(width, config.vocab_size, bias=False)
-        init_parameters(self, seed, config.pad_id)
+        self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int) -> None:
+        """N(0, 0.02) weights, zero biases, unit norms, a zero [PAD] row; the same for a seed."""
+        init_parameters(self, seed, self.config.pad_id)
 
     def hidden_states(self, ids: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """[embeddings, after layer 1, ..., after layer `upto` (default all)], each (B, L, d);
@@ -69,6 +73,17 @@ class CausalLM(nn.Module):
         the last), through the final LayerNorm so every layer comes at the same scale."""
         index = layer_index(layer, self.config.layers)
         return self.final_norm(self.hidden_states(ids, upto=index)[index])
+
+    @property
+    def vector_width(self) -> int:
+        """The width of `token_vectors`."""
+        return self.config.width
+
+    def token_vectors(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L, width) last-layer vectors of right-padded `[CLS] text` rows: the text-encoder
+        interface the three language models share. `lengths` is not needed (no real position
+        reads a later one, so padding is never read) but taken for that shared signature."""
+        return self.encode(ids)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token scores of final hidden states (..., d) -> (..., V)."""

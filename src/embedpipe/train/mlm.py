@@ -104,6 +104,19 @@ class MaskedLM(nn.Module):
         index = layer_index(layer, self.config.layers)
         return self.final_norm(self.hidden_states(ids, segments, mask, upto=index)[index])
 
+    @property
+    def vector_width(self) -> int:
+        """The width of `token_vectors`."""
+        return self.config.width
+
+    def token_vectors(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L, width) last-layer vectors of right-padded one-text rows with `lengths` real
+        positions: the text-encoder interface the three language models share (a downstream
+        model reads any of them the same way)."""
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        mask = positions[None, :] < lengths.to(ids.device)[:, None]
+        return self.encode(ids, torch.zeros_like(ids), mask)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores of final hidden states (..., d) -> (..., V)."""
         h = self.head_norm(F.gelu(self.head_dense(hidden)))
