@@ -35,11 +35,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/embedpipe run --config configs/sample.toml
 
+# Two pytest workers: most of the suite waits on process start-up (JVMs, torchrun ranks,
+# Prefect servers), which overlaps well even on two cores.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

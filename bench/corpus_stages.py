@@ -25,8 +25,15 @@ and count pairs); bucket has no GloVe counterpart and is reported beside it. Spa
 session start-up is reported apart. Other processes' CPU use during each timed run is
 recorded (`foreign_cpu_s`) so that disturbed timings can be told.
 
+Input layouts (`--layout`): embedpipe reads the pre-tokenised text as one file (`file`), as
+`--files` small files in a directory (`files`: a corpus of many documents), or gzipped in
+one file (`gz`: Spark cannot split it, one task decompresses it). GloVe reads the one plain
+file from stdin in every layout (its fastest input). `--prefix short` takes the short-line
+corpus (bench/build_corpus.py --shape sentences: short-1m.txt, short-10m.txt).
+
 Usage: python bench/corpus_stages.py [--glove-bin DIR] [--corpus-dir DIR] [--out DIR]
-           [--sizes 1m 10m] [--repeat N] [--wait-quiet S] [--event-log DIR] [--oov drop|unk]
+           [--sizes 1m 10m] [--prefix corpus|short] [--layout file|files|gz] [--files N]
+           [--repeat N] [--wait-quiet S] [--event-log DIR] [--oov drop|unk]
 To time a fixed copy of the code while src/ is being edited, copy src/ elsewhere and run
 with PYTHONPATH=<copy>/src (the Spark workers inherit it); results record the source hash.
 """
@@ -300,6 +307,28 @@ def pretokenize(src: Path, dst: Path, batch_lines: int = 65536) -> dict[str, Any
             out.write("\n".join(joined.to_pylist()) + "\n")
     tmp.rename(dst)
     return {"lines": lines, "tokens": tokens, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def lay_out(tok: Path, layout: str, files: int) -> Path:
+    """The input embedpipe reads: `tok` itself, a directory of `files` files holding its
+    lines in order (file names sort as the lines go), or a gzipped copy."""
+    if layout == "file":
+        return tok
+    if layout == "gz":
+        import gzip
+
+        target = tok.with_name(tok.name + ".gz")
+        with open(tok, "rb") as f, gzip.open(target, "wb", compresslevel=6) as out:
+            shutil.copyfileobj(f, out, 1 << 24)
+        return target
+    target = tok.with_name(tok.stem + "-files")
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    lines = tok.read_text(encoding="utf-8").splitlines(keepends=True)
+    per_file = -(-len(lines) // files)
+    for i in range(0, len(lines), per_file):
+        (target / f"part-{i // per_file:06d}.txt").write_text("".join(lines[i : i + per_file]))
+    return target
 
 
 # ---------------------------------------------------------------- GloVe
@@ -820,6 +849,9 @@ def main() -> None:
     parser.add_argument("--corpus-dir", type=Path, default=Path("/work/bench-data"))
     parser.add_argument("--out", type=Path, default=Path("/work/bench-data/out"))
     parser.add_argument("--sizes", nargs="+", default=["1m", "10m"])
+    parser.add_argument("--prefix", default="corpus", help="corpus files PREFIX-SIZE.txt")
+    parser.add_argument("--layout", choices=["file", "files", "gz"], default="file")
+    parser.add_argument("--files", type=int, default=2000, help="files of the 'files' layout")
     parser.add_argument("--oov", choices=["drop", "unk"], default="drop")
     parser.add_argument("--event-log", type=Path, help="also write Spark event logs here")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -848,7 +880,7 @@ def main() -> None:
         cache = args.out / "pycache"
     if cache is not None and not cache.exists() and args.sizes:
         # Fill the cache with one untimed run on the smallest corpus (not kept).
-        corpus = args.corpus_dir / f"corpus-{args.sizes[0]}.txt"
+        corpus = args.corpus_dir / f"{args.prefix}-{args.sizes[0]}.txt"
         warm = args.out / "warm-up"
         warm.mkdir(parents=True, exist_ok=True)
         print(f"filling the bytecode cache {cache} (untimed run)", flush=True)
@@ -859,7 +891,7 @@ def main() -> None:
             sys.exit(f"{args.glove_bin / tool} not found: build GloVe (make) first")
     rows = []
     for size in args.sizes:
-        corpus = args.corpus_dir / f"corpus-{size}.txt"
+        corpus = args.corpus_dir / f"{args.prefix}-{size}.txt"
         if not corpus.is_file():
             sys.exit(f"{corpus} not found: run bench/build_corpus.py first")
         out = args.out / size
@@ -868,6 +900,7 @@ def main() -> None:
         print(f"[{size}] pre-tokenising {corpus} -> {tok}", flush=True)
         tok_info = pretokenize(corpus, tok)
         print(f"[{size}] {tok_info}", flush=True)
+        source = lay_out(tok, args.layout, args.files)
         glove_runs, ours_runs = [], []
         for i in range(args.repeat):
             print(f"[{size}] GloVe vocab_count + cooccur, run {i + 1}", flush=True)
@@ -880,7 +913,7 @@ def main() -> None:
             event_log = (
                 str(args.event_log.resolve() / size / f"run{i + 1}") if args.event_log else None
             )
-            ours_runs.append(run_ours(tok, out / "embedpipe", args.oov, event_log, cache))
+            ours_runs.append(run_ours(source, out / "embedpipe", args.oov, event_log, cache))
         # The fastest run of each (the least disturbed); every run's time is kept.
         glove = min(glove_runs, key=lambda g: g["seconds"])
         glove["runs_s"] = [g["seconds"] for g in glove_runs]
@@ -914,6 +947,9 @@ def main() -> None:
         "min_count": MIN_COUNT,
         "window": WINDOW,
         "encode_oov": args.oov,
+        "corpus": args.prefix,
+        "layout": args.layout,
+        "files": args.files if args.layout == "files" else 1,
         "bytecode_cache": str(cache) if cache is not None else None,
         "glove_memory_gb": GLOVE_MEMORY_GB,
         "ours_path": list(OURS_PATH),

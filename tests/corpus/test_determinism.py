@@ -119,3 +119,48 @@ def test_tokenize_with_rejects_is_deterministic(spark, tmp_path: Path) -> None:
     rejects = [table_files(table_dir(run, "tokens", "rejects")) for run in runs]
     assert rejects[0] and rejects[0] == rejects[1]
     assert table_files(runs[0]) == table_files(runs[1])
+
+
+def test_one_gzip_file_is_spread_over_the_cores_in_line_order(spark, tmp_path: Path) -> None:
+    """Spark reads a .gz in one task; the tokens table still comes in as many parts as the
+    session has cores, and holds the lines in the plain file's order."""
+    lines = [f"line {i} " + " ".join(f"w{(i * j) % 17}" for j in range(5)) for i in range(3000)]
+    plain, packed = tmp_path / "plain.txt", tmp_path / "packed.txt.gz"
+    plain.write_text("\n".join(lines) + "\n")
+    with gzip.open(packed, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    tokens = {}
+    for name, corpus in (("plain", plain), ("gz", packed)):
+        STAGES["tokenize"].run(spark, config_for(tmp_path / name, corpus))
+        directory = table_dir(tmp_path / name, "tokens")
+        parts = sorted(directory.glob("part-*.parquet"))
+        table = pq.read_table(parts).sort_by("seq_id")
+        tokens[name] = (len(parts), table.column("tokens").to_pylist())
+    cores = spark.sparkContext.defaultParallelism
+    assert tokens["gz"][0] >= cores > 1
+    assert tokens["gz"][1] == tokens["plain"][1]
+    assert tokens["gz"][1][1234] == ["line", "1234", *(f"w{(1234 * j) % 17}" for j in range(5))]
+
+
+def test_many_small_files_make_one_part_per_core_in_line_order(spark, tmp_path: Path) -> None:
+    """Spark packs small files a few to a task; the tokens table has as many parts as the
+    session has cores (later stages run that many tasks), each file's lines in their order
+    (Spark orders the files themselves by size)."""
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    lines = [f"doc {i // 10} line {i}" for i in range(400)]
+    for f in range(40):
+        (corpus / f"doc-{f:03d}.txt").write_text("\n".join(lines[f * 10 : f * 10 + 10]) + "\n")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "256")  # Spark reads a file a task
+    try:
+        STAGES["tokenize"].run(spark, config_for(tmp_path / "work", corpus))
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    parts = sorted(table_dir(tmp_path / "work", "tokens").glob("part-*.parquet"))
+    table = pq.read_table(parts).sort_by("seq_id")
+    assert len(parts) == spark.sparkContext.defaultParallelism
+    read = [" ".join(t) for t in table.column("tokens").to_pylist()]
+    assert sorted(read) == sorted(lines)
+    for doc in range(40):
+        mine = [line for line in read if line.startswith(f"doc {doc} ")]
+        assert mine == lines[doc * 10 : doc * 10 + 10]

@@ -35,3 +35,27 @@ def test_task_counts_of_a_running_job(spark: object) -> None:
     running = [c for c in seen if c is not None and c[1] > 0]
     assert running and all(c[1] == 4 and 0 <= c[0] <= 4 for c in running)
     assert task_counts() == (0, 0)
+
+
+def test_many_input_files_are_checked_by_a_few_tasks_per_core(spark, tmp_path) -> None:
+    """Reading a list of files checks them in a job of a few tasks per core, not one task a
+    file (what Spark does past 32 paths): the job that lists 100 files has 8 tasks here."""
+    files = []
+    for i in range(100):
+        path = tmp_path / f"part-{i:03d}.txt"
+        path.write_text(f"line {i}\n")
+        files.append(str(path))
+    context = spark.sparkContext
+    assert spark.conf.get("spark.sql.sources.parallelPartitionDiscovery.parallelism") == str(
+        4 * context.defaultParallelism
+    )
+    tracker = context.statusTracker()
+    before = set(tracker.getJobIdsForGroup())
+    assert spark.read.text(files).count() == 100
+    listing = [
+        tracker.getStageInfo(s)
+        for j in set(tracker.getJobIdsForGroup()) - before
+        for s in tracker.getJobInfo(j).stageIds
+    ]
+    tasks = sorted(s.numTasks for s in listing if s is not None)
+    assert tasks and max(tasks) <= 4 * context.defaultParallelism

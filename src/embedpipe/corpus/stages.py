@@ -36,6 +36,7 @@ from embedpipe.corpus.sources import (
     list_input_files,
     read_lines,
     sniff_files,
+    spread,
 )
 from embedpipe.corpus.spark.commit import run_stage
 from embedpipe.corpus.spark.parts import write_dataframe
@@ -71,7 +72,7 @@ def tokenize_stage(spark: SparkSession, config: RunConfig) -> dict[str, Any]:
         while True:  # each pass sets aside at least one more file, or returns, or raises
             share = check_reject_share(aside, sizes, limit)
             try:
-                counts = tokenize_files(spark, config, files, aside, out)
+                counts = tokenize_files(spark, config, files, aside, out, sizes)
                 break
             except Exception as e:  # noqa: BLE001 - re-raised unless a file is to blame
                 failed = failed_file(e, files)
@@ -100,6 +101,7 @@ def tokenize_files(
     files: list[str],
     aside: dict[str, SetAside],
     out: str,
+    sizes: dict[str, tuple[int, str]],
 ) -> dict[str, Any]:
     """One attempt of the tokenize stage on the files not set aside (and what decodes of
     the damaged ones): the tokens table, its rejects and counts, at `out`."""
@@ -108,6 +110,8 @@ def tokenize_files(
     if not readable and not salvage:
         raise CorpusError(f"corpus {', '.join(config.corpus.paths)}: every file was set aside")
     lines, rejects = read_lines(spark, readable, config.corpus, salvage)
+    read_bytes = sum(sizes[f][0] for f in [*readable, *salvage])
+    lines = spread(lines, spark.sparkContext.defaultParallelism, read_bytes)
     sp_model = None
     if config.tokenize.kind == "sentencepiece":
         sp_model = train_sentencepiece(sample_text(lines, config.tokenize), config.tokenize)
