@@ -334,8 +334,8 @@ def spread(lines: DataFrame, tasks: int, input_bytes: int) -> DataFrame:
     input where that is more, in their order.
 
     Spark reads a file it cannot split (a .gz) in one task, and packs small files a few
-    dozen to a task (tens of tasks for 2,000 files of 28 KiB); every later stage inherits
-    that partitioning. Too few: contiguous ranges of the input order (a range partition on
+    dozen to a task (many more tasks than cores for thousands of them); every later stage
+    inherits that partitioning. Too few: contiguous ranges of the input order (a range partition on
     each line's position, sorted within each range); too many: adjacent partitions merged
     (no shuffle). Either way the tokens table holds the lines in their input order.
     """

@@ -51,9 +51,10 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     # The tokenize stage hands Spark its input as a list of files. Past 32 paths Spark
-    # checks them in a job of one task per path (up to 10,000): 16 s for 2,000 small files
-    # on 2 cores. A few tasks per core list as fast where listing is local, and still in
-    # parallel on a cluster's object store. `spark.conf` may set it otherwise.
+    # checks them in a job of one task per path (up to 10,000), seconds of scheduling for a
+    # few thousand small files (README, input layouts). A few tasks per core list as fast
+    # where listing is local, and still in parallel on a cluster's object store.
+    # `spark.conf` may set it otherwise.
     discovery = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
     if discovery not in config.conf:
         spark.conf.set(discovery, str(4 * spark.sparkContext.defaultParallelism))
