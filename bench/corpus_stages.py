@@ -949,7 +949,7 @@ def main() -> None:
         "encode_oov": args.oov,
         "corpus": args.prefix,
         "layout": args.layout,
-        "files": args.files if args.layout == "files" else 1,
+        "files": len(list(source.glob("*"))) if source.is_dir() else 1,  # as written
         "bytecode_cache": str(cache) if cache is not None else None,
         "glove_memory_gb": GLOVE_MEMORY_GB,
         "ours_path": list(OURS_PATH),

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from embedpipe.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from embedpipe.train.loop import SUMMARY, train, training_fingerprint
+from embedpipe.train.loop import SUMMARY, Loop, train, training_fingerprint
 from embedpipe.train.registry import Word2VecConfig
 from embedpipe.train.sgns import SkipGram
 from embedpipe.workdir import MANIFEST, Workdir
@@ -109,3 +110,23 @@ def test_torchrun_two_ranks(workdir: Path, tmp_path: Path, model: str) -> None:
     vectors = tensors["input"]
     assert torch.isfinite(vectors).all() and torch.isfinite(tensors["output"]).all()
     assert not torch.equal(vectors, SkipGram(len(vectors), 8, seed=1).input.weight)
+
+
+def test_an_exchange_is_settled_once_its_share_of_the_interval_is_trained() -> None:
+    """Loop.sync_step: an exchange at every `sync_every` words, and the one in flight
+    applied (`settle`) from `sync_overlap` of the next interval on, never before."""
+    calls: list[tuple[str, int]] = []
+    loop = SimpleNamespace(words=0, synced=0)
+    loop.model = SimpleNamespace(
+        sync_every=100,
+        sync_overlap=0.5,
+        exchange=lambda: calls.append(("exchange", loop.words)),
+        settle=lambda: calls.append(("settle", loop.words)),
+    )
+    for _ in range(16):  # steps of 15 words
+        loop.words += 15
+        Loop.sync_step(loop)  # type: ignore[arg-type]
+    assert calls == [
+        ("settle", 60), ("settle", 75), ("settle", 90), ("exchange", 105),
+        ("settle", 165), ("settle", 180), ("settle", 195), ("exchange", 210),
+    ]  # fmt: skip
