@@ -55,7 +55,9 @@ def files_holding_secrets(roots: list[Path], since: float) -> list[str]:
     """Files under `roots` changed since `since` that contain a planted secret."""
     found = []
     for root in roots:
-        for path in root.rglob("*"):
+        # os.walk skips a folder another test (or pytest worker) removes mid-walk; rglob raises.
+        paths = (Path(d) / f for d, _, files in os.walk(root) for f in files)
+        for path in paths:
             try:
                 info = path.lstat()
                 if not path.is_file() or path.is_symlink() or info.st_mtime < since:
