@@ -9,7 +9,7 @@ import pytest
 
 from embedpipe.config import load_config
 from embedpipe.corpus.registry import STAGES
-from embedpipe.corpus.spark.submit import submit_stage
+from embedpipe.corpus.spark.submit import submit_stages
 from embedpipe.corpus.stages import prepare
 
 from .conftest import rows, standalone_cluster, table_dir
@@ -37,7 +37,9 @@ def test_standalone_cluster_gives_the_local_tables(master: str, spark, tmp_path:
          "spark.driver_memory=1g"],
     )  # fmt: skip
     local_manifests = prepare(spark, local)
-    manifests = {stage: submit_stage(stage, remote) for stage in STAGES}
+    reported: list[str] = []
+    manifests = submit_stages(list(STAGES), remote, done=lambda stage, _: reported.append(stage))
+    assert reported == list(STAGES)  # one application; each stage reported as it committed
     assert not any(m["skipped"] for m in manifests.values())
     for stage, manifest in manifests.items():
         assert manifest["counts"] == local_manifests[stage]["counts"], stage

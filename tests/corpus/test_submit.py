@@ -20,7 +20,7 @@ ZIP = Path("/runs/.py-files/embedpipe-abc.zip")
 
 
 def command_of(stage: str, *overrides: str, py_files: Path | None = ZIP) -> list[str]:
-    return submit_command(stage, load_config(None, list(overrides)), CONFIG_FILE, py_files)
+    return submit_command([stage], load_config(None, list(overrides)), CONFIG_FILE, py_files)
 
 
 def options(command: list[str]) -> dict[str, list[str]]:
@@ -113,7 +113,8 @@ def test_the_job_file_ships_inside_the_package_and_runs_any_registered_stage() -
     assert Path(job.__file__).resolve() == JOB_FILE
     for name in STAGES:
         args = job.parse_args([name, "--config", "run.json", "--set", "vocab.min_count=2"])
-        assert (args.stage, args.config, args.set) == (name, "run.json", ["vocab.min_count=2"])
+        assert (args.stages, args.config, args.set) == ([name], "run.json", ["vocab.min_count=2"])
+    assert job.parse_args([*STAGES, "--config", "run.json"]).stages == list(STAGES)
     with pytest.raises(SystemExit):
         job.parse_args(["tokenise", "--config", "run.json"])
     with pytest.raises(KeyError, match="unknown corpus stage 'tokenise'"):
@@ -168,7 +169,7 @@ def test_credentials_stay_off_the_command_line_and_out_of_readable_files(tmp_pat
     )
     wd = Workdir(str(tmp_path))
     config_file = save_config(config, wd.run_config)
-    command = submit_command("encode", config, config_file, ZIP, wd.spark_secrets)
+    command = submit_command(["encode"], config, config_file, ZIP, wd.spark_secrets)
     assert not any("s3cr3t" in arg for arg in command)  # what `ps` would show
     assert "spark.hadoop.fs.s3a.endpoint=http://minio:9000" in command
     at = command.index("--properties-file")
@@ -203,3 +204,36 @@ def test_the_shipped_zip_has_the_source_hash_of_the_package(tmp_path: Path) -> N
     where, digest = done.stdout.split()
     assert where.startswith(str(archive))  # imported from the zip, not the checkout
     assert digest == source_hash() != hashlib.sha256().hexdigest()[:12]
+
+
+def test_submitted_stages_share_one_application_and_report_each_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With spark.submit, `launch_stages` makes one submission of every stage; the progress
+    hooks still see each stage start and finish in order."""
+    from embedpipe.corpus.spark import launch, submit
+
+    submissions: list[list[str]] = []
+
+    def one_application(names, config, log=None, done=None):  # noqa: ANN001, ANN202
+        submissions.append(list(names))
+        manifests = {}
+        for name in names:
+            manifests[name] = {"stage": name, "skipped": False}
+            done(name, manifests[name])
+        return manifests
+
+    monkeypatch.setattr(submit, "submit_stages", one_application)
+    events: list[str] = []
+    config = load_config(None, ["spark.submit=true"])
+    manifests = launch.launch_stages(
+        ["tokenize", "build_vocab", "encode"], config,
+        started=lambda name: events.append(f"start {name}"),
+        done=lambda name, _: events.append(f"done {name}"),
+    )  # fmt: skip
+    assert submissions == [["tokenize", "build_vocab", "encode"]]
+    assert list(manifests) == ["tokenize", "build_vocab", "encode"]
+    assert events == [
+        "start tokenize", "done tokenize", "start build_vocab", "done build_vocab",
+        "start encode", "done encode",
+    ]  # fmt: skip

@@ -39,16 +39,14 @@ def prepare(
     ] = None,
 ) -> None:
     """Run the corpus stages (in-process Spark, or spark-submit: spark.submit)."""
-    from embedpipe.corpus.spark.launch import launch_stage
+    from embedpipe.corpus.spark.launch import launch_stages
 
     run_config = load_config(config, overrides or [])
     stages = [s.value for s in stage] if stage else list(STAGES)
     live = live_progress()
     poll = None if run_config.spark.submit or not live else _session_tasks
     with StageProgress(stages, live, poll) as bar:
-        for name in stages:
-            bar.start(name)
-            bar.done(name, launch_stage(name, run_config, log=bar.log))
+        launch_stages(stages, run_config, log=bar.log, started=bar.start, done=bar.done)
 
 
 def _session_tasks() -> TaskCounts | None:

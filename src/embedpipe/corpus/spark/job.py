@@ -1,10 +1,11 @@
-"""The spark-submit application of every corpus stage: `spark-submit job.py STAGE --config FILE`.
+"""The spark-submit application of the corpus stages: `spark-submit job.py STAGE... --config FILE`.
 
 This file ships inside the package, so an installed wheel (or the image of a cluster) has
 it; `submit.JOB_FILE` is its path and `spark.job_file` names it on a cluster's image in
-cluster mode. It parses the arguments, takes spark-submit's session and runs the stage
-through the registry; the manifest goes to stdout as the last line (JSON), where
-`submit.submit_stage` reads it.
+cluster mode. It parses the arguments, takes spark-submit's session and runs the stages
+through the registry in the order given, in one application (one driver and one set of
+executors to start, not one per stage); each stage's manifest goes to stdout as one JSON
+line as soon as the stage has committed, where `submit.submit_stages` reads it.
 
 spark-submit runs it as a script, so its directory comes first on `sys.path`: no module of
 this directory may share a name with a standard-library module (tests check this).
@@ -24,9 +25,9 @@ from embedpipe.corpus.spark.session import get_spark
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="spark-submit job.py", description="run one embedpipe corpus stage"
+        prog="spark-submit job.py", description="run embedpipe corpus stages"
     )
-    parser.add_argument("stage", choices=list(STAGES), help="the stage to run")
+    parser.add_argument("stages", nargs="+", choices=list(STAGES), help="the stages, in order")
     parser.add_argument("--config", help="run config (TOML, YAML or JSON)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -36,15 +37,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one corpus stage as a Spark application; print its manifest as JSON on stdout."""
+    """Run corpus stages as one Spark application; print each manifest as JSON on stdout."""
     args = parse_args(argv)
     config = load_config(args.config, args.set)
-    spark = get_spark(config.spark, app_name=f"embedpipe-{args.stage}")
+    spark = get_spark(config.spark, app_name=f"embedpipe-{'+'.join(args.stages)}")
     try:
-        manifest = get_stage(args.stage).run(spark, config)
+        for stage in args.stages:
+            manifest = get_stage(stage).run(spark, config)
+            print(json.dumps(manifest, sort_keys=True), flush=True)
     finally:
         spark.stop()
-    print(json.dumps(manifest, sort_keys=True))
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Running a corpus stage with spark-submit against a cluster master (standalone, YARN, k8s).
+"""Running corpus stages with spark-submit against a cluster master (standalone, YARN, k8s).
 
-Every stage runs the one job file of the package (`job.py` beside this module, found
-through the package, so an installed wheel submits its own copy) with the stage's name as
-its first argument. The package travels to the executors as a zip (`--py-files`), so the cluster needs only
+Stages run in the one job file of the package (`job.py` beside this module, found
+through the package, so an installed wheel submits its own copy), named as its first
+arguments: several stages share one application, and so one start-up of the driver and
+executors. The package travels to the executors as a zip (`--py-files`), so the cluster needs only
 pyspark, pyarrow and numpy installed, not embedpipe itself (or, with
 `spark.ship_package = false`, an image that has it, as infra/Dockerfile builds).
 Memory, cores, shuffle partitions and any `spark.conf` property pass through as `--conf`.
@@ -15,7 +16,7 @@ import os
 import shutil
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,13 @@ def spark_submit_executable() -> str:
 
 
 def submit_command(
-    stage: str,
+    stages: Sequence[str],
     config: RunConfig,
     config_file: Path,
     py_files: Path | None,
     secrets_file: Path | None = None,
 ) -> list[str]:
-    """The spark-submit command line of one stage for `config.spark`'s master and mode.
+    """The spark-submit command line of `stages` (in order) for `config.spark`'s master and mode.
 
     Client mode (local, standalone, YARN or Kubernetes): the driver runs here and reads the
     config file from this disk. Cluster mode (YARN, Kubernetes): the driver runs on the
@@ -71,13 +72,14 @@ def submit_command(
     hold credentials never go on the command line (which `ps` shows): they are written to
     `secrets_file` (mode 0600) and passed with `--properties-file`, cluster defaults kept.
     """
-    get_stage(stage)  # an unknown stage is refused before anything is submitted
+    for stage in stages:
+        get_stage(stage)  # an unknown stage is refused before anything is submitted
     spark = config.spark
     command = [
         spark_submit_executable(),
         "--master", spark.master,
         "--deploy-mode", spark.deploy_mode,
-        "--name", f"embedpipe-{stage}",
+        "--name", f"embedpipe-{'+'.join(stages)}",
     ]  # fmt: skip
     if py_files is not None:
         command += ["--py-files", str(py_files)]
@@ -98,37 +100,75 @@ def submit_command(
         write_private(secrets_file, "\n".join(lines) + "\n")
         command += ["--properties-file", str(secrets_file), "--load-spark-defaults"]
     job_file = spark.job_file or str(JOB_FILE)
-    return [*command, job_file, stage, "--config", config_arg]
+    return [*command, job_file, *stages, "--config", config_arg]
 
 
 def submit_stage(
     stage: str, config: RunConfig, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Run one stage through spark-submit and return its manifest.
+    """Run one stage through spark-submit and return its manifest."""
+    return submit_stages([stage], config, log)[stage]
+
+
+def submit_stages(
+    stages: Sequence[str],
+    config: RunConfig,
+    log: Callable[[str], None] | None = None,
+    done: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run `stages` in order as one spark-submit application; their manifests by stage.
 
     spark-submit's output (the driver's in client mode, the application's status in cluster
-    mode) goes to `log` line by line. In client mode the manifest is the job's last stdout
-    line; in cluster mode the driver's stdout stays on the cluster, so it is read from the
-    workdir (whose `started` time tells whether the job reused an earlier output).
+    mode) goes to `log` line by line. In client mode each manifest is a JSON line of the
+    job's stdout, passed to `done` as the stage commits; in cluster mode the driver's stdout
+    stays on the cluster, so the manifests are read from the workdir at the end (`started`
+    tells whether the job reused an earlier output). A failed application raises and names
+    the stages that had committed before it failed (their tables stay).
     """
     workdir = Workdir(config.workdir)
     config_file = save_config(config, workdir.run_config)
     py_files = package_zip(workdir.py_files) if config.spark.ship_package else None
-    command = submit_command(stage, config, config_file, py_files, workdir.spark_secrets)
+    command = submit_command(stages, config, config_file, py_files, workdir.spark_secrets)
     env = {
         **os.environ,
         "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
     }
+    manifests: dict[str, dict[str, Any]] = {}
+
+    def relay(line: str) -> None:
+        manifest = _manifest_line(line)
+        if manifest is not None and manifest["stage"] in stages:
+            manifests[manifest["stage"]] = manifest
+            if done is not None:
+                done(manifest["stage"], manifest)
+        if log is not None:
+            log(f"[spark-submit] {line}")
+
     submitted = datetime.now(timezone.utc).isoformat()
-    done = run_logged(command, log or (lambda line: None), env=env, prefix="[spark-submit] ")
-    if done.returncode != 0:
+    finished = run_logged(command, relay, env=env)
+    if finished.returncode != 0:
+        committed = ", ".join(manifests) or "none"
         raise RuntimeError(
-            f"spark-submit of the {stage} stage exited with {done.returncode}:\n{done.tail()}"
+            f"spark-submit of the {', '.join(stages)} stage(s) exited with "
+            f"{finished.returncode} (committed before it: {committed}):\n{finished.tail()}"
         )
-    for line in reversed(done.stdout):
-        if line.startswith("{"):
-            return json.loads(line)
-    manifest = workdir.require(get_stage(stage).table)
-    return {**manifest, "skipped": manifest["started"] < submitted}
+    for stage in stages:
+        if stage not in manifests:  # cluster mode: the driver printed them on the cluster
+            manifest = workdir.require(get_stage(stage).table)
+            manifests[stage] = {**manifest, "skipped": manifest["started"] < submitted}
+            if done is not None:
+                done(stage, manifests[stage])
+    return manifests
+
+
+def _manifest_line(line: str) -> dict[str, Any] | None:
+    """A stage manifest the job printed as one JSON line, else None."""
+    if not line.startswith("{"):
+        return None
+    try:
+        found = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return found if isinstance(found, dict) and "stage" in found else None
