@@ -35,9 +35,9 @@ install: $(STAMP)
 demo: install
 	$(BIN)/embedpipe run --config configs/sample.toml
 
-# Two pytest workers: most of the suite waits on process start-up (JVMs, torchrun ranks,
-# Prefect servers), which overlaps well even on two cores.
-TEST_WORKERS ?= 2
+# Three pytest workers: most of the suite waits on process start-up (JVMs, torchrun ranks,
+# Prefect servers), which overlaps well even on two cores (bench figures: README, Testing).
+TEST_WORKERS ?= 3
 
 test: install
 	$(BIN)/pytest -n $(TEST_WORKERS)
