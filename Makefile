@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml constraints.txt | check-system
 	$(BIN)/python -m compileall -q -j 0 src
 	@# Some packages ship files that are not Python 3 (templates, old tests): not an error.
 	-$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null
+	@# Spark's classes as a Java class-data-sharing archive (~190 MB, in ~/.cache/embedpipe):
+	@# local sessions start sooner. Without it they start as before, so a failure only warns.
+	@$(BIN)/python -m embedpipe.corpus.spark.class_archive >/dev/null 2>&1 || \
+	  echo "warning: the Spark class archive was not built; sessions start without it"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

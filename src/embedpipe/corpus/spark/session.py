@@ -9,6 +9,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from embedpipe.config import SparkConfig
+from embedpipe.corpus.spark import class_archive
 
 
 class JavaNotFoundError(RuntimeError):
@@ -40,8 +41,12 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
         # batches and shuffle blocks: the stages' heavy work runs in the Python workers.
         # C1 alone compiles its code in a fraction of the time, and C2's compiler threads no
         # longer take CPU from the tasks: the session starts sooner and the stages run no
-        # slower (bench/results). `spark.conf` can set other options (it wins over these).
-        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
+        # slower (bench/results). The class archive (`class_archive`), where built, saves
+        # loading Spark's classes again. `spark.conf` can set other options (it wins).
+        .config(
+            "spark.driver.extraJavaOptions",
+            f"-XX:TieredStopAtLevel=1 {class_archive.java_options()}".strip(),
+        )
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)
