@@ -37,7 +37,10 @@ def archive_path() -> Path | None:
     jars = Path(pyspark.__file__).parent / "jars"
     key = f"{pyspark.__version__}|{real}|{real.stat().st_mtime_ns}|{jars}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedpipe"
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedpipe"
+    except RuntimeError:  # no home directory to cache in: sessions start without an archive
+        return None
     return cache / f"spark-{pyspark.__version__}-{digest}.jsa"
 
 
