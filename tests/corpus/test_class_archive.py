@@ -36,12 +36,15 @@ def test_the_archive_is_keyed_by_java_and_lives_in_the_cache(
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_a_build_leaves_one_whole_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    built = class_archive.build()
-    assert built == class_archive.archive_path() and built.is_file()
+def test_the_installed_archive_is_whole_and_kept() -> None:
+    """`make install` built it (CI's too); where it did not, the build runs here, and fails
+    this test loudly where the install only warned."""
+    built = class_archive.archive_path()
+    assert built is not None
+    if not built.is_file():
+        assert class_archive.build() == built
     assert int.from_bytes(built.read_bytes()[:4], "little") == DYNAMIC_ARCHIVE_MAGIC
-    assert [p.name for p in built.parent.iterdir()] == [built.name]  # no partial file left
+    assert not list(built.parent.glob(f"{built.stem}.*.partial"))  # no partial file left
     stamp = built.stat().st_mtime_ns
     assert class_archive.build() == built and built.stat().st_mtime_ns == stamp  # kept
 
