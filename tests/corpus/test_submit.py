@@ -12,6 +12,7 @@ import embedpipe
 from embedpipe.config import ConfigError, SparkConfig, load_config
 from embedpipe.corpus.registry import STAGES
 from embedpipe.corpus.spark import job
+from embedpipe.corpus.spark.session import driver_java_options
 from embedpipe.corpus.spark.submit import JOB_FILE, submit_command
 from embedpipe.workdir import Workdir
 
@@ -48,6 +49,7 @@ def test_local_mode_ships_the_package_and_passes_resources() -> None:
     assert opts["--master"] == ["local[2]"] and opts["--deploy-mode"] == ["client"]
     assert opts["--py-files"] == [str(ZIP)] and opts["--name"] == ["embedpipe-build_vocab"]
     assert confs(command) == {
+        "spark.driver.extraJavaOptions": driver_java_options(),  # the driver starts here
         "spark.driver.memory": "3g",
         "spark.sql.shuffle.partitions": "16",
         "spark.ui.enabled": "false",
@@ -64,6 +66,7 @@ def test_standalone_mode_caps_cores_and_sizes_executors() -> None:
     )  # fmt: skip
     assert options(command)["--master"] == ["spark://10.0.0.5:7077"]
     assert confs(command) == {
+        "spark.driver.extraJavaOptions": driver_java_options(),
         "spark.driver.memory": "2g",
         "spark.executor.memory": "4g",
         "spark.executor.cores": "2",

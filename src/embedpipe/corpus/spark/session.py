@@ -26,6 +26,19 @@ def check_java() -> None:
     )
 
 
+def driver_java_options() -> str:
+    """The JVM options of a driver started here (a local session's, or spark-submit's in
+    client mode); `spark.conf` can set others (it wins).
+
+    The driver JVM (which is also the executor under local[*]) mostly moves Arrow batches
+    and shuffle blocks: the stages' heavy work runs in the Python workers. C1 alone compiles
+    its code in a fraction of the time, and C2's compiler threads no longer take CPU from
+    the tasks: the session starts sooner and the stages run no slower (bench/results). The
+    class archive (`class_archive`), where built, saves loading Spark's classes again.
+    """
+    return f"-XX:TieredStopAtLevel=1 {class_archive.java_options()}".strip()
+
+
 def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") -> SparkSession:
     """Get or create the session; workers use this interpreter so Arrow batches find pyarrow."""
     check_java()
@@ -37,16 +50,7 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4096")
-        # The driver JVM (which is also the executor under local[*]) mostly moves Arrow
-        # batches and shuffle blocks: the stages' heavy work runs in the Python workers.
-        # C1 alone compiles its code in a fraction of the time, and C2's compiler threads no
-        # longer take CPU from the tasks: the session starts sooner and the stages run no
-        # slower (bench/results). The class archive (`class_archive`), where built, saves
-        # loading Spark's classes again. `spark.conf` can set other options (it wins).
-        .config(
-            "spark.driver.extraJavaOptions",
-            f"-XX:TieredStopAtLevel=1 {class_archive.java_options()}".strip(),
-        )
+        .config("spark.driver.extraJavaOptions", driver_java_options())
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)

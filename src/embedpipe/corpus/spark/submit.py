@@ -24,6 +24,7 @@ from typing import Any
 import embedpipe
 from embedpipe.config import RunConfig, is_secret_key, save_config, write_private
 from embedpipe.corpus.registry import get_stage
+from embedpipe.corpus.spark.session import driver_java_options
 from embedpipe.processes import run_logged
 from embedpipe.version import source_hash
 from embedpipe.workdir import Workdir
@@ -87,8 +88,11 @@ def submit_command(
     if spark.deploy_mode == "cluster":
         command += ["--files", str(config_file)]
         config_arg = config_file.name
+    properties = spark.spark_properties()
+    if spark.deploy_mode == "client":  # the driver starts here, as a local session does
+        properties = {"spark.driver.extraJavaOptions": driver_java_options(), **properties}
     secrets = {}
-    for key, value in spark.spark_properties().items():
+    for key, value in properties.items():
         if is_secret_key(key):
             secrets[key] = value
         else:
