@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt | check-system
 	$(BIN)/python -m compileall -q -j 0 src
 	@# Some packages ship files that are not Python 3 (templates, old tests): not an error.
 	-$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null
-	@# Spark's classes as a Java class-data-sharing archive (~190 MB, in ~/.cache/embedpipe):
+	@# Spark's classes as a Java class-data-sharing archive (in ~/.cache/embedpipe; README):
 	@# local sessions start sooner. Without it they start as before, so a failure only warns.
 	@$(BIN)/python -m embedpipe.corpus.spark.class_archive >/dev/null 2>&1 || \
 	  echo "warning: the Spark class archive was not built; sessions start without it"
