@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,8 +39,14 @@ def test_standalone_cluster_gives_the_local_tables(master: str, spark, tmp_path:
     )  # fmt: skip
     local_manifests = prepare(spark, local)
     reported: list[str] = []
-    manifests = submit_stages(list(STAGES), remote, done=lambda stage, _: reported.append(stage))
+    lines: list[str] = []
+    manifests = submit_stages(
+        list(STAGES), remote, log=lines.append, done=lambda stage, _: reported.append(stage)
+    )
     assert reported == list(STAGES)  # one application; each stage reported as it committed
+    # ...from the job's own manifest lines (client mode), not read back from the workdir.
+    printed = [line for line in lines if line.startswith("[spark-submit] {")]
+    assert [json.loads(line.split(" ", 1)[1])["stage"] for line in printed] == list(STAGES)
     assert not any(m["skipped"] for m in manifests.values())
     for stage, manifest in manifests.items():
         assert manifest["counts"] == local_manifests[stage]["counts"], stage
