@@ -154,7 +154,8 @@ def test_kernel_gradient_equals_autograd_and_reaches_ngram_rows(kit: SimpleNames
 
 def test_kernel_sgd_is_a_window_at_a_time(kit: SimpleNamespace) -> None:
     """lr > 0: per centre word, the subword mean predicts each context (outputs updated
-    at once), then the window's summed error goes to every subword row."""
+    at once) and moves by that context's error before the next one, as fastText's rows
+    do; the window's summed error goes to every subword row at its end."""
     batch = centres_only(kit.span_fixture(seed=2))
     model = model_fixture(seed=3)
     a, b = (
@@ -180,10 +181,13 @@ def test_kernel_sgd_is_a_window_at_a_time(kit: SimpleNamespace) -> None:
             target = int(batch.span[j])
             drawn = batch.negatives[(c + m) % len(batch.centres)]
             outputs = [(target, 1.0)] + [(int(n), 0.0) for n in drawn if n != target]
+            moved = torch.zeros_like(h)
             for o, label in outputs:
                 g = lr * (label - torch.sigmoid(h @ b[o]))
-                err += g * b[o]
+                moved += g * b[o]
                 b[o] += g * h
+            err += moved
+            h = h + moved  # the mean of rows that each moved by `moved`
         a.index_add_(0, rows, err.expand(len(rows), -1).contiguous())
     torch.testing.assert_close(model.input.weight.detach().double(), a, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.output.weight.detach().double(), b, rtol=1e-4, atol=1e-5)

@@ -9,12 +9,14 @@ of every vocabulary word are hashed once, when training starts, into a CSR index
 The window batches and negatives are skip-gram's (`windows.SpanBatch`, global ids); as in
 fastText, a centre word's subword mean predicts each context word of its window (output
 table, V rows) against K negatives drawn for that context (the batch's draws of another
-centre word: fresh for every context, as fastText draws them). The kernel computes the centre's mean
-once per window and adds the summed error of all its contexts to every subword row once,
-at the end of the window (fastText recomputes the mean and updates the rows after every
-context word): 1 + K output rows per context, but the ~20 input rows once per centre
-word. Each row gets the whole error of the mean, not a share (fastText's `Model::update`
-divides by the row count only for supervised models); `reference_loss` states that rule.
+centre word: fresh for every context, as fastText draws them). fastText adds a context's
+error to every subword row before the next context, so the next context sees the mean
+moved by that error; the kernel gives the same sequence without rewriting the rows each
+time: it reads the ~20 rows once per centre word, moves its copy of the mean by each
+context's error, and adds the window's summed error to every row once, at the end (1 + K
+output rows per context, the input rows once per centre word). Each row gets the whole
+error of the mean, not a share (fastText's `Model::update` divides by the row count only
+for supervised models); `reference_loss` states that rule.
 """
 
 from __future__ import annotations
@@ -179,8 +181,9 @@ def fasttext_window_sgd(
     output row against K negatives drawn for that context (a negative equal to the context
     skipped): the m-th context of centre c takes the draws of centre (c + m) mod n.
 
-    lr > 0: SGD in place, centre word by centre word; the error of h summed over the
-    window is added to each subword row once. lr == 0: the loss's gradient (every subword
+    lr > 0: SGD in place, centre word by centre word, context by context: h moves by
+    each context's error before the next (fastText's order); the window's summed error
+    is added to each subword row once, at its end. lr == 0: the loss's gradient (every subword
     row taking the whole gradient of h, see the module doc) accumulates into grad_in /
     grad_out, nothing is updated. Returns (summed loss, pairs); in SGD mode the loss is a
     sample of every LOSS_EVERY-th centre word, scaled to the batch.
@@ -189,6 +192,7 @@ def fasttext_window_sgd(
     d = w_in.shape[1]
     h = np.zeros(d, dtype=w_in.dtype)
     err = np.zeros(d, dtype=w_in.dtype)
+    ctx = np.zeros(d, dtype=w_in.dtype)
     apply = lr > 0
     step = np.float32(lr)
     every = LOSS_EVERY if apply else 1
@@ -209,6 +213,7 @@ def fasttext_window_sgd(
             if j == centre_span[c]:
                 continue
             target = span[j]
+            ctx[:] = 0
             # Fresh negatives for every context, as fastText draws them: the m-th context
             # takes the draws of the batch's (c + m)-th centre (independent draws).
             drawn = (c + m) % n
@@ -226,12 +231,16 @@ def fasttext_window_sgd(
                 if apply:
                     g *= step
                     for t in range(d):
-                        err[t] += g * w_out[o, t]
+                        ctx[t] += g * w_out[o, t]
                         w_out[o, t] += g * h[t]
                 else:
                     for t in range(d):
                         err[t] += g * w_out[o, t]
                         grad_out[o, t] -= g * h[t]
+            if apply:  # h as fastText's next context sees it: every row moved by ctx
+                for t in range(d):
+                    err[t] += ctx[t]
+                    h[t] += ctx[t]
             pairs += 1
             measured += measure
         if apply:
