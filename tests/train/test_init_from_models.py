@@ -1,6 +1,7 @@
-"""`train.init_from` for glove, mlm and fasttext: before the first step, the model's rows
-for known words hold the parent's, new words the spec's fresh init, and a parent that does
-not fit (architecture, n-gram settings) is a ConfigError naming the field."""
+"""`train.init_from` for glove, the language models (mlm, clm, bilm) and fasttext: before
+the first step, the model's rows for known words hold the parent's, new words the spec's
+fresh init, and a parent that does not fit (architecture, n-gram settings, another kind of
+model) is a ConfigError naming the field."""
 
 from __future__ import annotations
 
@@ -20,8 +21,16 @@ from embedpipe.train.distributed import Cluster
 from embedpipe.train.glove import GloVe
 from embedpipe.train.init import Parent, start_from
 from embedpipe.train.loop import train
-from embedpipe.train.mlm import MaskedLM
-from embedpipe.train.registry import FastTextConfig, GloVeConfig, MLMConfig, Word2VecConfig
+from embedpipe.train.registry import (
+    BiLMConfig,
+    CLMConfig,
+    FastTextConfig,
+    GloVeConfig,
+    MLMConfig,
+    Word2VecConfig,
+)
+from embedpipe.train.specs.bilm import BiLMRun
+from embedpipe.train.specs.clm import CausalLMRun
 from embedpipe.train.specs.fasttext import FastTextRun
 from embedpipe.train.specs.glove import GloVeRun
 from embedpipe.train.specs.mlm import MaskedLMRun
@@ -91,33 +100,55 @@ TINY_MLM = MLMConfig(
     layers=1, heads=2, width=16, ffn=32, max_len=12, max_tokens=96, chunk_rows=100,
     heldout=0.1, warmup_steps=2, lr=5e-3,
 )  # fmt: skip
+SHARED = {k: getattr(TINY_MLM, k) for k in ("max_len", "max_tokens", "chunk_rows", "heldout")}
+LANGUAGE_MODELS = {
+    "mlm": (TINY_MLM, MaskedLMRun, dataclasses.replace(TINY_MLM, layers=2), "layers 1", "2"),
+    "clm": (
+        CLMConfig(layers=1, heads=2, width=16, ffn=32, **SHARED), CausalLMRun,
+        CLMConfig(layers=1, heads=2, width=16, ffn=64, **SHARED), "ffn 32", "64",
+    ),
+    "bilm": (
+        BiLMConfig(dim=16, hidden=24, layers=1, **SHARED), BiLMRun,
+        BiLMConfig(dim=16, hidden=32, layers=1, **SHARED), "hidden 24", "32",
+    ),
+}  # fmt: skip
 
 
-def test_mlm_starts_from_the_parents_encoder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", sorted(LANGUAGE_MODELS))
+def test_language_models_start_from_the_parents_weights(model: str, tmp_path: Path) -> None:
+    """Every weight is the parent's; the token embedding (and output bias) by token, new
+    words fresh; AdamW fresh; a parent of another shape or kind is a ConfigError."""
+    options, run_class, other, theirs, ours = LANGUAGE_MODELS[model]
     corpus = load_module("mlm_corpus_for_init", "mlm_corpus.py")
     a = corpus.write_mlm_workdir(tmp_path / "a", n_sequences=200, seed=0)
     b = corpus.write_mlm_workdir(tmp_path / "b", n_sequences=200, seed=1)
     tokens = helpers.rename_words(b, NEW)
-    config = TrainConfig(model="mlm", threads=1, options=TINY_MLM)
+    config = TrainConfig(model=model, threads=1, options=options)
     store = published(tmp_path, config, a)
     parent = parent_of(config, b, store)
-    run = MaskedLMRun(config, Workdir(str(b)), CPU, None, parent=parent)
+    run = run_class(config, Workdir(str(b)), CPU, None, parent=parent)
     rows, parent_rows = known_rows(parent)
     token = run.model.token.weight.detach().numpy()
     np.testing.assert_array_equal(token[rows], parent.emb.vectors[parent_rows])
-    fresh = MaskedLM(run.architecture, config.seed).token.weight.detach().numpy()
+    fresh = run_class.build(run, len(tokens), config.seed)[1].token.weight.detach().numpy()
     new = np.setdiff1d(np.arange(len(tokens)), rows)
     np.testing.assert_array_equal(token[new], fresh[new])
     weights = parent.emb.encoder_weights  # every other weight: the parent's
+    assert len(weights) >= 4
     for name, p in run.model.named_parameters():
         if name == "output_bias":
             np.testing.assert_array_equal(p.detach().numpy()[rows], weights[name][parent_rows])
         elif name != "token.weight":
             np.testing.assert_array_equal(p.detach().numpy(), weights[name], err_msg=name)
     assert not run.optimizer.state  # AdamW starts fresh
-    deeper = dataclasses.replace(config, options=dataclasses.replace(TINY_MLM, layers=2))
-    with pytest.raises(ConfigError, match="has layers 1, this run's encoder has 2"):
-        MaskedLMRun(deeper, Workdir(str(b)), CPU, None, parent=parent)
+    reshaped = dataclasses.replace(config, options=other)
+    with pytest.raises(ConfigError, match=f"has {theirs}, this run's \\w+ has {ours}"):
+        run_class(reshaped, Workdir(str(b)), CPU, None, parent=parent)
+    other_kind = "clm" if model == "mlm" else "mlm"
+    options, run_class = LANGUAGE_MODELS[other_kind][:2]
+    with pytest.raises(ConfigError, match="not the (encoder|decoder) this run trains"):
+        run_class(TrainConfig(model=other_kind, threads=1, options=options),
+                  Workdir(str(b)), CPU, None, parent=parent)  # fmt: skip
 
 
 def test_fasttext_keeps_the_ngram_table_and_the_word_vectors(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ dropped. What each model takes from the artefact (only what it publishes):
   sum, the published vector, equals the parent's); biases and AdaGrad sums start fresh;
 * fasttext: the n-gram table is copied whole (same `bucket`, `minn`, `maxn` required) and a
   known word's own row is set so that its subword mean equals the parent's vector;
-* mlm: every encoder weight (the architecture must match, `vocab_size` and `dropout`
-  aside), and the token embedding, output bias (and untied output matrix) by token.
+* mlm, clm, bilm: every weight of the model (the architecture must match, `vocab_size`
+  and `dropout` aside), and the token embedding, output bias (and untied output matrix)
+  by token.
 
 The parent is found by `resolve_parent` (manifest only: cheap, for the run's fingerprint,
 which includes its content hash) and loaded, verified, by `start_from`.
@@ -182,26 +183,31 @@ NOT_ARCHITECTURE = ("vocab_size", "dropout")
 VOCAB_WEIGHTS = ("token.weight", "output_bias", "output.weight")  # one row per token
 
 
-def init_encoder(parent: Parent, model: torch.nn.Module, encoder: Any) -> None:
-    """mlm: the parent's encoder weights into `model` (a `MaskedLM` of architecture
-    `encoder`), the token-indexed ones by token. ConfigError naming the first field of the
-    architecture that differs."""
-    from embedpipe.artefacts.encoder import ContextualEmbeddings
+def init_language_model(
+    parent: Parent, model: torch.nn.Module, architecture: Any, state_key: str
+) -> None:
+    """mlm, clm, bilm: the parent's model weights into `model` (of `architecture`, which
+    artefacts keep under `state_key`: "encoder", "decoder", "bilm"), the token-indexed ones
+    by token. ConfigError when the parent is another kind of model, or naming the first
+    field of the architecture that differs."""
+    from embedpipe.artefacts.contextual import LanguageModelEmbeddings
 
     emb, where = parent.emb, f"{parent.ref.name} {parent.ref.version}"
-    if not isinstance(emb, ContextualEmbeddings):
-        raise ConfigError(f"{FIELD}: {where} has no encoder (not a masked-LM artefact)")
-    ours = encoder.to_dict()
+    if not isinstance(emb, LanguageModelEmbeddings) or emb.state_key != state_key:
+        kind = emb.state_key if isinstance(emb, LanguageModelEmbeddings) else "no model"
+        raise ConfigError(f"{FIELD}: {where} has {kind}, not the {state_key} this run trains")
+    ours = architecture.to_dict()
     for key, value in emb.encoder_config.items():
         if key not in NOT_ARCHITECTURE and ours.get(key) != value:
             raise ConfigError(
-                f"{FIELD}: {where} has {key} {value!r}, this run's encoder has {ours.get(key)!r}"
+                f"{FIELD}: {where} has {key} {value!r}, this run's {state_key} has "
+                f"{ours.get(key)!r}"
             )
     weights = {**emb.encoder_weights, "token.weight": emb.vectors}
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(weights))
     if missing:
-        raise ConfigError(f"{FIELD}: {where} lacks the encoder weights {', '.join(missing)}")
+        raise ConfigError(f"{FIELD}: {where} lacks the {state_key} weights {', '.join(missing)}")
     for name, p in params.items():
         source = weights[name]
         if name in VOCAB_WEIGHTS:

@@ -19,6 +19,7 @@ class BiLMRun(TransformerRun):
     """The biLM (`bilm.BiLM`) trained on this rank's bucket chunks."""
 
     architecture_key = "bilm"
+    dim_field = "train.bilm.dim"
 
     def build(self, vocab_size: int, seed: int) -> tuple[BidirectionalConfig, BiLM]:
         architecture = BidirectionalConfig.from_bilm(self.options, vocab_size)

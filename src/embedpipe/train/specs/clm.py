@@ -17,6 +17,7 @@ class CausalLMRun(TransformerRun):
     """The decoder (`clm.CausalLM`) trained on this rank's bucket chunks."""
 
     architecture_key = "decoder"
+    dim_field = "train.clm.width"
 
     def build(self, vocab_size: int, seed: int) -> tuple[DecoderConfig, CausalLM]:
         decoder = DecoderConfig.from_clm(self.options, vocab_size)

@@ -8,9 +8,6 @@ Checkpoints and the summary hold the architecture under "encoder".
 
 from __future__ import annotations
 
-from torch import nn
-
-from embedpipe.train.init import Parent, init_encoder
 from embedpipe.train.mlm import EncoderConfig, MaskedLM
 from embedpipe.train.specs.transformer import TransformerRun
 
@@ -19,13 +16,8 @@ class MaskedLMRun(TransformerRun):
     """The encoder (`mlm.MaskedLM`) trained on this rank's bucket chunks."""
 
     architecture_key = "encoder"
-    continues = True
+    dim_field = "train.mlm.width"
 
     def build(self, vocab_size: int, seed: int) -> tuple[EncoderConfig, MaskedLM]:
         encoder = EncoderConfig.from_mlm(self.options, vocab_size)
         return encoder, MaskedLM(encoder, seed)
-
-    def start_from(self, parent: Parent, model: nn.Module) -> None:
-        """The parent's encoder, token-indexed weights by token (`init.init_encoder`)."""
-        parent.check_dim(self.options.width, "train.mlm.width")
-        init_encoder(parent, model, self.architecture)

@@ -45,7 +45,7 @@ from embedpipe.train.buckets import (
     rank_bucket_chunks,
 )
 from embedpipe.train.distributed import Cluster
-from embedpipe.train.init import Parent
+from embedpipe.train.init import Parent, init_language_model
 from embedpipe.train.loop import ModelRun, Resumed
 from embedpipe.train.registry import BucketLMConfig
 from embedpipe.train.transformer import IGNORE, N_SPECIAL, decay_groups, perplexity
@@ -128,16 +128,20 @@ class TransformerRun(ModelRun):
 
     gpu_backend = "cpu:gloo,cuda:nccl"
     unit = "tokens"
-    architecture_key = "architecture"  # where checkpoints and the summary hold it
+    architecture_key = "architecture"  # where checkpoints, summary and artefact hold it
+    dim_field = ""  # the option that is the published dimension ("train.mlm.width")
+    continues = True
 
     @abstractmethod
     def build(self, vocab_size: int, seed: int) -> tuple[Any, nn.Module]:
         """(architecture with `to_dict`, model initialised from `seed`)."""
 
     def start_from(self, parent: Parent, model: nn.Module) -> None:
-        """Set the new `model`'s weights from a published artefact (`train.init_from`): the
-        subclasses that set `continues`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot start from an artefact")
+        """Set the new `model`'s weights from a published artefact of the same kind
+        (`train.init_from`): every weight, the token-indexed ones by token
+        (`init.init_language_model`)."""
+        parent.check_dim(model.token.weight.shape[1], self.dim_field)
+        init_language_model(parent, model, self.architecture, self.architecture_key)
 
     def __init__(
         self,
