@@ -5,10 +5,10 @@ the corpus (Spark, as bench/train_vs_gensim.py), and fastText reads those tokens
 space-separated copy. Settings are the same on both sides: skip-gram with negative
 sampling, dim 100, window 5, 5 negatives, min_count 5, sample 1e-3, lr 0.05, n-grams of
 3..6 characters hashed into `--bucket` rows, `--epochs`, `--threads` threads (one
-embedpipe process with as many Hogwild kernel threads). Known differences: fastText
-draws negatives from counts^0.5, embedpipe from counts^0.75 (`vocab.noise_power`; both
-draw K per context word); fastText writes the input rows after every context word,
-embedpipe once per window, with the same running mean in between (see `train.subwords`).
+embedpipe process with as many Hogwild kernel threads). Both draw K negatives per
+context word from counts^0.5 (`train.fasttext.noise_power`'s default). Known difference:
+fastText writes the input rows after every context word, embedpipe once per window, with
+the same running mean in between (see `train.subwords`).
 
 words/s is raw corpus words x epochs / training seconds on both sides (fastText's
 training seconds: its run less a 0-epoch run, which reads the file and builds the

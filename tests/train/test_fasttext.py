@@ -21,11 +21,14 @@ from embedpipe.config import ConfigError, TrainConfig, load_config
 from embedpipe.text.subwords import word_ngrams
 from embedpipe.train.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint
 from embedpipe.train.data import rank_chunks
+from embedpipe.train.distributed import Cluster
 from embedpipe.train.loop import SUMMARY, train
-from embedpipe.train.registry import FastTextConfig, get_model
-from embedpipe.train.specs.word2vec import iter_batches
+from embedpipe.train.registry import FastTextConfig, Word2VecConfig, get_model
+from embedpipe.train.specs.fasttext import FastTextRun
+from embedpipe.train.specs.word2vec import SkipGramRun, iter_batches
 from embedpipe.train.subwords import SubwordIndex, SubwordSkipGram, reference_loss
-from embedpipe.train.windows import SpanBatch, alias_table
+from embedpipe.train.windows import SpanBatch, alias_table, noise_distribution, noise_table
+from embedpipe.workdir import Workdir
 
 SPECIALS = len(S.SPECIAL_TOKENS)
 
@@ -227,7 +230,7 @@ def corpus_loss(workdir: Path, config: TrainConfig, tensors: dict[str, torch.Ten
         model.input.weight.copy_(tensors["input"])
         model.output.weight.copy_(tensors["output"])
     keep = vocab.column(S.KEEP_PROB).to_numpy()
-    noise = alias_table(vocab.column(S.NOISE_PROB).to_numpy())
+    noise = noise_table(vocab, options.noise_power)
     chunks = rank_chunks(str(workdir / "sequences"), 0, 1)
     grads = (np.zeros_like(tensors["input"].numpy()), np.zeros_like(tensors["output"].numpy()))
     total = 0.0
@@ -237,7 +240,10 @@ def corpus_loss(workdir: Path, config: TrainConfig, tensors: dict[str, torch.Ten
 
 
 def test_training_lowers_the_loss(workdir: Path, tmp_path: Path) -> None:
-    config = dataclasses.replace(CONFIG, epochs=8, checkpoint_every=0)
+    # Negatives from the vocabulary's count ** 0.75: on these random Zipf sequences the
+    # loss has more to lose against them than against fastText's flatter 0.5.
+    options = dataclasses.replace(CONFIG.options, noise_power=None)
+    config = dataclasses.replace(CONFIG, epochs=8, checkpoint_every=0, options=options)
     summary = train(config, str(workdir), tmp_path / "out")
     assert summary["model"] == "fasttext" and summary["steps"] > 0
     tensors, _ = load_checkpoint(latest_checkpoint(tmp_path / "out" / "checkpoints"))
@@ -270,6 +276,34 @@ def test_resume_after_a_kill_repeats_the_run_exactly(workdir: Path, tmp_path: Pa
         assert torch.equal(expected[name], got[name]), name
 
 
+def test_negatives_follow_the_models_noise_power(workdir: Path) -> None:
+    """fasttext draws from count ** 0.5 (fastText's) by default; `noise_power = None` (the
+    word2vec models' default) takes the vocabulary's `noise_prob` (vocab.noise_power)."""
+    vocab = pq.read_table(workdir / "vocab").sort_by(S.ID)
+    counts, vocab_noise = vocab.column(S.COUNT).to_numpy(), vocab.column(S.NOISE_PROB).to_numpy()
+    cpu = Cluster(0, 1, 0, torch.device("cpu"))
+
+    def drawn(run_class: type, model: str, options: object) -> tuple[np.ndarray, np.ndarray]:
+        config = dataclasses.replace(CONFIG, model=model, options=options)
+        return run_class(config, Workdir(str(workdir)), cpu, None).noise
+
+    for got, probs in (
+        (drawn(FastTextRun, "fasttext", CONFIG.options), noise_distribution(counts, 0.5)),
+        (
+            drawn(FastTextRun, "fasttext", dataclasses.replace(CONFIG.options, noise_power=None)),
+            vocab_noise,
+        ),
+        (drawn(SkipGramRun, "sgns", Word2VecConfig(dim=8)), vocab_noise),
+        (drawn(SkipGramRun, "sgns", Word2VecConfig(dim=8, noise_power=1.0)), counts / counts.sum()),
+    ):
+        expected = alias_table(probs)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-9)
+        np.testing.assert_array_equal(got[1], expected[1])
+    assert not np.allclose(noise_distribution(counts, 0.5), vocab_noise)  # the test can fail
+    with pytest.raises(ConfigError, match="noise_power must be > 0"):
+        FastTextConfig(noise_power=0.0)
+
+
 def test_config_section_extends_word2vecs(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text(
@@ -278,7 +312,7 @@ def test_config_section_extends_word2vecs(tmp_path: Path) -> None:
     options = load_config(path).train.options
     assert isinstance(options, FastTextConfig)
     assert (options.minn, options.maxn, options.bucket, options.window) == (2, 6, 1000, 3)
-    assert options.lr == 0.05 and FastTextConfig().bucket == 500_000
+    assert options.lr == 0.05 and options.noise_power == 0.5 and FastTextConfig().bucket == 500_000
     assert get_model("fasttext").vectors == "vectors"
     for bad, field in (
         ({"minn": 4, "maxn": 3}, "minn"),

@@ -95,6 +95,9 @@ class Word2VecConfig:
     dim: int = 100
     window: int = 5
     negatives: int = 5
+    # Negatives are drawn from count ** noise_power; None: the vocabulary's `noise_prob`
+    # (vocab.noise_power, word2vec's and gensim's 0.75).
+    noise_power: float | None = None
     lr: float = 0.025
     min_lr: float = 0.0001
     batch_size: int = 16384  # centre words per step and rank
@@ -115,12 +118,14 @@ class Word2VecConfig:
         for name in ("dim", "window", "negatives", "batch_size", "sync_every", "sync_rare_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(0 < self.min_lr <= self.lr, "min_lr must be in (0, lr]")
+        _check(self.noise_power is None or self.noise_power > 0, "noise_power must be > 0")
 
 
 @dataclass(frozen=True)
 class FastTextConfig(Word2VecConfig):
     """`[train.fasttext]`: skip-gram over subwords (Bojanowski et al. 2017), with every
-    `[train.sgns]` knob, and fastText's learning rate (0.05) as the default.
+    `[train.sgns]` knob, and fastText's learning rate (0.05) and noise distribution (count
+    ** 0.5) as the defaults (bench/fasttext_vs.py: 0.5 scored higher than 0.75 here).
 
     A word is the mean of its own vector and those of its character n-grams of `minn` to
     `maxn` characters (of `<word>`), hashed into `bucket` rows (`text.subwords`).
@@ -134,6 +139,7 @@ class FastTextConfig(Word2VecConfig):
     """
 
     lr: float = 0.05
+    noise_power: float | None = 0.5
     minn: int = 3
     maxn: int = 6
     bucket: int = 500_000

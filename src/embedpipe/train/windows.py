@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+import pyarrow as pa
 import torch
 
 from embedpipe import schemas as S
@@ -53,6 +54,15 @@ def noise_distribution(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
     weights = np.asarray(counts, dtype=np.float64) ** power
     weights[: len(S.SPECIAL_TOKENS)] = 0.0
     return weights / weights.sum()
+
+
+def noise_table(vocab: pa.Table, power: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The alias table negatives are drawn from: the vocabulary's `noise_prob` column
+    (power None: vocab.noise_power's, from the build_vocab stage) or count ** `power`, for
+    a model that sets its own (`noise_distribution`, the same formula). `vocab` sorted by id."""
+    if power is None:
+        return alias_table(vocab.column(S.NOISE_PROB).to_numpy())
+    return alias_table(noise_distribution(vocab.column(S.COUNT).to_numpy(), power))
 
 
 def alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

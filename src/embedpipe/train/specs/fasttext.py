@@ -40,7 +40,7 @@ from embedpipe.train.sgns import InPlaceTrainer
 from embedpipe.train.specs.word2vec import SkipGramRun
 from embedpipe.train.subwords import SubwordIndex, SubwordSkipGram
 from embedpipe.train.sync import RowSync
-from embedpipe.train.windows import SpanBatch, alias_table
+from embedpipe.train.windows import SpanBatch, noise_table
 from embedpipe.workdir import CHECKPOINTS, Workdir
 
 
@@ -59,10 +59,11 @@ class FastTextRun(SkipGramRun):
         self.options, self.seed, self.cluster = options, config.seed, cluster
         set_kernel_threads(cluster, config.threads)
         vocab = pq.read_table(
-            workdir.table_path("vocab"), columns=[S.ID, S.TOKEN, S.KEEP_PROB, S.NOISE_PROB]
+            workdir.table_path("vocab"),
+            columns=[S.ID, S.TOKEN, S.COUNT, S.KEEP_PROB, S.NOISE_PROB],
         ).sort_by(S.ID)
         self.keep_prob = vocab.column(S.KEEP_PROB).to_numpy()
-        self.noise = alias_table(vocab.column(S.NOISE_PROB).to_numpy())
+        self.noise = noise_table(vocab, options.noise_power)
         sequences = workdir.require("sequences")
         self.corpus_words = self.epoch_words = sequences["counts"]["tokens"]
         table = workdir.table_path("sequences", manifest=sequences)

@@ -33,9 +33,9 @@ from embedpipe.train.sync import RowSync
 from embedpipe.train.windows import (
     RowCompactor,
     WindowBatch,
-    alias_table,
     batch_count,
     chunk_windows,
+    noise_table,
     span_batches,
     window_batches,
 )
@@ -59,14 +59,14 @@ class SkipGramRun(ModelRun):
         options: Word2VecConfig = config.options
         self.options, self.seed, self.cluster = options, config.seed, cluster
         set_kernel_threads(cluster, config.threads)
-        # Subsampling and the noise distribution come with the vocabulary (vocab.sample,
-        # vocab.noise_power), computed by the build_vocab stage.
+        # Subsampling comes with the vocabulary (vocab.sample, the build_vocab stage); so
+        # does the noise distribution, unless the model sets its own `noise_power`.
         vocab = pq.read_table(
-            workdir.table_path("vocab"), columns=[S.ID, S.KEEP_PROB, S.NOISE_PROB]
+            workdir.table_path("vocab"), columns=[S.ID, S.COUNT, S.KEEP_PROB, S.NOISE_PROB]
         )
         vocab = vocab.sort_by(S.ID)
         self.keep_prob = vocab.column(S.KEEP_PROB).to_numpy()
-        self.noise = alias_table(vocab.column(S.NOISE_PROB).to_numpy())
+        self.noise = noise_table(vocab, options.noise_power)
         sequences = workdir.require("sequences")
         self.corpus_words = sequences["counts"]["tokens"]
         self.epoch_words = self.corpus_words
