@@ -159,6 +159,44 @@ def _add_to_subwords(
             table[r, t] += sign * err[t]
 
 
+@numba.njit(inline="always", fastmath=True)
+def _predict_context(
+    w_out: np.ndarray,
+    h: np.ndarray,
+    target: int,
+    drawn: np.ndarray,
+    step: np.float32,
+    apply: bool,
+    measure: bool,
+    ctx: np.ndarray,
+    grad_out: np.ndarray,
+) -> float:
+    """h predicts output row `target` against the K negatives `drawn` (one equal to the
+    target skipped): `ctx` gains the error of h; `apply`: SGD on the output rows (step
+    `step`), else their gradient into `grad_out`. Returns the loss, when `measure`."""
+    loss = 0.0
+    for q in range(len(drawn) + 1):
+        o = target if q == 0 else drawn[q - 1]
+        if q > 0 and o == target:
+            continue
+        f = np.float32(0.0)
+        for t in range(h.shape[0]):
+            f += h[t] * w_out[o, t]
+        sig, g = _score(f, q == 0)
+        if measure:
+            loss += _score_loss(sig, q == 0)
+        if apply:
+            g *= step
+            for t in range(h.shape[0]):
+                ctx[t] += g * w_out[o, t]
+                w_out[o, t] += g * h[t]
+        else:
+            for t in range(h.shape[0]):
+                ctx[t] += g * w_out[o, t]
+                grad_out[o, t] -= g * h[t]
+    return loss
+
+
 # One compiled loop over the batch; its per-word pieces are inlined helpers (no calls).
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def fasttext_window_sgd(
@@ -188,7 +226,7 @@ def fasttext_window_sgd(
     grad_out, nothing is updated. Returns (summed loss, pairs); in SGD mode the loss is a
     sample of every LOSS_EVERY-th centre word, scaled to the batch.
     """
-    n, k = negatives.shape
+    n = len(centres)
     d = w_in.shape[1]
     h = np.zeros(d, dtype=w_in.dtype)
     err = np.zeros(d, dtype=w_in.dtype)
@@ -212,34 +250,18 @@ def fasttext_window_sgd(
         for j in range(left[c], right[c] + 1):
             if j == centre_span[c]:
                 continue
-            target = span[j]
             ctx[:] = 0
             # Fresh negatives for every context, as fastText draws them: the m-th context
             # takes the draws of the batch's (c + m)-th centre (independent draws).
             drawn = (c + m) % n
             m += 1
-            for q in range(k + 1):
-                o = target if q == 0 else negatives[drawn, q - 1]
-                if q > 0 and o == target:
-                    continue
-                f = np.float32(0.0)
-                for t in range(d):
-                    f += h[t] * w_out[o, t]
-                sig, g = _score(f, q == 0)
-                if measure:
-                    loss += _score_loss(sig, q == 0)
-                if apply:
-                    g *= step
-                    for t in range(d):
-                        ctx[t] += g * w_out[o, t]
-                        w_out[o, t] += g * h[t]
-                else:
-                    for t in range(d):
-                        err[t] += g * w_out[o, t]
-                        grad_out[o, t] -= g * h[t]
+            loss += _predict_context(
+                w_out, h, span[j], negatives[drawn], step, apply, measure, ctx, grad_out
+            )
+            for t in range(d):
+                err[t] += ctx[t]
             if apply:  # h as fastText's next context sees it: every row moved by ctx
                 for t in range(d):
-                    err[t] += ctx[t]
                     h[t] += ctx[t]
             pairs += 1
             measured += measure
