@@ -141,6 +141,9 @@ def test_language_models_start_from_the_parents_weights(model: str, tmp_path: Pa
         elif name != "token.weight":
             np.testing.assert_array_equal(p.detach().numpy(), weights[name], err_msg=name)
     assert not run.optimizer.state  # AdamW starts fresh
+    continued = dataclasses.replace(config, init_from="toy@v0001")  # through the loop
+    summary = train(continued, str(b), tmp_path / "train-b", store=store)
+    assert summary["parent"]["name"] == "toy" and summary["init"]["new"] == NEW
     reshaped = dataclasses.replace(config, options=other)
     with pytest.raises(ConfigError, match=f"has {theirs}, this run's \\w+ has {ours}"):
         run_class(reshaped, Workdir(str(b)), CPU, None, parent=parent)
