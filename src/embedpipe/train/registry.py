@@ -125,7 +125,7 @@ class Word2VecConfig:
 class FastTextConfig(Word2VecConfig):
     """`[train.fasttext]`: skip-gram over subwords (Bojanowski et al. 2017), with every
     `[train.sgns]` knob, and fastText's learning rate (0.05) and noise distribution (count
-    ** 0.5) as the defaults (bench/fasttext_vs.py: 0.5 scored higher than 0.75 here).
+    ** 0.5) as the defaults (0.5 against 0.75: the README's fastText bench).
 
     A word is the mean of its own vector and those of its character n-grams of `minn` to
     `maxn` characters (of `<word>`), hashed into `bucket` rows (`text.subwords`).

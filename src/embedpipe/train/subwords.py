@@ -221,9 +221,9 @@ def fasttext_window_sgd(
 
     lr > 0: SGD in place, centre word by centre word, context by context: h moves by
     each context's error before the next (fastText's order); the window's summed error
-    is added to each subword row once, at its end. lr == 0: the loss's gradient (every subword
-    row taking the whole gradient of h, see the module doc) accumulates into grad_in /
-    grad_out, nothing is updated. Returns (summed loss, pairs); in SGD mode the loss is a
+    is added to each subword row once, at its end. lr == 0: the loss's gradient (every
+    subword row taking the whole gradient of h, see the module doc) accumulates into
+    grad_in / grad_out, nothing is updated. Returns (summed loss, pairs); in SGD mode the loss is a
     sample of every LOSS_EVERY-th centre word, scaled to the batch.
     """
     n = len(centres)
