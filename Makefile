@@ -57,7 +57,7 @@ format: install
 
 # The tables bench/gpu_check.sh reads on a GPU machine without Spark (carry this folder there).
 gpu-tables: install
-	$(BIN)/embedpipe prepare --config configs/sample.toml --set workdir=bench/out/gpu-tables
+	$(BIN)/embedpipe prepare --all --config configs/sample.toml --set workdir=bench/out/gpu-tables
 
 clean:
 	rm -rf work artefacts spark-warehouse .pytest_cache

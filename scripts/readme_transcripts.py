@@ -46,7 +46,7 @@ class Recipe:
 
 def keep_demo(command: str, lines: list[str]) -> list[str]:
     """The stage summaries, the layout, the last step, the training summary and the result."""
-    wanted = re.compile(r"Task run '(tokenize|build_vocab|cooccur)' - \S+ ran|layout:|\"steps\":")
+    wanted = re.compile(r"Task run '(tokenize|build_vocab|encode)' - \S+ ran|layout:|\"steps\":")
     steps = [line for line in lines if re.search(r" - step \d+ epoch", line)]
     kept = ["..."]
     for line in lines:

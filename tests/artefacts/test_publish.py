@@ -78,15 +78,14 @@ def test_manifest_records_everything_the_artefact_promises(tmp_path: Path, store
     assert manifest.created.endswith("+00:00")
     # The model and every hyper-parameter it was trained with.
     assert manifest.model == Model(kind="sgns", hyperparameters=to_dict(train_config))
-    # What went in: every corpus stage's fingerprint, the tokenizer and the run config.
+    # What went in: the fingerprint of every table skip-gram's training is made from (not
+    # the buckets or co-occurrences beside them), the tokenizer and the run config.
     lineage = manifest.lineage
     assert lineage.stages is not None
     assert {t: s.fingerprint for t, s in lineage.stages.items()} == {
         "tokens": "tokens-fp",
         "vocab": "vocab-0",
         "sequences": "sequences-0",
-        "buckets": "buckets-fp",
-        "cooccur": "cooccur-fp",
     }
     assert lineage.stages["tokens"] == StageRecord("tokens-fp", counts={"rows": 1}, seconds=0.5)
     assert manifest.tokenizer is not None

@@ -346,3 +346,38 @@ def test_shell_completion_of_commands_stages_and_names(store: Path, cli: Cli) ->
     assert complete("embedpipe prepare --stage b") == ["build_vocab", "bucket"]
     assert complete("embedpipe artefacts show --store " + str(store) + " t") == ["tiny"]
     assert complete("embedpipe neighbors ", EMBEDPIPE_STORE=str(store)) == ["tiny"]
+
+
+@pytest.mark.parametrize(
+    "argv, stages",
+    [
+        ([], ["tokenize", "build_vocab", "encode"]),
+        (["--set", "train.model=glove"], ["tokenize", "build_vocab", "encode", "cooccur"]),
+        (["--set", "train.model=mlm"], ["tokenize", "build_vocab", "encode", "bucket"]),
+        (["--all"], ["tokenize", "build_vocab", "encode", "bucket", "cooccur"]),
+        (["--stage", "cooccur", "--set", "train.model=mlm"], ["cooccur"]),
+    ],
+)
+def test_prepare_runs_the_stages_the_model_reads(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], stages: list[str]
+) -> None:
+    """By default the tables train.model reads and what they are made from; --all every
+    table; --stage the ones named."""
+    from embedpipe.corpus.spark import launch
+
+    ran: list[str] = []
+
+    def stage(name: str, config: object, log: object) -> dict[str, object]:
+        ran.append(name)
+        return {"skipped": False, "seconds": 0.1, "counts": {}}
+
+    monkeypatch.setattr(launch, "launch_stage", stage)
+    main(["prepare", *argv])
+    assert ran == stages
+
+
+def test_prepare_takes_stages_or_all_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as failed:
+        main(["prepare", "--all", "--stage", "tokenize"])
+    assert failed.value.code == 2
+    assert "give --stage or --all, not both" in error_line(capsys)

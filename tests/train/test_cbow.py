@@ -23,7 +23,7 @@ from embedpipe.train.checkpoint import (
 from embedpipe.train.data import rank_chunks, read_chunk
 from embedpipe.train.kernels import cbow_window_sgd
 from embedpipe.train.loop import train
-from embedpipe.train.registry import Word2VecConfig
+from embedpipe.train.registry import CBOWConfig
 from embedpipe.train.sgns import kernel_step
 from embedpipe.train.windows import (
     RowCompactor,
@@ -156,7 +156,7 @@ def test_blocked_step_applies_sequential_updates() -> None:
 
 CONFIG = TrainConfig(
     model="cbow", epochs=2, checkpoint_every=4, keep_checkpoints=100, log_every=3, threads=1,
-    options=Word2VecConfig(dim=8, window=3, negatives=3, batch_size=24, lr=0.05),
+    options=CBOWConfig(dim=8, window=3, negatives=3, batch_size=24, lr=0.05),
 )  # fmt: skip
 
 

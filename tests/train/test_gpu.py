@@ -17,7 +17,7 @@ from embedpipe.config import TrainConfig
 from embedpipe.train.checkpoint import latest_checkpoint, load_checkpoint
 from embedpipe.train.glove import glove_step
 from embedpipe.train.loop import SUMMARY, train
-from embedpipe.train.registry import Word2VecConfig
+from embedpipe.train.registry import get_model
 from embedpipe.train.sgns import SkipGram
 
 pytestmark = [
@@ -65,7 +65,7 @@ def test_word2vec_trains_through_the_loop_on_the_gpu(
 ) -> None:
     config = TrainConfig(
         model=model, epochs=2, log_every=1000, threads=1,
-        options=Word2VecConfig(dim=8, window=3, negatives=3, batch_size=48),
+        options=get_model(model).section(dim=8, window=3, negatives=3, batch_size=48),
     )  # fmt: skip
     summary = train(config, str(workdir), tmp_path / "out")
     assert json.loads((tmp_path / "out" / SUMMARY).read_text())["device"] == "cuda"

@@ -35,9 +35,9 @@ from embedpipe.artefacts.manifest import (
 from embedpipe.artefacts.metadata import artefact_metadata, stamp
 from embedpipe.artefacts.store import ArtefactStore, open_store
 from embedpipe.config import RunConfig, redacted
-from embedpipe.corpus.registry import TABLES
+from embedpipe.corpus.registry import STAGES
 from embedpipe.evaluate import evaluate_all, probe_neighbours
-from embedpipe.train.registry import get_model, resolve
+from embedpipe.train.registry import corpus_stages, get_model, resolve
 from embedpipe.version import code_version
 from embedpipe.workdir import CHECKPOINTS, METRICS, SUMMARY, Workdir
 
@@ -99,12 +99,12 @@ def _memory_bytes() -> int | None:
 
 
 def trace_lineage(config: RunConfig, summary: dict[str, Any]) -> Lineage:
-    """What the artefact was made from: the run config (secrets masked), every corpus stage's
-    manifest (fingerprint, config, counts, inputs, seconds), the training summary, the code
-    and the environment."""
+    """What the artefact was made from: the run config (secrets masked), the manifest
+    (fingerprint, config, counts, inputs, seconds) of every corpus stage its training
+    needs (`corpus_stages`), the training summary, the code and the environment."""
     wd = Workdir(config.workdir)
     stages = {}
-    for table in TABLES.values():
+    for table in (STAGES[name].table for name in corpus_stages(config.train.model)):
         m = wd.require(table)
         stages[table] = StageRecord(
             fingerprint=m.get("fingerprint"), config=m.get("config"), counts=m.get("counts"),

@@ -37,12 +37,22 @@ def prepare(
     stage: Annotated[
         list[StageName] | None, typer.Option(help="Run only this stage (repeatable).")
     ] = None,
+    all_stages: Annotated[
+        bool, typer.Option("--all", help="Run every stage: write every table.")
+    ] = False,
 ) -> None:
-    """Run the corpus stages (in-process Spark, or spark-submit: spark.submit)."""
+    """Run the corpus stages train.model reads (in-process Spark, or spark-submit:
+    spark.submit); --all for every table, --stage for some."""
     from embedpipe.corpus.spark.launch import launch_stages
+    from embedpipe.train.registry import corpus_stages
 
     run_config = load_config(config, overrides or [])
-    stages = [s.value for s in stage] if stage else list(STAGES)
+    if stage and all_stages:
+        raise typer.BadParameter("give --stage or --all, not both")
+    if stage:
+        stages = [s.value for s in stage]
+    else:
+        stages = list(STAGES) if all_stages else corpus_stages(run_config.train.model)
     live = live_progress()
     poll = None if run_config.spark.submit or not live else _session_tasks
     with StageProgress(stages, live, poll) as bar:

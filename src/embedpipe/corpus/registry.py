@@ -11,7 +11,7 @@ submitting side of spark-submit and the artefact code stay light.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,21 @@ STAGES: dict[str, Stage] = {
 
 # Stage name -> the table it writes.
 TABLES: dict[str, str] = {name: s.table for name, s in STAGES.items()}
+
+
+def stages_for(tables: Iterable[str]) -> list[str]:
+    """The stages that write `tables` and every table those read, in pipeline order."""
+    writers = {s.table: s for s in STAGES.values()}
+    needed: set[str] = set()
+    pending = list(tables)
+    while pending:
+        table = pending.pop()
+        if table not in writers:
+            raise KeyError(f"no corpus stage writes table {table!r}: one of {', '.join(writers)}")
+        if writers[table].name not in needed:
+            needed.add(writers[table].name)
+            pending.extend(writers[table].upstream)
+    return [name for name in STAGES if name in needed]
 
 
 def get_stage(name: str) -> Stage:

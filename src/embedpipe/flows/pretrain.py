@@ -35,7 +35,6 @@ from embedpipe.artefacts import open_store, read_manifest
 from embedpipe.artefacts.manifest import Manifest
 from embedpipe.artefacts.publish import publish_training
 from embedpipe.config import RunConfig
-from embedpipe.corpus.registry import STAGES
 from embedpipe.evaluate import score_rows
 from embedpipe.orchestration import (
     PretrainParameters,
@@ -47,6 +46,7 @@ from embedpipe.orchestration import (
     upstream_fingerprints,
 )
 from embedpipe.train.launch import run_training
+from embedpipe.train.registry import corpus_stages
 from embedpipe.workdir import Workdir
 
 HOUR = 3600
@@ -217,7 +217,7 @@ def pretrain_embeddings(
     config = resolve_config(params, config_path, overrides)
     stages: dict[str, dict[str, Any]] = {}
     how: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in corpus_stages(config.train.model):
         upstream = upstream_fingerprints(stage, stages)
         stages[stage], how[stage] = cached_or_rerun(
             run_corpus_stage,

@@ -135,7 +135,7 @@ def input_fingerprints(
 ) -> dict[str, str]:
     """{table: fingerprint} of the model's table and the vocabulary, and "init_from": the
     parent's content hash when there is one."""
-    tables = (get_model(config.model).table, "vocab")
+    tables = get_model(config.model).input_tables
     inputs = {table: workdir.require(table)["fingerprint"] for table in tables}
     if config.init_from is not None:
         inputs["init_from"] = resolve_parent(config.init_from, store).sha256

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from embedpipe.config import ConfigError
+from embedpipe.corpus.registry import stages_for
 
 
 def _check(ok: bool, message: str) -> None:
@@ -41,6 +42,11 @@ class ModelSpec:
     evaluate: str | Callable[..., Any] | None = None
     # (train_dir, summary, folder) -> {file name: path}: files published beside the vectors
     files: str | Callable[..., Any] | None = None
+
+    @property
+    def input_tables(self) -> tuple[str, str]:
+        """The Workdir tables its training reads: its own and the vocabulary."""
+        return (self.table, "vocab")
 
 
 def resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -70,6 +76,12 @@ def get_model(name: str) -> ModelSpec:
     return _MODELS[name]
 
 
+def corpus_stages(model: str) -> list[str]:
+    """The corpus stages `model`'s training needs, in pipeline order: those writing its
+    tables and every table they read (`embedpipe prepare` and the flow run these)."""
+    return stages_for(get_model(model).input_tables)
+
+
 def model_names() -> list[str]:
     return sorted(_MODELS)
 
@@ -85,11 +97,9 @@ def import_plugins(modules: tuple[str, ...] | list[str]) -> None:
 
 @dataclass(frozen=True)
 class Word2VecConfig:
-    """`[train.sgns]` and `[train.cbow]`: window batches of centre words, plain SGD.
-
-    sgns: each context predicts the centre word; cbow: the mean of the contexts predicts it
-    (gensim's cbow_mean=1; word2vec's usual lr for CBOW is 0.05). The learning rate decays
-    linearly from `lr` to `min_lr` over the run's words.
+    """`[train.sgns]` (and, with their own defaults, `[train.cbow]` and `[train.fasttext]`):
+    window batches of centre words, plain SGD; each context predicts the centre word. The
+    learning rate decays linearly from `lr` to `min_lr` over the run's words.
     """
 
     dim: int = 100
@@ -119,6 +129,20 @@ class Word2VecConfig:
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(0 < self.min_lr <= self.lr, "min_lr must be in (0, lr]")
         _check(self.noise_power is None or self.noise_power > 0, "noise_power must be > 0")
+
+
+@dataclass(frozen=True)
+class CBOWConfig(Word2VecConfig):
+    """`[train.cbow]`: the mean of the contexts predicts the centre word (gensim's
+    cbow_mean=1), with every `[train.sgns]` knob and gensim's lr 0.025 (word2vec.c's is 0.05).
+
+    Ranks exchange every 131,072 words, twice skip-gram's interval: a CBOW word trains in
+    under half a skip-gram word's time, so at the same interval the exchange's fixed costs
+    weigh twice as much, and the 2-rank scores stay within noise of one process at this
+    staleness (bench/results/scaleout.json).
+    """
+
+    sync_every: int = 131_072
 
 
 @dataclass(frozen=True)
@@ -313,7 +337,7 @@ class BiLMConfig(BucketLMConfig):
 _WORD2VEC = "embedpipe.train.specs.word2vec"
 _LM_METRICS = "embedpipe.train.specs.transformer:publish_metrics"
 register_model(ModelSpec("sgns", Word2VecConfig, "sequences", f"{_WORD2VEC}:SkipGramRun"))
-register_model(ModelSpec("cbow", Word2VecConfig, "sequences", f"{_WORD2VEC}:CBOWRun"))
+register_model(ModelSpec("cbow", CBOWConfig, "sequences", f"{_WORD2VEC}:CBOWRun"))
 register_model(
     ModelSpec(
         "fasttext",
