@@ -11,6 +11,8 @@ from pyspark.sql import SparkSession
 from embedpipe.config import SparkConfig
 from embedpipe.corpus.spark import class_archive
 
+DAEMON_MODULE = "embedpipe.corpus.spark.daemon"
+
 
 class JavaNotFoundError(RuntimeError):
     """Spark needs a Java runtime (17 or newer for Spark 4)."""
@@ -54,6 +56,9 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)
+        if config.master.startswith("local") and os.environ["PYSPARK_PYTHON"] == sys.executable:
+            # Workers that import the installed pyspark, not SPARK_HOME's zip (`daemon`).
+            builder = builder.config("spark.python.daemon.module", DAEMON_MODULE)
     # Memory, cores, shuffle partitions, then `spark.conf` (the same set spark-submit gets).
     for key, value in config.spark_properties().items():
         builder = builder.config(key, value)
