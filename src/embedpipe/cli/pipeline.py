@@ -41,8 +41,8 @@ def prepare(
         bool, typer.Option("--all", help="Run every stage: write every table.")
     ] = False,
 ) -> None:
-    """Run the corpus stages train.model reads (in-process Spark, or spark-submit:
-    spark.submit); --all for every table, --stage for some."""
+    """Run the corpus stages that make the tables train.model reads (in-process Spark, or
+    spark-submit: spark.submit); --all for every table, --stage for some."""
     from embedpipe.corpus.spark.launch import launch_stages
     from embedpipe.train.registry import corpus_stages
 
