@@ -243,19 +243,24 @@ def find_damaged(
 
 _FAILED_FILE = re.compile(r"FAILED_READ_FILE[^\]]*\][^\n]*? reading file (\S+?)\.?(?:\s|$)")
 _CAUSE = re.compile(r"Caused by: ([\w.$]+(?:Exception|Error)[^\n]*)")
+READ_FAILED = "embedpipe could not read file"  # a task that reads its files itself, failing
+_OWN_FAILURE = re.compile(re.escape(READ_FAILED) + r" (\S+) \((.+)\)$", re.MULTILINE)
 
 
 def failed_file(error: BaseException, urls: Sequence[str]) -> tuple[str, str] | None:
-    """(url, cause) of the input file a Spark error says it could not read, if it names one
-    of `urls`."""
+    """(url, cause) of the input file a Spark error says it could not read (Spark's reader
+    or a task reading it itself, `READ_FAILED`), if it names one of `urls`."""
     text = str(error)
-    match = _FAILED_FILE.search(text)
+    own = _OWN_FAILURE.search(text)
+    match = own or _FAILED_FILE.search(text)
     if match is None:
         return None
     named = _local(unquote(match.group(1)))
     url = next((u for u in urls if _local(unquote(u)) == named), None)
     if url is None:
         return None
+    if own is not None:
+        return url, own.group(2)
     causes = _CAUSE.findall(text)
     return url, (causes[-1].strip() if causes else "Spark could not read it")
 
@@ -329,6 +334,11 @@ def read_lines(
 PARTITION_BYTES = 128 << 20  # input bytes a tokenize task takes at most (Spark's own split)
 
 
+def task_count(cores: int, input_bytes: int) -> int:
+    """Tokenize tasks for the input: one a core, or one per PARTITION_BYTES where more."""
+    return max(cores, -(-input_bytes // PARTITION_BYTES))
+
+
 def spread(lines: DataFrame, tasks: int, input_bytes: int) -> DataFrame:
     """`lines` in as many partitions as the cores (`tasks`), or one per PARTITION_BYTES of
     input where that is more, in their order.
@@ -340,7 +350,7 @@ def spread(lines: DataFrame, tasks: int, input_bytes: int) -> DataFrame:
     (no shuffle). Either way the tokens table holds the lines in their input order.
     """
     parts = lines.rdd.getNumPartitions()
-    wanted = max(tasks, -(-input_bytes // PARTITION_BYTES))
+    wanted = task_count(tasks, input_bytes)
     if parts > wanted:
         return lines.coalesce(wanted)
     if parts >= tasks:

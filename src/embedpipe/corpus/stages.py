@@ -37,9 +37,11 @@ from embedpipe.corpus.sources import (
     read_lines,
     sniff_files,
     spread,
+    task_count,
 )
 from embedpipe.corpus.spark.commit import run_stage
 from embedpipe.corpus.spark.parts import write_dataframe
+from embedpipe.corpus.textfiles import read_lines_itself, reads_itself
 from embedpipe.corpus.tokenize import sample_text, write_tokens
 from embedpipe.corpus.vocab import COUNTS, write_vocab
 from embedpipe.text.sentencepiece import MODEL_FILE as SP_MODEL_FILE
@@ -109,14 +111,9 @@ def tokenize_files(
     salvage = [f for f, a in aside.items() if a.salvage]
     if not readable and not salvage:
         raise CorpusError(f"corpus {', '.join(config.corpus.paths)}: every file was set aside")
-    lines, rejects = read_lines(spark, readable, config.corpus, salvage)
-    read_bytes = sum(sizes[f][0] for f in [*readable, *salvage])
-    lines = spread(lines, spark.sparkContext.defaultParallelism, read_bytes)
-    sp_model = None
-    if config.tokenize.kind == "sentencepiece":
-        sp_model = train_sentencepiece(sample_text(lines, config.tokenize), config.tokenize)
+    lines, read_itself, rejects, sp_model = line_input(spark, config, readable, salvage, sizes)
     counts: dict[str, Any] = write_tokens(
-        lines, config.tokenize, out, sp_model, side_output(out, COUNTS)
+        lines, config.tokenize, out, sp_model, side_output(out, COUNTS), read_itself
     )
     if counts["tokens"] == 0:
         raise CorpusError(f"corpus {', '.join(config.corpus.paths)} holds no tokens")
@@ -138,6 +135,37 @@ def tokenize_files(
     )
     counts["rejected_records"] = rows - len(aside)
     return counts
+
+
+def line_input(
+    spark: SparkSession,
+    config: RunConfig,
+    readable: list[str],
+    salvage: list[str],
+    sizes: dict[str, tuple[int, str]],
+) -> tuple[DataFrame, Any, DataFrame | None, bytes | None]:
+    """(what the tokenize job maps over, how its tasks read their lines or None for
+    Spark's lines, the records set aside, the SentencePiece model or None).
+
+    Plain text files are read by the tasks themselves (`textfiles`); archives, JSON
+    Lines, Parquet and sentences are Spark's lines. SentencePiece learns from a sample of
+    Spark's lines either way.
+    """
+    cores = spark.sparkContext.defaultParallelism
+    read_bytes = sum(sizes[url][0] for url in [*readable, *salvage])
+    itself = reads_itself(readable, config.corpus, salvage)
+    spark_lines, rejects, sp_model = None, None, None
+    if not itself or config.tokenize.kind == "sentencepiece":
+        spark_lines, rejects = read_lines(spark, readable, config.corpus, salvage)
+        spark_lines = spread(spark_lines, cores, read_bytes)
+    if config.tokenize.kind == "sentencepiece":
+        sample = sample_text(spark_lines, config.tokenize)
+        sp_model = train_sentencepiece(sample, config.tokenize)
+    if not itself:
+        return spark_lines, None, rejects, sp_model
+    plain = {url: sizes[url][0] for url in readable}
+    frame, read = read_lines_itself(spark, plain, task_count(cores, read_bytes))
+    return frame, read, rejects, sp_model
 
 
 def _remove(url: str) -> None:

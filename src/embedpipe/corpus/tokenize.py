@@ -4,7 +4,7 @@ The rows are made and written by the Python side of each task (see `parts`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -171,8 +171,12 @@ def write_tokens(
     out: str,
     sp_model: bytes | None = None,
     counts_out: str | None = None,
+    read_lines: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] | None = None,
 ) -> dict[str, int]:
     """Lines (text, repaired) -> the tokens table at `out`, and its counts.
+
+    `lines` is Spark's lines, or, with `read_lines`, a row for each task that `read_lines`
+    turns into the task's lines in batches (`textfiles.read_lines_itself`).
 
     NUL and other control characters (not tab or line ends) are replaced by spaces first
     and the lines that held one counted (`control_char_lines`): they separate words
@@ -201,7 +205,7 @@ def write_tokens(
         stats = dict.fromkeys(_STATS, 0)
         next_id = partition << 33
         try:
-            for batch in batches:
+            for batch in read_lines(batches) if read_lines is not None else batches:
                 text, controls = replace_controls(batch.column(S.TEXT))
                 stats["control_char_lines"] += controls
                 batch = pa.RecordBatch.from_arrays(
@@ -227,9 +231,8 @@ def write_tokens(
             write_table(counts, f"{counts_out}/{part_name(partition)}")
         yield pa.RecordBatch.from_pylist([stats], schema=_STATS_SCHEMA)
 
-    written = lines.select(S.TEXT, S.REPAIRED).mapInArrow(
-        tokenize_partition, S.spark_ddl(_STATS_SCHEMA)
-    )
+    frame = lines if read_lines is not None else lines.select(S.TEXT, S.REPAIRED)
+    written = frame.mapInArrow(tokenize_partition, S.spark_ddl(_STATS_SCHEMA))
     totals = dict.fromkeys(_STATS, 0)
     for row in written.collect():
         for name in _STATS:
