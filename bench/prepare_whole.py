@@ -5,12 +5,21 @@ every stage the model reads), not the stages alone (`corpus_stages.py` times tho
 Both read the same text, embedpipe's own tokens of the corpus one line per line
 (GloVe's tools split on whitespace only); the defaults but `vocab.min_count` 5 and
 `cooccur.window` 10, GloVe's settings. Each side runs `--repeat` times, interleaved,
-on a quiet machine; the fastest of each gives the ratio. `--bytecode-cache none` runs
-embedpipe as a container with `PYTHONDONTWRITEBYTECODE` and no compiled modules does:
-every process compiles what it imports from source.
+on a quiet machine; the fastest of each gives the ratio.
+
+Bytecode, as `--bytecode` lists (default all four):
+- `warm`: the install's own bytecode (`make install` compiles it).
+- `first`: a container's first run: `PYTHONDONTWRITEBYTECODE` and an install without
+  bytecode, so the command keeps it in its own cache (`embedpipe.bytecode`), empty here:
+  every process compiles what it imports and writes it there. (A fresh cache folder per
+  repeat stands for the uncompiled install; the few modules imported before the command
+  sets its cache up are read from the install's bytecode.)
+- `cached`: the same container's next run, reading the cache the `first` run filled.
+- `none`: nothing cached, ever (`EMBEDPIPE_BYTECODE_CACHE=off` in that container, or a
+  `PYTHONPYCACHEPREFIX` nobody writes): every process compiles from source every time.
 
 Usage: python bench/prepare_whole.py [--corpus /work/bench-data/short-10m.txt]
-       [--model glove] [--repeat 2] [--bytecode-cache warm|none|both]
+       [--model glove] [--repeat 2] [--bytecode warm first cached none]
 """
 
 from __future__ import annotations
@@ -34,13 +43,20 @@ RESULTS = REPO / "bench" / "results" / "prepare_whole.json"
 EMBEDPIPE = Path(sys.executable).with_name("embedpipe")
 
 
-def run_prepare(tok: Path, workdir: Path, model: str, cache: str) -> dict[str, Any]:
-    """One whole `embedpipe prepare` from a fresh work dir: wall seconds and its stages."""
+BYTECODE = ("warm", "first", "cached", "none")
+
+
+def run_prepare(tok: Path, workdir: Path, model: str, bytecode: str, cache: Path) -> dict[str, Any]:
+    """One whole `embedpipe prepare` from a fresh work dir: wall seconds and its stages.
+    `cache`: the command's bytecode cache for `first` and `cached` (see the module doc)."""
     shutil.rmtree(workdir, ignore_errors=True)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
     with tempfile.TemporaryDirectory() as empty:
-        if cache == "none":  # compile everything from source, write nothing
+        if bytecode != "warm":
             env["PYTHONDONTWRITEBYTECODE"] = "1"
+        if bytecode in ("first", "cached"):
+            env["EMBEDPIPE_BYTECODE_CACHE"] = str(cache)
+        if bytecode == "none":
             env["PYTHONPYCACHEPREFIX"] = empty
         overrides = [
             f"workdir={workdir}",
@@ -66,7 +82,7 @@ def main() -> None:
     parser.add_argument("--glove-bin", type=Path, default=Path("/work/tools/glove/build"))
     parser.add_argument("--model", default="glove")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--bytecode-cache", choices=["warm", "none", "both"], default="both")
+    parser.add_argument("--bytecode", nargs="+", choices=BYTECODE, default=list(BYTECODE))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -75,15 +91,17 @@ def main() -> None:
     if not tok.exists():
         print(f"pre-tokenising {args.corpus} -> {tok}", flush=True)
         pretokenize(args.corpus, tok)
-    caches = ["warm", "none"] if args.bytecode_cache == "both" else [args.bytecode_cache]
+    caches = [b for b in BYTECODE if b in args.bytecode]
     runs: dict[str, list[float]] = {cache: [] for cache in caches}
     glove: list[float] = []
     tables: list[str] = []
-    run_prepare(tok, args.out / "warm-up", args.model, "warm")  # fills the bytecode cache
+    run_prepare(tok, args.out / "warm-up", args.model, "warm", args.out)  # the OS's caches
     for i in range(args.repeat):
+        container = args.out / f"bytecode-{i}"  # empty until this repeat's `first` run
+        shutil.rmtree(container, ignore_errors=True)
         for cache in caches:
             wait_quiet(120)
-            result = run_prepare(tok, args.out / "embedpipe", args.model, cache)
+            result = run_prepare(tok, args.out / "embedpipe", args.model, cache, container)
             runs[cache].append(result["seconds"])
             tables = result["tables"]
             print(
