@@ -46,7 +46,9 @@ EMBEDPIPE = Path(sys.executable).with_name("embedpipe")
 BYTECODE = ("warm", "first", "cached", "none")
 
 
-def run_prepare(tok: Path, workdir: Path, model: str, bytecode: str, cache: Path) -> dict[str, Any]:
+def run_prepare(
+    tok: Path, workdir: Path, model: str, bytecode: str = "warm", cache: Path | None = None
+) -> dict[str, Any]:
     """One whole `embedpipe prepare` from a fresh work dir: wall seconds and its stages.
     `cache`: the command's bytecode cache for `first` and `cached` (see the module doc)."""
     shutil.rmtree(workdir, ignore_errors=True)
@@ -95,7 +97,7 @@ def main() -> None:
     runs: dict[str, list[float]] = {cache: [] for cache in caches}
     glove: list[float] = []
     tables: list[str] = []
-    run_prepare(tok, args.out / "warm-up", args.model, "warm", args.out)  # the OS's caches
+    run_prepare(tok, args.out / "warm-up", args.model)  # the OS's file cache
     for i in range(args.repeat):
         container = args.out / f"bytecode-{i}"  # empty until this repeat's `first` run
         shutil.rmtree(container, ignore_errors=True)

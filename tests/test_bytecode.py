@@ -98,6 +98,26 @@ def test_a_folder_that_cannot_be_made_leaves_python_as_it_is(
     assert sys.pycache_prefix is None and "PYTHONPYCACHEPREFIX" not in environ
 
 
+def test_no_home_to_cache_in_leaves_python_as_it_is(
+    tmp_path: Path, python_state: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setattr(bytecode, "default_cache", lambda: None)
+    environ = {"PYTHONDONTWRITEBYTECODE": "1"}
+    assert use_bytecode_cache(environ, sentinel_in(tmp_path, compiled=False)) is None
+    assert environ == {"PYTHONDONTWRITEBYTECODE": "1"} and sys.pycache_prefix is None
+
+
+def test_the_default_folder_is_in_the_users_xdg_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert bytecode.default_cache() == tmp_path / "embedpipe" / "bytecode"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert bytecode.default_cache() == tmp_path / "home" / ".cache" / "embedpipe" / "bytecode"
+
+
 def test_the_command_and_its_child_processes_compile_into_the_cache_once(tmp_path: Path) -> None:
     """What a container run does: nothing written beside the sources, everything imported
     (by the command and by a process it starts) compiled into the cache, and read back."""

@@ -9,8 +9,8 @@ install (Python's `PYTHONPYCACHEPREFIX`), for itself and every process it starts
 first run compiles. The install's own bytecode, where it has some, is used as it is; an
 explicit PYTHONPYCACHEPREFIX is the user's choice and left alone.
 
-`EMBEDPIPE_BYTECODE_CACHE` names the folder (default `$XDG_CACHE_HOME/embedpipe/bytecode`,
-else `~/.cache/embedpipe/bytecode`); `off` keeps Python's behaviour exactly.
+`EMBEDPIPE_BYTECODE_CACHE=DIR` uses DIR whether or not the install has bytecode (default:
+`bytecode` in `user_cache`, only where needed); `off` keeps Python's behaviour exactly.
 Imports nothing but the standard library: it runs before the command imports anything else.
 """
 
@@ -22,15 +22,17 @@ import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from embedpipe.user_cache import user_cache
+
 CACHE_ENV = "EMBEDPIPE_BYTECODE_CACHE"
 OFF = "off"
 _SENTINEL = Path(__file__)  # this module: compiled when the install is, not otherwise
 
 
-def default_cache() -> Path:
-    """The per-user cache folder, as XDG places caches."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "embedpipe" / "bytecode"
+def default_cache() -> Path | None:
+    """`bytecode` in embedpipe's user cache; None where there is no home directory."""
+    cache = user_cache()
+    return cache / "bytecode" if cache is not None else None
 
 
 def install_writes_none(sentinel: Path = _SENTINEL) -> bool:
@@ -55,6 +57,8 @@ def use_bytecode_cache(
     if not setting and not install_writes_none(sentinel):
         return None
     cache = Path(setting).expanduser() if setting else default_cache()
+    if cache is None:
+        return None  # no home to cache in: Python compiles from source, as it would have
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError:

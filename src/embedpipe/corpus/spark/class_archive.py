@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pyspark
 
+from embedpipe.user_cache import user_cache
+
 # Logging off: a stale archive is skipped without a warning on every session start.
 QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 MODULE = "embedpipe.corpus.spark.class_archive"  # `__name__` is "__main__" under `-m`
@@ -37,9 +39,8 @@ def archive_path() -> Path | None:
     jars = Path(pyspark.__file__).parent / "jars"
     key = f"{pyspark.__version__}|{real}|{real.stat().st_mtime_ns}|{jars}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    try:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedpipe"
-    except RuntimeError:  # no home directory to cache in: sessions start without an archive
+    cache = user_cache()
+    if cache is None:  # no home directory to cache in: sessions start without an archive
         return None
     return cache / f"spark-{pyspark.__version__}-{digest}.jsa"
 
