@@ -38,6 +38,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from embedpipe.schemas import SPECIAL_TOKENS
 from embedpipe.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +74,12 @@ def prepare(
     return manifests
 
 
+def read_vocab(workdir: Path) -> list[str]:
+    """The vocabulary table's tokens by id (the rows of embedpipe's matrices)."""
+    vocab = pq.read_table(Workdir(str(workdir)).table_path("vocab"))
+    return vocab.sort_by("id").column("token").to_pylist()
+
+
 def write_tokens_text(workdir: Path) -> Path:
     """The tokens table as one space-separated line per sequence (gensim's corpus_file)."""
     out = workdir / "tokens.txt"
@@ -101,8 +108,36 @@ def scores(vectors: Any, vocab: list[str]) -> dict[str, float]:
     }
 
 
+def in_vocab_order(vectors: Any, keys: list[str], vocab: list[str]) -> Any:
+    """gensim's rows re-ranked in the vocabulary table's order (count, then token).
+
+    The analogy benchmark's candidates are the 30,000 most frequent words. Words of equal count
+    are ranked by token in embedpipe's table and by first appearance in gensim, so at the
+    boundary each side would draw a different candidate set and answer different questions.
+    Both sides are scored in the table's order, so they answer the same ones. Rows of special
+    tokens, which gensim does not have, stay zero (the evaluation skips them).
+    """
+    import numpy as np
+
+    row = {word: i for i, word in enumerate(keys)}
+    missing = [w for w in vocab if w not in row and w not in SPECIAL_TOKENS]
+    if missing or len(row) != len(vocab) - sum(w in SPECIAL_TOKENS for w in vocab):
+        raise RuntimeError(f"gensim's vocabulary differs from the table's ({missing[:5]} ...)")
+    ordered = np.zeros((len(vocab), vectors.shape[1]), dtype=vectors.dtype)
+    for i, word in enumerate(vocab):
+        if word in row:
+            ordered[i] = vectors[row[word]]
+    return ordered
+
+
 def run_gensim(
-    tokens_file: Path, words: int, model: str, epochs: int, workers: int, seed: int
+    tokens_file: Path,
+    words: int,
+    model: str,
+    epochs: int,
+    workers: int,
+    seed: int,
+    vocab: list[str],
 ) -> dict[str, Any]:
     from gensim.models import Word2Vec
 
@@ -123,7 +158,9 @@ def run_gensim(
         "seconds": round(seconds, 2),
         "whole_seconds": round(time.perf_counter() - whole, 2),  # vocabulary scan + training
         "words_per_sec": round(words * epochs / seconds),
-        **scores(w2v.wv.vectors, list(w2v.wv.index_to_key)),
+        **scores(in_vocab_order(w2v.wv.vectors, list(w2v.wv.index_to_key), vocab), vocab),
+        # the analogy score in gensim's own order, for reference (a different candidate set)
+        "analogy_own_order": scores(w2v.wv.vectors, list(w2v.wv.index_to_key))["analogy"],
     }
 
 
@@ -150,15 +187,13 @@ def run_embedpipe(
         raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
     summary = json.loads((out / "_TRAINED.json").read_text())
     weights = load_file(str(out / "checkpoints" / summary["checkpoint"] / "model.safetensors"))
-    vocab = pq.read_table(Workdir(str(workdir)).table_path("vocab"))
-    vocab = vocab.sort_by("id").column("token").to_pylist()
     return {
         "seconds": summary["seconds"],
         "whole_seconds": round(whole, 2),
         "words_per_sec": summary["words_per_sec"],
         "bytes_per_word": summary.get("bytes_per_word", 0),  # exchanged a trained word
         "steps": summary["steps"],
-        **scores(weights["input"], vocab),
+        **scores(weights["input"], read_vocab(workdir)),
     }
 
 
@@ -199,11 +234,14 @@ def main() -> None:
     results: dict[str, Any] = {"corpus_tokens": words, "settings": SETTINGS, "epochs": args.epochs,
                                "cpus": os.cpu_count(), "seeds": args.seeds, "models": {}}  # fmt: skip
     seeds = range(1, args.seeds + 1)
+    vocab = read_vocab(args.workdir)
     threads = [*args.set, f"train.threads={args.nproc}"]
     for model in args.models:
         gensim_runs, our_runs = [], []
         for seed in seeds:  # interleaved, so that both sides see the same machine
-            gensim_runs.append(run_gensim(tokens_file, words, model, args.epochs, args.nproc, seed))
+            gensim_runs.append(
+                run_gensim(tokens_file, words, model, args.epochs, args.nproc, seed, vocab)
+            )
             our_runs.append(
                 run_embedpipe(args.workdir, model, args.epochs, 1, [*threads, f"train.seed={seed}"])
             )
