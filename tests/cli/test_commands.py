@@ -381,3 +381,18 @@ def test_prepare_takes_stages_or_all_not_both(capsys: pytest.CaptureFixture[str]
         main(["prepare", "--all", "--stage", "tokenize"])
     assert failed.value.code == 2
     assert "give --stage or --all, not both" in error_line(capsys)
+
+
+def test_prepare_loads_no_kernel_compiler_or_artefact_code() -> None:
+    """The driver of `prepare` plans the stages; numba (the tasks' kernels) and the
+    artefacts package (other commands') stay unloaded: they are start-up time."""
+    code = (
+        "import sys\n"
+        "import embedpipe.cli\n"
+        "from embedpipe.corpus.registry import STAGES\n"
+        "functions = [stage.load() for stage in STAGES.values()]\n"
+        "print(sorted(m for m in ('numba', 'embedpipe.artefacts', 'torch') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -59,3 +59,25 @@ def test_many_input_files_are_checked_by_a_few_tasks_per_core(spark, tmp_path) -
     ]
     tasks = sorted(s.numTasks for s in listing if s is not None)
     assert tasks and max(tasks) <= 4 * context.defaultParallelism
+
+
+def test_session_imports_run_on_a_thread(tmp_path, monkeypatch) -> None:
+    """The modules the session's first Java call imports are imported on a thread, so the
+    JVM's start-up and their import overlap; a missing or imported module is skipped."""
+    import sys
+
+    from embedpipe.corpus.spark import session
+
+    (tmp_path / "slow_session_module.py").write_text("import time\ntime.sleep(0.2)\nVALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_session_module", raising=False)
+    monkeypatch.setattr(
+        session, "SESSION_IMPORTS", ("slow_session_module", "json", "no_such_module_here")
+    )
+    started = time.perf_counter()
+    session.import_while_jvm_starts()
+    assert time.perf_counter() - started < 0.15  # the caller does not wait for the import
+    thread = next(t for t in threading.enumerate() if t.name == "embedpipe-session-imports")
+    thread.join(5)
+    assert sys.modules["slow_session_module"].VALUE == 7
+    assert "no_such_module_here" not in sys.modules

@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import fsspec
 import numpy as np
@@ -29,9 +29,8 @@ import pyarrow.parquet as pq
 from embedpipe.artefacts.huggingface import export_sentence_transformers, export_transformers
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
 from embedpipe.artefacts.store import Location, as_location, filesystem
-from embedpipe.schemas import SPECIAL_TOKENS, VECTOR, VECTORS_SCHEMA
+from embedpipe.schemas import SPECIAL_TOKENS, VECTOR, VECTORS_SCHEMA, ExportFormat
 
-ExportFormat = Literal["w2v-text", "w2v-binary", "parquet", "hf", "sentence-transformers"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 # float32 needs 9 significant digits to round-trip exactly through decimal text.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,6 @@ from pyspark.sql import SparkSession
 
 from embedpipe import schemas as S
 from embedpipe.config import CooccurConfig
-from embedpipe.corpus import kernels
 from embedpipe.corpus.spark.parts import finish_table, map_parts, part_name, table_of, write_table
 
 DENSE_CELLS = 1 << 24  # cells of a map task's dense table (uint32: 64 MiB)
@@ -78,6 +78,14 @@ _WRITTEN_SCHEMA = pa.schema(
 )
 
 
+def _kernels() -> ModuleType:
+    """The compiled kernels (`kernels`), imported where pairs are counted: in the tasks.
+    The driver only plans the stage, so it never loads numba (README, whole `prepare`)."""
+    from embedpipe.corpus import kernels
+
+    return kernels
+
+
 def weight_scale(window: int) -> int:
     """L = lcm(1..window): every 1/d weight is the integer L / d in these units."""
     return math.lcm(*range(1, window + 1))
@@ -105,7 +113,7 @@ class PairCounter:
         if 2 * self.id_bits + self.d_bits > 63:
             raise ValueError(f"vocabulary of {vocab_size} ids and window {window}: too large")
         if dense_cells > 0:
-            self.lim, self.base, cells = kernels.dense_layout(vocab_size, dense_cells)
+            self.lim, self.base, cells = _kernels().dense_layout(vocab_size, dense_cells)
         else:  # no dense table: every row is empty (lim[a] = a)
             self.lim = np.arange(vocab_size, dtype=np.int64)
             self.base, cells = np.zeros(vocab_size, np.int64), 0
@@ -133,7 +141,7 @@ class PairCounter:
             raise ValueError(f"id {top} is outside the vocabulary of {self.vocab_size} ids")
         seq, pos = 0, int(offsets[0])
         while seq < len(ids):
-            seq, pos, self.n_keys = kernels.count_windows(
+            seq, pos, self.n_keys = _kernels().count_windows(
                 values, offsets, seq, pos, self.window, len(S.SPECIAL_TOKENS),
                 self.lim, self.base, self.dense, self.room, self.units,
                 self.keys, self.n_keys, self.id_bits, self.d_bits,
@@ -146,23 +154,23 @@ class PairCounter:
         if self.n_keys == 0:
             return
         keys = np.sort(self.keys[: self.n_keys])
-        self.runs.append(kernels.reduce_packed(keys, self.d_bits, self.units))
+        self.runs.append(_kernels().reduce_packed(keys, self.d_bits, self.units))
         self.n_keys = 0
         while len(self.runs) > 1 and 2 * len(self.runs[-1][0]) >= len(self.runs[-2][0]):
             last = self.runs.pop()
-            self.runs.append(kernels.merge_two(*self.runs.pop(), *last))
+            self.runs.append(_kernels().merge_two(*self.runs.pop(), *last))
 
     def drain(self, shards: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(keys, units, shard starts) of every entry, key = row << 32 | col, sorted by
         (row % shards, row, col); shard k is keys[starts[k]:starts[k + 1]]."""
         self.flush()
-        sparse_keys, sparse_units = kernels.merge_runs(self.runs)
-        left, right, units = kernels.unordered_pairs(
+        sparse_keys, sparse_units = _kernels().merge_runs(self.runs)
+        left, right, units = _kernels().unordered_pairs(
             self.lim, self.base, self.dense, sparse_keys, sparse_units, self.id_bits
         )
         self.runs = []
         self.dense[:] = 0
-        return kernels.ordered_by_shard(left, right, units, self.vocab_size, shards)
+        return _kernels().ordered_by_shard(left, right, units, self.vocab_size, shards)
 
 
 def count_pairs(
@@ -204,12 +212,12 @@ def group_bounds(
 def encode_block(keys: np.ndarray, units: np.ndarray) -> bytes:
     """A sorted run of (row << 32 | col, units) as compact bytes (`kernels.encode_run`:
     varints of row and col gaps and units, about 3 bytes an entry)."""
-    return kernels.encode_run(keys, units).tobytes()
+    return _kernels().encode_run(keys, units).tobytes()
 
 
 def decode_block(block: pa.Buffer | bytes) -> tuple[np.ndarray, np.ndarray]:
     """(keys, units) of an `encode_block` run."""
-    return kernels.decode_run(np.frombuffer(block, np.uint8))
+    return _kernels().decode_run(np.frombuffer(block, np.uint8))
 
 
 def block_rows(
@@ -258,7 +266,7 @@ def merge_blocks(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         parts.append(decode_block(block.as_buffer()))
     if parts:
         runs.append(_concat(parts))
-    return kernels.merge_runs(runs)
+    return _kernels().merge_runs(runs)
 
 
 def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

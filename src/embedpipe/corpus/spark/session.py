@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import shutil
 import sys
+import threading
 
 from pyspark.sql import SparkSession
 
@@ -41,6 +44,27 @@ def driver_java_options() -> str:
     return f"-XX:TieredStopAtLevel=1 {class_archive.java_options()}".strip()
 
 
+# Imported by the session's first Java call whatever the stages do: pyspark's py4j input
+# converters import `pyspark.testing.utils`, which imports pandas (so does pyarrow at its
+# first `pa.array`). That takes a second to compile where no bytecode is cached.
+SESSION_IMPORTS = ("pandas",)
+
+
+def import_while_jvm_starts() -> None:
+    """Import SESSION_IMPORTS on a thread while the JVM boots (the driver only waits for it
+    then), not after it; the first Java call finds them imported or waits for the thread."""
+    missing = [m for m in SESSION_IMPORTS if m not in sys.modules and importlib.util.find_spec(m)]
+
+    def import_missing() -> None:
+        for module in missing:
+            importlib.import_module(module)
+
+    if missing:
+        threading.Thread(
+            target=import_missing, name="embedpipe-session-imports", daemon=True
+        ).start()
+
+
 def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") -> SparkSession:
     """Get or create the session; workers use this interpreter so Arrow batches find pyarrow."""
     check_java()
@@ -62,6 +86,8 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     # Memory, cores, shuffle partitions, then `spark.conf` (the same set spark-submit gets).
     for key, value in config.spark_properties().items():
         builder = builder.config(key, value)
+    if SparkSession.getActiveSession() is None:
+        import_while_jvm_starts()
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     # The tokenize stage hands Spark its input as a list of files. Past 32 paths Spark
