@@ -155,3 +155,15 @@ def test_spark_conf_reads_env_references_only_where_spark_gets_them(
     with pytest.raises(ConfigError, match=r"spark.conf\['spark.hadoop.fs.s3a.secret.key'\]: "
                        "the environment variable EP_TEST_KEY is not set"):  # fmt: skip
         config.spark.spark_properties()
+
+
+def test_word2vec_final_learning_rates() -> None:
+    """skip-gram and CBOW end at 0.0025 (bench/results/min_lr.json); fastText keeps 0.0001,
+    measured with its own schedule; an override still wins."""
+    from embedpipe.train.registry import get_model
+
+    assert get_model("sgns").section().min_lr == 0.0025
+    assert get_model("cbow").section().min_lr == 0.0025
+    assert get_model("fasttext").section().min_lr == 0.0001
+    config = load_config(None, ["train.model=cbow", "train.cbow.min_lr=0.0001"])
+    assert config.train.options.min_lr == 0.0001
