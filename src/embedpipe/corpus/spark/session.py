@@ -46,7 +46,7 @@ def driver_java_options() -> str:
 
 # Imported by the session's first Java call whatever the stages do: pyspark's py4j input
 # converters import `pyspark.testing.utils`, which imports pandas (so does pyarrow at its
-# first `pa.array`). That takes a second to compile where no bytecode is cached.
+# first `pa.array`). It is slow to compile where no bytecode is cached.
 SESSION_IMPORTS = ("pandas",)
 
 
