@@ -11,6 +11,10 @@ installed as compiled modules. This daemon moves such zips to the end of `sys.pa
 runs pyspark's daemon unchanged; its forked workers inherit the path. Zips of a separate
 Spark installation (another SPARK_HOME, possibly another version) stay where they are.
 
+Where the driver started a fork server (`forkserver`, named in EMBEDPIPE_SPARK_FORKSERVER),
+pyspark's daemon runs forked from it instead, with this process's streams and environment,
+so its workers start with their modules imported; without one, it runs here as before.
+
 It imports nothing but the standard library before it has fixed the path. The session sets
 it for local masters only (`session.get_spark`): there the workers run this interpreter,
 which can import embedpipe; a cluster's executors may not have embedpipe installed.
@@ -49,6 +53,10 @@ def prefer_installed_pyspark(path: Sequence[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.path[:] = prefer_installed_pyspark(sys.path)
-    from pyspark.daemon import manager
+    from embedpipe.corpus.spark import forkserver
 
-    manager()
+    server = os.environ.get(forkserver.ENV, forkserver.OFF)
+    if server == forkserver.OFF or forkserver.request_daemon(server, sys.path) is None:
+        from pyspark.daemon import manager
+
+        manager()

@@ -9,10 +9,11 @@ import shutil
 import sys
 import threading
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from embedpipe.config import SparkConfig
-from embedpipe.corpus.spark import class_archive
+from embedpipe.corpus.spark import class_archive, forkserver
 
 DAEMON_MODULE = "embedpipe.corpus.spark.daemon"
 
@@ -81,8 +82,11 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)
         if config.master.startswith("local") and os.environ["PYSPARK_PYTHON"] == sys.executable:
-            # Workers that import the installed pyspark, not SPARK_HOME's zip (`daemon`).
+            # Workers that import the installed pyspark, not SPARK_HOME's zip (`daemon`),
+            # forked from a process that imported their modules while the JVM started.
             builder = builder.config("spark.python.daemon.module", DAEMON_MODULE)
+            if SparkContext._gateway is None:  # the JVM, started next, gets its address
+                forkserver.start()
     # Memory, cores, shuffle partitions, then `spark.conf` (the same set spark-submit gets).
     for key, value in config.spark_properties().items():
         builder = builder.config(key, value)

@@ -1,0 +1,267 @@
+"""A process that imports the Python workers' modules while the JVM starts, then forks the
+worker daemon of each local session from that state.
+
+Spark starts a session's Python daemon only when its first Python task runs; the daemon
+then forks a worker per task slot, and every worker imports pyspark's worker, pyarrow,
+pandas (pyarrow's first conversion of a Python value imports it), the stage modules and,
+in the cooccur stage, numba: the same imports in each worker, on the critical path, and
+compiled from source wherever no bytecode is cached. Here the driver starts this server
+before the JVM (`start`), and it imports `PRELOAD` at idle priority, on what CPU the JVM's
+start leaves. The daemon Spark launches (`embedpipe.corpus.spark.daemon`) hands its
+standard streams, environment, working directory and module path to the server
+(`request_daemon`), which forks a child that runs pyspark's daemon, unchanged, with them;
+the workers that daemon forks start with everything imported.
+
+The server serves the process that started it and exits when that process closes its
+standard input (it ends, or calls `stop`). A daemon that cannot reach a server, or whose
+path finds another pyspark than the server's, runs pyspark's daemon itself, as before.
+The socket lives in a private temporary folder (mode 0700), so only its user reaches it.
+Imports nothing but the standard library: the daemon imports it before fixing its path.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from typing import Any
+
+# The socket's path, for the daemons Spark launches; a user's `off` keeps pyspark's daemon.
+ENV = "EMBEDPIPE_SPARK_FORKSERVER"
+OFF = "off"
+SOCKET = "forkserver.sock"
+# What every worker of a local session imports: pyspark's daemon and worker, pandas
+# (through pyarrow), the stages' task code and the cooccur kernels (numba).
+PRELOAD = (
+    "pyspark.daemon",
+    "pyspark.worker",
+    "pandas",
+    "pyarrow.parquet",
+    "embedpipe.corpus.stages",
+    "embedpipe.corpus.kernels",
+)
+_HEADER = struct.Struct("!I")
+_server: subprocess.Popen[bytes] | None = None
+
+
+def supported() -> bool:
+    """Whether this OS can fork and pass file descriptors (not Windows)."""
+    return hasattr(os, "fork") and hasattr(socket, "send_fds")
+
+
+def spawn(path: str, preload: tuple[str, ...] = PRELOAD) -> subprocess.Popen[bytes]:
+    """Start a server listening at `path`; it ends when its stdin (a pipe) closes.
+
+    Its own session: a terminal's Ctrl-C goes to the driver, which stops Spark's jobs, not
+    to the daemons (the JVM starts its own with SIGINT ignored)."""
+    # Spark runs its workers with PYTHONHASHSEED set (0 unless the driver set one).
+    env = {**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
+    command = [sys.executable, "-m", __name__, path, *preload]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, env=env, start_new_session=True)
+
+
+def start() -> str | None:
+    """Start this process's server (once) and point the daemons it launches at it, through
+    ENV in this process's environment (the JVM, started later, passes it on); its path."""
+    global _server
+    if not supported() or os.environ.get(ENV) == OFF:
+        return None
+    if _server is not None and _server.poll() is None:
+        return os.environ[ENV]
+    path = os.path.join(tempfile.mkdtemp(prefix="embedpipe-forkserver-"), SOCKET)
+    _server = spawn(path)
+    os.environ[ENV] = path
+    atexit.register(stop)
+    return path
+
+
+def stop() -> None:
+    """End this process's server and remove its folder."""
+    global _server
+    server, _server = _server, None
+    if server is None:
+        return
+    if server.stdin is not None:
+        server.stdin.close()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    path = os.environ.pop(ENV, "")
+    if path.endswith(SOCKET):
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def pyspark_origin(path: list[str]) -> str | None:
+    """The file `import pyspark` loads on `path` (None if none)."""
+    spec = importlib.machinery.PathFinder.find_spec("pyspark", path)
+    return os.path.realpath(spec.origin) if spec is not None and spec.origin else None
+
+
+def request_daemon(path: str, sys_path: list[str]) -> int | None:
+    """Have the server at `path` fork a daemon on this process's standard streams and wait
+    for it to end (0), or None, nothing handed over, when no server takes the request."""
+    request = {
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "path": sys_path,
+        "pyspark": pyspark_origin(sys_path),
+    }
+    data = json.dumps(request).encode()
+    # SIGTERM waits until the daemon's pid is known (then it is passed on) or until no
+    # server took the request (then it ends this process, as it would have).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        daemon = _hand_over(path, data)
+        if daemon is None:
+            return None
+        pid, conn = daemon
+
+        def pass_on(number: int, _: Any) -> None:
+            """Spark stops its daemon with SIGTERM: so does this (pyspark's daemon then
+            stops its workers); the daemon also ends when Spark closes its stdin."""
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+        signal.signal(signal.SIGTERM, pass_on)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    with conn:
+        while conn.recv(4096):  # the daemon holds the connection open until it ends
+            pass
+    return 0
+
+
+def _hand_over(path: str, data: bytes) -> tuple[int, socket.socket] | None:
+    """Send our streams and `data` to the server at `path`: (the forked daemon's pid, the
+    connection it holds), or None when no server took them."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+        socket.send_fds(conn, [_HEADER.pack(len(data))], [0, 1, 2])
+        conn.sendall(data)
+        reply = _read_exactly(conn, _HEADER.size)
+    except OSError:
+        reply = None
+    if reply is None:  # no server, refused, or it ended: nothing runs on our streams
+        conn.close()
+        return None
+    return _HEADER.unpack(reply)[0], conn
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes | None:
+    """`size` bytes from `conn`, or None when it closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def serve(path: str, preload: tuple[str, ...]) -> None:
+    """Listen at `path`, import `preload`, then fork a daemon per request until stdin ends.
+
+    It listens first, so a daemon launched while it imports waits for it (the connection
+    is queued) instead of importing on its own."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the forked daemons reap themselves
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    try:
+        importer = threading.Thread(target=import_idly, args=(preload,), name="preload")
+        importer.start()
+        importer.join()  # daemons fork from the one thread left, with everything imported
+        while True:
+            ready, _, _ = select.select([listener, sys.stdin.buffer], [], [])
+            if sys.stdin.buffer in ready and not os.read(sys.stdin.fileno(), 4096):
+                return  # the process that started us closed our stdin, or ended
+            if listener in ready:
+                conn, _ = listener.accept()
+                with conn:
+                    _fork_daemon(conn, listener)
+    finally:
+        listener.close()
+        os.unlink(path)
+
+
+def import_idly(modules: tuple[str, ...]) -> None:
+    """Import `modules` on this thread at idle priority where the OS has one: the JVM and
+    the driver, starting meanwhile, go first; this takes the CPU time they leave."""
+    if hasattr(os, "sched_setscheduler"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
+    for module in modules:
+        with contextlib.suppress(ImportError):  # a worker that needs it will say so
+            importlib.import_module(module)
+
+
+def _fork_daemon(conn: socket.socket, listener: socket.socket) -> None:
+    """Read one request and fork a child that runs pyspark's daemon on its streams; a
+    request whose path finds another pyspark than ours is closed unanswered."""
+    header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+    try:
+        header += _read_exactly(conn, _HEADER.size - len(header)) or b""
+        (size,) = _HEADER.unpack(header)
+        request: dict[str, Any] = json.loads(_read_exactly(conn, size) or b"null")
+        if len(fds) != 3 or not request or request["pyspark"] != _own_pyspark():
+            return
+        if os.fork() == 0:
+            _run_daemon(conn, listener, fds, request)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _own_pyspark() -> str | None:
+    """The file of the pyspark this server imported (or would import)."""
+    spec = importlib.util.find_spec("pyspark")
+    return os.path.realpath(spec.origin) if spec is not None and spec.origin else None
+
+
+def _run_daemon(
+    conn: socket.socket, listener: socket.socket, fds: list[int], request: dict[str, Any]
+) -> None:
+    """In the forked child: take the daemon's streams, environment, folder and path, tell
+    it our pid, and run pyspark's daemon until it exits. Never returns."""
+    code = 1
+    try:
+        listener.close()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        sys.path[:] = request["path"]
+        for number in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+        conn.sendall(_HEADER.pack(os.getpid()))
+        from pyspark.daemon import manager
+
+        manager()
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code if isinstance(stopped.code, int) else 1
+    except BaseException:
+        traceback.print_exc()  # to the daemon's stderr: Spark's executor log
+    finally:
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], tuple(sys.argv[2:]))
