@@ -143,12 +143,14 @@ def test_the_server_ends_and_removes_its_socket_when_its_stdin_closes(
 
 
 def preloaded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Which PRELOAD modules a task finds imported before it imports anything, and the
-    process its daemon was forked from."""
+    """Whether a task finds the PRELOAD modules imported (and the cooccur kernels compiled)
+    before it imports anything, and the process its daemon was forked from."""
     import os
     import sys
 
-    found = all(m in sys.modules for m in forkserver.PRELOAD)
+    modules = [entry.partition(":")[0] for entry in forkserver.PRELOAD]
+    kernels = sys.modules.get("embedpipe.corpus.kernels")
+    found = all(m in sys.modules for m in modules) and bool(kernels.count_windows.signatures)
     for _ in batches:
         pass
     stat = Path(f"/proc/{os.getppid()}/stat").read_text()

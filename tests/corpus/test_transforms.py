@@ -1,6 +1,7 @@
 """The Arrow/numpy kernels of the stages against plain-Python references (no Spark)."""
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -175,3 +176,45 @@ def test_blocks_carry_runs_to_their_groups(
     want = {(r << 32) | c: w for (r, c), w in reference_cooccur(sequences, window).items()}
     assert got.keys() == want.keys()
     assert all(np.isclose(got[k], v) for k, v in want.items())
+
+
+# In a fresh interpreter: the kernels' signatures after `warm_up`, then after a map task's
+# and a reduce task's work on ids read from Parquet, as the stage's tasks read them.
+_WARM_UP_THEN_TASKS = """
+import sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+from embedpipe.corpus import cooccur, kernels
+
+def signatures():
+    return {n: len(f.signatures) for n in dir(kernels) if hasattr(f := getattr(kernels, n), "signatures")}
+
+cooccur.warm_up()
+warm = signatures()
+rng = np.random.default_rng(0)
+lists = [rng.integers(0, 300, int(n)).tolist() for n in rng.integers(0, 40, 200)]
+pq.write_table(pa.table({"ids": pa.array(lists, pa.list_(pa.int32()))}), sys.argv[1])
+ids = pq.read_table(sys.argv[1]).column("ids").combine_chunks()
+counter = cooccur.PairCounter(10, 300, dense_cells=1000, sparse_keys=500)
+counter.add(ids)
+keys, units, starts = counter.drain(4)
+blocks = list(cooccur.block_rows(keys, units, starts, [0, 150, 300], 0))
+cooccur.merge_blocks(pa.Table.from_batches(blocks))
+public = [v for n, v in warm.items() if not n.startswith("_")]  # not the inlined helpers
+print(warm == signatures() and all(public), warm, signatures())
+"""
+
+
+def test_warm_up_compiles_what_the_tasks_run(tmp_path: Path) -> None:
+    """The fork server runs `warm_up` so workers inherit compiled kernels: it must compile
+    them for the tasks' own argument types, or each worker would compile again."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text(_WARM_UP_THEN_TASKS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ids.parquet")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True"), done.stdout

@@ -173,6 +173,22 @@ class PairCounter:
         return _kernels().ordered_by_shard(left, right, units, self.vocab_size, shards)
 
 
+def warm_up(window: int = CooccurConfig().window) -> None:
+    """Run every kernel the stage's tasks run, on a few ids and the tasks' own argument
+    types, so that this process holds their machine code: the fork server calls it, and
+    the workers forked from it count from their first batch (no numba set-up, no cache
+    loading, in each of them)."""
+    ids = pa.ListArray.from_arrays(
+        pa.array([0, 5, 9], pa.int32()), pa.array([5, 6, 7, 5, 6, 7, 5, 6, 7], pa.int32())
+    )
+    for dense_cells in (DENSE_CELLS, 0):  # the dense table, then only sorted runs
+        counter = PairCounter(window, 8, dense_cells=dense_cells, sparse_keys=2 * window)
+        counter.add(ids)
+        counter.add(ids)  # a second run: runs are merged
+        blocks = block_rows(*counter.drain(2), [0, 8], 0)  # Arrow blocks, as shuffled
+        merge_blocks(pa.Table.from_batches(list(blocks), _BLOCK_SCHEMA))
+
+
 def count_pairs(
     ids: pa.ListArray, window: int, vocab_size: int | None = None, dense_cells: int = DENSE_CELLS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

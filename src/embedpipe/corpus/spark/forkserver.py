@@ -45,14 +45,15 @@ ENV = "EMBEDPIPE_SPARK_FORKSERVER"
 OFF = "off"
 SOCKET = "forkserver.sock"
 # What every worker of a local session imports: pyspark's daemon and worker, pandas
-# (through pyarrow), the stages' task code and the cooccur kernels (numba).
+# (through pyarrow) and the stages' task code; `module:function` also calls the function:
+# the cooccur kernels (numba) loaded and run once.
 PRELOAD = (
     "pyspark.daemon",
     "pyspark.worker",
     "pandas",
     "pyarrow.parquet",
     "embedpipe.corpus.stages",
-    "embedpipe.corpus.kernels",
+    "embedpipe.corpus.cooccur:warm_up",
 )
 _HEADER = struct.Struct("!I")
 _server: subprocess.Popen[bytes] | None = None
@@ -201,14 +202,20 @@ def serve(path: str, preload: tuple[str, ...]) -> None:
 
 
 def import_idly(modules: tuple[str, ...]) -> None:
-    """Import `modules` on this thread at idle priority where the OS has one: the JVM and
-    the driver, starting meanwhile, go first; this takes the CPU time they leave."""
+    """Import `modules` (and call `module:function` entries) on this thread at idle
+    priority where the OS has one: the JVM and the driver, starting meanwhile, go first;
+    this takes the CPU time they leave. What fails is printed; the server still serves."""
     if hasattr(os, "sched_setscheduler"):
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
-    for module in modules:
-        with contextlib.suppress(ImportError):  # a worker that needs it will say so
-            importlib.import_module(module)
+    for entry in modules:
+        module, _, function = entry.partition(":")
+        try:
+            loaded = importlib.import_module(module)
+            if function:
+                getattr(loaded, function)()
+        except Exception:  # noqa: BLE001 - a worker that needs it will fail and say so
+            traceback.print_exc()
 
 
 def _fork_daemon(conn: socket.socket, listener: socket.socket) -> None:
