@@ -272,3 +272,4 @@ def _run_daemon(
 
 if __name__ == "__main__":
     serve(sys.argv[1], tuple(sys.argv[2:]))
+    os._exit(0)  # a helper with nothing to finalize: tearing down its imports takes ~0.5 s
