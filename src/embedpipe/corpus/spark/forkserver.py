@@ -60,8 +60,10 @@ _server: subprocess.Popen[bytes] | None = None
 
 
 def supported() -> bool:
-    """Whether this OS can fork and pass file descriptors (not Windows)."""
-    return hasattr(os, "fork") and hasattr(socket, "send_fds")
+    """Linux only: it forks after importing numpy, pandas and numba (and running numba's
+    LLVM), which is tested there; macOS libraries may not survive a fork (Objective-C's
+    fork-safety checks), and Windows cannot fork. Elsewhere pyspark's daemon runs as before."""
+    return sys.platform == "linux" and hasattr(socket, "send_fds")
 
 
 def spawn(path: str, preload: tuple[str, ...] = PRELOAD) -> subprocess.Popen[bytes]:
