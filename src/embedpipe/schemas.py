@@ -7,18 +7,12 @@ Ids are int32, counts int64, weights float32.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pyarrow as pa
 
 # Special tokens, always the first ids of a vocabulary, in this order.
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
 PAD_ID, UNK_ID = 0, 1
-
-# The formats `embedpipe artefacts export` writes (declared here, where the CLI can read them
-# without importing the artefacts package).
-ExportFormat = Literal["w2v-text", "w2v-binary", "parquet", "hf", "sentence-transformers"]
 
 # Column names.
 TEXT = "text"

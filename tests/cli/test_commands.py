@@ -396,3 +396,17 @@ def test_prepare_loads_no_kernel_compiler_or_artefact_code() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_command_line_starts_without_numpy_or_pyarrow() -> None:
+    """Until a command needs them, the command line loads neither: `prepare` launches
+    Spark's JVM first, and imports them while it starts."""
+    code = (
+        "import sys\n"
+        "import embedpipe.cli\n"
+        "import embedpipe.corpus.spark.session\n"
+        "print(sorted(m for m in ('numpy', 'pyarrow', 'pandas') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

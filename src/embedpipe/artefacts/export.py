@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from embedpipe.artefacts.huggingface import export_sentence_transformers, export_transformers
 from embedpipe.artefacts.loader import Embeddings, read_embeddings
 from embedpipe.artefacts.store import Location, as_location, filesystem
-from embedpipe.schemas import SPECIAL_TOKENS, VECTOR, VECTORS_SCHEMA, ExportFormat
+from embedpipe.formats import ExportFormat
+from embedpipe.schemas import SPECIAL_TOKENS, VECTOR, VECTORS_SCHEMA
 
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
 

@@ -12,7 +12,7 @@ import typer
 
 from embedpipe.cli.options import Json, Name, Store, Version
 from embedpipe.cli.output import print_json
-from embedpipe.schemas import ExportFormat  # the one list of formats
+from embedpipe.formats import ExportFormat  # the one list of formats
 
 app = typer.Typer(
     help="List, show, verify, diff, alias, delete, gc and export artefacts.",
