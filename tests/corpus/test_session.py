@@ -3,8 +3,11 @@ progress bar."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +90,29 @@ def test_session_imports_run_on_a_thread(tmp_path, monkeypatch) -> None:
     thread.join(10)
     assert sys.modules["slow_session_module"].VALUE == 7
     assert "no_such_module_here" not in sys.modules
+
+
+def test_the_jvm_connection_is_closed_at_exit(tmp_path: Path) -> None:
+    """A process that started the JVM closes its connection at exit (`close_gateway`),
+    and later exit handlers find it closed; the command still exits 0."""
+    script = tmp_path / "session.py"
+    script.write_text(
+        "import atexit\n"
+        "from embedpipe.config import SparkConfig\n"
+        "from embedpipe.corpus.spark.session import get_spark\n"
+        "def after_ours():\n"
+        "    from pyspark import SparkContext\n"
+        "    try:\n"
+        "        SparkContext._gateway.jvm.System.currentTimeMillis()\n"
+        "        print('open')\n"
+        "    except Exception:\n"
+        "        print('closed')\n"
+        "atexit.register(after_ours)  # registered first: runs after the session's handler\n"
+        "spark = get_spark(SparkConfig(master='local[1]', driver_memory='512m'))\n"
+        "print(spark.range(3).count())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["3", "closed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import os
@@ -66,6 +67,15 @@ def import_while_jvm_starts() -> None:
         ).start()
 
 
+def close_gateway() -> None:
+    """At exit, close this process's connection to the JVM it started, before the
+    interpreter's teardown does. The JVM exits when its stdin closes, as before, and spends
+    less time doing so when its Python side has said goodbye (README, whole `prepare`)."""
+    gateway = SparkContext._gateway
+    if gateway is not None:
+        gateway.shutdown()
+
+
 def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") -> SparkSession:
     """Get or create the session; workers use this interpreter so Arrow batches find pyarrow."""
     check_java()
@@ -81,6 +91,8 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)
+        if SparkContext._gateway is None:  # this process is about to start the JVM
+            atexit.register(close_gateway)
         if config.master.startswith("local") and os.environ["PYSPARK_PYTHON"] == sys.executable:
             # Workers that import the installed pyspark, not SPARK_HOME's zip (`daemon`),
             # forked from a process that imported their modules while the JVM started.
