@@ -143,14 +143,16 @@ def test_the_server_ends_and_removes_its_socket_when_its_stdin_closes(
 
 
 def preloaded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Whether a task finds the PRELOAD modules imported (and the cooccur kernels compiled)
-    before it imports anything, and the process its daemon was forked from."""
+    """Whether a task finds the PRELOAD modules imported (the cooccur kernels compiled, the
+    server's objects frozen) before it imports anything, and where its daemon forked from."""
+    import gc
     import os
     import sys
 
     modules = [entry.partition(":")[0] for entry in forkserver.PRELOAD]
     kernels = sys.modules.get("embedpipe.corpus.kernels")
     found = all(m in sys.modules for m in modules) and bool(kernels.count_windows.signatures)
+    found = found and gc.get_freeze_count() > 0  # what it imported is out of gc's way
     for _ in batches:
         pass
     stat = Path(f"/proc/{os.getppid()}/stat").read_text()

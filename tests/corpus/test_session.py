@@ -92,27 +92,25 @@ def test_session_imports_run_on_a_thread(tmp_path, monkeypatch) -> None:
     assert "no_such_module_here" not in sys.modules
 
 
-def test_the_jvm_connection_is_closed_at_exit(tmp_path: Path) -> None:
-    """A process that started the JVM closes its connection at exit (`close_gateway`),
-    and later exit handlers find it closed; the command still exits 0."""
-    script = tmp_path / "session.py"
+def test_the_command_closes_the_jvm_link_of_a_session_it_started(tmp_path: Path) -> None:
+    """`embedpipe` (`embedpipe.__main__`) shuts py4j's link to the JVM it started down as
+    its last act (`close_gateway`): the JVM then leaves sooner once the command exits."""
+    script = tmp_path / "command.py"
     script.write_text(
-        "import atexit\n"
+        "import embedpipe.cli\n"
         "from embedpipe.config import SparkConfig\n"
         "from embedpipe.corpus.spark.session import get_spark\n"
-        "def after_ours():\n"
-        "    from pyspark import SparkContext\n"
-        "    try:\n"
-        "        SparkContext._gateway.jvm.System.currentTimeMillis()\n"
-        "        print('open')\n"
-        "    except Exception:\n"
-        "        print('closed')\n"
-        "atexit.register(after_ours)  # registered first: runs after the session's handler\n"
-        "spark = get_spark(SparkConfig(master='local[1]', driver_memory='512m'))\n"
-        "print(spark.range(3).count())\n"
+        "def a_command():\n"
+        "    spark = get_spark(SparkConfig(master='local[1]', driver_memory='512m'))\n"
+        "    print(spark.range(3).count())\n"
+        "embedpipe.cli.main = a_command\n"
+        "from embedpipe.__main__ import main\n"
+        "from pyspark import SparkContext\n"
+        "main()\n"
+        "print(SparkContext._gateway._gateway_client.is_connected)\n"
     )
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["3", "closed"]
+    assert done.stdout.split() == ["3", "False"]

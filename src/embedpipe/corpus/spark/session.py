@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import importlib.util
 import os
@@ -68,11 +67,13 @@ def import_while_jvm_starts() -> None:
 
 
 def close_gateway() -> None:
-    """At exit, close this process's connection to the JVM it started, before the
-    interpreter's teardown does. The JVM exits when its stdin closes, as before, and spends
-    less time doing so when its Python side has said goodbye (README, whole `prepare`)."""
+    """Shut down py4j's link to the JVM this process started, as a command's last act: the
+    JVM exits when the process ends (its stdin closes), as before, but spends less time
+    doing so once its Python side has said goodbye (README, whole `prepare`). Nothing may
+    call the JVM afterwards: py4j would wait on it forever. Not for spark-submit's driver,
+    whose JVM is spark-submit's."""
     gateway = SparkContext._gateway
-    if gateway is not None:
+    if gateway is not None and "PYSPARK_GATEWAY_PORT" not in os.environ:
         gateway.shutdown()
 
 
@@ -91,8 +92,6 @@ def get_spark(config: SparkConfig = SparkConfig(), app_name: str = "embedpipe") 
     )
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master(config.master)
-        if SparkContext._gateway is None:  # this process is about to start the JVM
-            atexit.register(close_gateway)
         if config.master.startswith("local") and os.environ["PYSPARK_PYTHON"] == sys.executable:
             # Workers that import the installed pyspark, not SPARK_HOME's zip (`daemon`),
             # forked from a process that imported their modules while the JVM started.
