@@ -1,6 +1,7 @@
 """The CLI on a tiny published artefact: neighbors, evaluate with a user pairs file,
 artefacts; and how it fails: one line on stderr, exit 2 (command line, config) or 1."""
 
+import ast
 import json
 import os
 import subprocess
@@ -383,30 +384,27 @@ def test_prepare_takes_stages_or_all_not_both(capsys: pytest.CaptureFixture[str]
     assert "give --stage or --all, not both" in error_line(capsys)
 
 
+def loaded_after(statements: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `statements`."""
+    code = f"import sys\n{statements}\nprint(sorted(m for m in {modules!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return ast.literal_eval(done.stdout.strip())
+
+
 def test_prepare_loads_no_kernel_compiler_or_artefact_code() -> None:
     """The driver of `prepare` plans the stages; numba (the tasks' kernels) and the
     artefacts package (other commands') stay unloaded: they are start-up time."""
-    code = (
-        "import sys\n"
+    plans = (
         "import embedpipe.cli\n"
         "from embedpipe.corpus.registry import STAGES\n"
-        "functions = [stage.load() for stage in STAGES.values()]\n"
-        "print(sorted(m for m in ('numba', 'embedpipe.artefacts', 'torch') if m in sys.modules))\n"
+        "functions = [stage.load() for stage in STAGES.values()]"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert loaded_after(plans, ("numba", "embedpipe.artefacts", "torch")) == []
 
 
 def test_the_command_line_starts_without_numpy_or_pyarrow() -> None:
     """Until a command needs them, the command line loads neither: `prepare` launches
     Spark's JVM first, and imports them while it starts."""
-    code = (
-        "import sys\n"
-        "import embedpipe.cli\n"
-        "import embedpipe.corpus.spark.session\n"
-        "print(sorted(m for m in ('numpy', 'pyarrow', 'pandas') if m in sys.modules))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    starts = "import embedpipe.cli\nimport embedpipe.corpus.spark.session"
+    assert loaded_after(starts, ("numpy", "pyarrow", "pandas")) == []

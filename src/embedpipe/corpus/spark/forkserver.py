@@ -45,6 +45,7 @@ from typing import Any
 ENV = "EMBEDPIPE_SPARK_FORKSERVER"
 OFF = "off"
 SOCKET = "forkserver.sock"
+FOLDER_PREFIX = "embedpipe-forkserver-"  # `start`'s folders, which the server removes
 # What every worker of a local session imports: pyspark's daemon and worker, pandas
 # (through pyarrow) and the stages' task code; `module:function` also calls the function:
 # the cooccur kernels (numba) loaded and run once.
@@ -86,7 +87,7 @@ def start() -> str | None:
         return None
     if _server is not None and _server.poll() is None:
         return os.environ[ENV]
-    path = os.path.join(tempfile.mkdtemp(prefix="embedpipe-forkserver-"), SOCKET)
+    path = os.path.join(tempfile.mkdtemp(prefix=FOLDER_PREFIX), SOCKET)
     _server = spawn(path)
     os.environ[ENV] = path
     atexit.register(stop)
@@ -106,7 +107,7 @@ def stop() -> None:
     except subprocess.TimeoutExpired:
         server.kill()
     path = os.environ.pop(ENV, "")
-    if path.endswith(SOCKET):
+    if path.endswith(SOCKET):  # the server removes it; not if it was killed
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
@@ -205,6 +206,10 @@ def serve(path: str, preload: tuple[str, ...]) -> None:
     finally:
         listener.close()
         os.unlink(path)
+        folder = os.path.dirname(path)
+        if os.path.basename(folder).startswith(FOLDER_PREFIX):  # even if the driver died
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def import_idly(modules: tuple[str, ...]) -> None:
