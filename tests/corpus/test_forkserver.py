@@ -111,7 +111,7 @@ def test_sigterm_to_the_launched_daemon_stops_the_forked_one(
 
 
 def test_without_a_server_the_daemon_runs_pyspark_itself(short_dir: Path) -> None:
-    assert forkserver.request_daemon(str(short_dir / "none.sock"), sys.path) is None
+    assert forkserver.request_daemon(str(short_dir / "none.sock"), sys.path) is False
     daemon = launch_daemon(str(short_dir / "none.sock"), short_dir)
     listening = listening_socket(daemon)
     assert Path(listening).exists()
@@ -129,7 +129,7 @@ def test_a_request_for_another_pyspark_is_refused(
     other = tmp_path / "other"
     (other / "pyspark").mkdir(parents=True)
     (other / "pyspark" / "__init__.py").write_text("")
-    assert forkserver.request_daemon(path, [str(other), *sys.path]) is None
+    assert forkserver.request_daemon(path, [str(other), *sys.path]) is False
 
 
 def test_the_server_ends_and_removes_its_socket_when_its_stdin_closes(

@@ -56,7 +56,7 @@ if __name__ == "__main__":
     from embedpipe.corpus.spark import forkserver
 
     server = os.environ.get(forkserver.ENV, forkserver.OFF)
-    if server == forkserver.OFF or forkserver.request_daemon(server, sys.path) is None:
+    if server == forkserver.OFF or not forkserver.request_daemon(server, sys.path):
         from pyspark.daemon import manager
 
         manager()

@@ -26,7 +26,6 @@ import contextlib
 import gc
 import importlib
 import importlib.machinery
-import importlib.util
 import json
 import os
 import select
@@ -117,9 +116,9 @@ def pyspark_origin(path: list[str]) -> str | None:
     return os.path.realpath(spec.origin) if spec is not None and spec.origin else None
 
 
-def request_daemon(path: str, sys_path: list[str]) -> int | None:
+def request_daemon(path: str, sys_path: list[str]) -> bool:
     """Have the server at `path` fork a daemon on this process's standard streams and wait
-    for it to end (0), or None, nothing handed over, when no server takes the request."""
+    for it to end (True), or False, nothing handed over, when no server takes the request."""
     request = {
         "env": dict(os.environ),
         "cwd": os.getcwd(),
@@ -133,7 +132,7 @@ def request_daemon(path: str, sys_path: list[str]) -> int | None:
     try:
         daemon = _hand_over(path, data)
         if daemon is None:
-            return None
+            return False
         pid, conn = daemon
 
         def pass_on(number: int, _: Any) -> None:
@@ -148,7 +147,7 @@ def request_daemon(path: str, sys_path: list[str]) -> int | None:
     with conn:
         while conn.recv(4096):  # the daemon holds the connection open until it ends
             pass
-    return 0
+    return True
 
 
 def _hand_over(path: str, data: bytes) -> tuple[int, socket.socket] | None:
@@ -237,19 +236,13 @@ def _fork_daemon(conn: socket.socket, listener: socket.socket) -> None:
         header += _read_exactly(conn, _HEADER.size - len(header)) or b""
         (size,) = _HEADER.unpack(header)
         request: dict[str, Any] = json.loads(_read_exactly(conn, size) or b"null")
-        if len(fds) != 3 or not request or request["pyspark"] != _own_pyspark():
+        if len(fds) != 3 or not request or request["pyspark"] != pyspark_origin(sys.path):
             return
         if os.fork() == 0:
             _run_daemon(conn, listener, fds, request)
     finally:
         for fd in fds:
             os.close(fd)
-
-
-def _own_pyspark() -> str | None:
-    """The file of the pyspark this server imported (or would import)."""
-    spec = importlib.util.find_spec("pyspark")
-    return os.path.realpath(spec.origin) if spec is not None and spec.origin else None
 
 
 def _run_daemon(
@@ -283,4 +276,4 @@ def _run_daemon(
 
 if __name__ == "__main__":
     serve(sys.argv[1], tuple(sys.argv[2:]))
-    os._exit(0)  # a helper with nothing to finalize: tearing down its imports takes ~0.5 s
+    os._exit(0)  # a helper with nothing to finalize: skip tearing down its imports
