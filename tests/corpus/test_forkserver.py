@@ -176,3 +176,18 @@ def test_off_keeps_pysparks_own_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(forkserver.ENV, forkserver.OFF)
     assert forkserver.start() is None
     assert os.environ[forkserver.ENV] == forkserver.OFF
+
+
+def test_the_address_is_chosen_once_and_stop_removes_its_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JVM is launched with the socket's path before the server starts; a server that
+    never started leaves no folder behind once the process stops it."""
+    monkeypatch.delenv(forkserver.ENV, raising=False)
+    monkeypatch.setattr(forkserver, "_path", None)  # not this test process's own session's
+    monkeypatch.setattr(forkserver, "_server", None)
+    path = forkserver.address()
+    assert path is not None and os.environ[forkserver.ENV] == path
+    assert forkserver.address() == path and os.path.isdir(os.path.dirname(path))
+    forkserver.stop()
+    assert not os.path.exists(os.path.dirname(path)) and forkserver.ENV not in os.environ

@@ -3,6 +3,7 @@ progress bar."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -64,32 +65,91 @@ def test_many_input_files_are_checked_by_a_few_tasks_per_core(spark, tmp_path) -
     assert tasks and max(tasks) <= 4 * context.defaultParallelism
 
 
-def test_session_imports_run_on_a_thread(tmp_path, monkeypatch) -> None:
-    """The modules the session's first Java call imports are imported on a thread, so the
-    JVM's start-up and their import overlap; a missing or imported module is skipped."""
-    import sys
-    import types
+# A driver that starts a local session: what it launched and forked, and what its workers
+# found. `threaded` starts a thread of its own first (as Prefect or a notebook would).
+STARTUP_SCRIPT = """
+import json, os, sys, threading
+from pathlib import Path
 
-    from embedpipe.corpus.spark import session
+from embedpipe.corpus.spark import forkserver, jvm
 
-    gate = types.ModuleType("session_import_gate")
-    gate.event = threading.Event()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "session_import_gate", gate)
-    (tmp_path / "slow_session_module.py").write_text(
-        "import session_import_gate\nsession_import_gate.event.wait(10)\nVALUE = 7\n"
+if sys.argv[1] == "threaded":
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, daemon=True).start()
+pyspark_at_launch = []
+launch = jvm.launch
+jvm.launch = lambda properties: pyspark_at_launch.append("pyspark" in sys.modules) or launch(
+    properties
+)
+
+from embedpipe.config import SparkConfig
+from embedpipe.corpus.spark.session import get_spark
+
+spark = get_spark(SparkConfig(master="local[2]", driver_memory="600m"))
+from pyspark import SparkContext
+
+
+def parent(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def where(batches):
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    preloaded = all(m.partition(":")[0] in sys.modules for m in forkserver.PRELOAD)
+    yield pa.RecordBatch.from_pylist([{"daemon_parent": parent(os.getppid()), "preloaded": preloaded}])
+
+
+rows = spark.range(0, 2, numPartitions=2).mapInArrow(where, "daemon_parent long, preloaded boolean").collect()
+runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()
+server = forkserver._server
+print(json.dumps({
+    "pyspark_at_launch": pyspark_at_launch,
+    "jvm_is_launched": SparkContext._gateway.proc.args[0].endswith("spark-submit"),
+    "max_heap_mib": runtime.maxMemory() / 2**20,
+    "server": type(server).__name__,
+    "server_parent": parent(server.pid),
+    "driver": os.getpid(),
+    "daemon_parents": sorted({r["daemon_parent"] for r in rows}),
+    "preloaded": all(r["preloaded"] for r in rows),
+    "server_pid": server.pid,
+}))
+"""
+
+
+def start_a_session(tmp_path: Path, mode: str) -> dict[str, object]:
+    script = tmp_path / "driver.py"
+    script.write_text(STARTUP_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), mode], capture_output=True, text=True, timeout=300
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "slow_session_module", raising=False)
-    monkeypatch.setattr(
-        session, "SESSION_IMPORTS", ("slow_session_module", "json", "no_such_module_here")
-    )
-    session.import_while_jvm_starts()  # returns while the import still waits at the gate
-    thread = next(t for t in threading.enumerate() if t.name == "embedpipe-session-imports")
-    assert thread.is_alive()
-    gate.event.set()  # type: ignore[attr-defined]
-    thread.join(10)
-    assert sys.modules["slow_session_module"].VALUE == 7
-    assert "no_such_module_here" not in sys.modules
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_session_launches_its_jvm_first_and_forks_the_workers_server(tmp_path: Path) -> None:
+    """The JVM is launched before pyspark is imported, with the session's properties (its
+    heap is the configured 600m); the workers' server is forked from the driver (which had
+    no other thread) and their daemon from it, with PRELOAD imported."""
+    seen = start_a_session(tmp_path, "alone")
+    assert seen["pyspark_at_launch"] == [False]
+    assert seen["jvm_is_launched"] is True
+    assert 400 < seen["max_heap_mib"] <= 600  # type: ignore[operator]
+    assert seen["server"] == "ForkedServer" and seen["server_parent"] == seen["driver"]
+    assert seen["daemon_parents"] == [seen["server_pid"]] and seen["preloaded"] is True
+
+
+@pytest.mark.slow
+def test_a_driver_with_threads_of_its_own_spawns_the_workers_server(tmp_path: Path) -> None:
+    """A process whose own threads might be importing is not forked: the server is a new
+    interpreter (spawned), and the workers still fork from it with PRELOAD imported."""
+    seen = start_a_session(tmp_path, "threaded")
+    assert seen["pyspark_at_launch"] == [False]
+    assert seen["server"] == "Popen" and seen["server_parent"] == seen["driver"]
+    assert seen["daemon_parents"] == [seen["server_pid"]] and seen["preloaded"] is True
 
 
 def test_the_command_closes_the_jvm_link_of_a_session_it_started(tmp_path: Path) -> None:

@@ -54,6 +54,12 @@ def prepare(
     else:
         stages = list(STAGES) if all_stages else corpus_stages(run_config.train.model)
     live = live_progress()
+    if live and not run_config.spark.submit:
+        # The session before the live bar's threads: the workers' server forks from this
+        # process only where no other thread runs (corpus.spark.session).
+        from embedpipe.corpus.spark.session import get_spark
+
+        get_spark(run_config.spark)
     poll = None if run_config.spark.submit or not live else _session_tasks
     with StageProgress(stages, live, poll) as bar:
         launch_stages(stages, run_config, log=bar.log, started=bar.start, done=bar.done)

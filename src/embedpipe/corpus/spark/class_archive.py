@@ -20,8 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pyspark
-
+from embedpipe.corpus.spark.daemon import installed_pyspark_dir
 from embedpipe.user_cache import user_cache
 
 # Logging off: a stale archive is skipped without a warning on every session start.
@@ -30,19 +29,24 @@ MODULE = "embedpipe.corpus.spark.class_archive"  # `__name__` is "__main__" unde
 
 
 def archive_path() -> Path | None:
-    """Where this pyspark's and this Java's archive lives; None where there is no Java."""
+    """Where this pyspark's and this Java's archive lives; None where there is no Java or
+    no installed pyspark. Its name changes with the Java and the jars (their paths and
+    modification times), without importing pyspark: the session launches its JVM first."""
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if not java or not Path(java).exists():
+    pyspark_dir = installed_pyspark_dir(sys.path)
+    if not java or not Path(java).exists() or pyspark_dir is None:
         return None
     real = Path(java).resolve()
-    jars = Path(pyspark.__file__).parent / "jars"
-    key = f"{pyspark.__version__}|{real}|{real.stat().st_mtime_ns}|{jars}"
+    jars = Path(pyspark_dir) / "jars"
+    if not jars.is_dir():
+        return None
+    key = f"{real}|{real.stat().st_mtime_ns}|{jars}|{jars.stat().st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = user_cache()
     if cache is None:  # no home directory to cache in: sessions start without an archive
         return None
-    return cache / f"spark-{pyspark.__version__}-{digest}.jsa"
+    return cache / f"spark-{digest}.jsa"
 
 
 def java_options() -> str:

@@ -37,8 +37,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
-from typing import Any
+import warnings
+from typing import Any, BinaryIO
 
 # The socket's path, for the daemons Spark launches; a user's `off` keeps pyspark's daemon.
 ENV = "EMBEDPIPE_SPARK_FORKSERVER"
@@ -57,7 +59,8 @@ PRELOAD = (
     "embedpipe.corpus.cooccur:warm_up",
 )
 _HEADER = struct.Struct("!I")
-_server: subprocess.Popen[bytes] | None = None
+_server: subprocess.Popen[bytes] | ForkedServer | None = None
+_path: str | None = None  # the socket of this process's server, once chosen
 
 
 def supported() -> bool:
@@ -78,35 +81,117 @@ def spawn(path: str, preload: tuple[str, ...] = PRELOAD) -> subprocess.Popen[byt
     return subprocess.Popen(command, stdin=subprocess.PIPE, env=env, start_new_session=True)
 
 
-def start() -> str | None:
-    """Start this process's server (once) and point the daemons it launches at it, through
-    ENV in this process's environment (the JVM, started later, passes it on); its path."""
-    global _server
+def address() -> str | None:
+    """The socket path of this process's server, chosen on the first call and put in ENV
+    of this process's environment (the JVM, launched later, passes it on to the daemons);
+    None where the server is off or unsupported. The server may start after the JVM: a
+    daemon that finds no server at the path runs pyspark's daemon itself."""
+    global _path
     if not supported() or os.environ.get(ENV) == OFF:
         return None
-    if _server is not None and _server.poll() is None:
-        return os.environ[ENV]
-    path = os.path.join(tempfile.mkdtemp(prefix=FOLDER_PREFIX), SOCKET)
-    _server = spawn(path)
-    os.environ[ENV] = path
-    atexit.register(stop)
+    if _path is None:
+        _path = os.path.join(tempfile.mkdtemp(prefix=FOLDER_PREFIX), SOCKET)
+        atexit.register(stop)
+    os.environ[ENV] = _path
+    return _path
+
+
+def start(fork: bool = False) -> str | None:
+    """Start this process's server at `address()` (once); its path, None where off.
+
+    `fork`: fork it from this process, which must have no other thread; it then starts
+    with what this process has imported and imports only the rest of PRELOAD. Otherwise
+    a new interpreter imports all of PRELOAD."""
+    global _server
+    path = address()
+    if path is None:
+        return None
+    if _server is None or _server.poll() is not None:
+        _server = fork_server(path) if fork else spawn(path)
     return path
+
+
+class ForkedServer:
+    """A server forked from this process: what `stop` (and the tests) use of a Popen."""
+
+    def __init__(self, pid: int, stdin: BinaryIO) -> None:
+        self.pid = pid
+        self.stdin: BinaryIO | None = stdin  # closing it ends the server
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"fork server {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode  # type: ignore[return-value]
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def fork_server(path: str, preload: tuple[str, ...] = PRELOAD) -> ForkedServer:
+    """Fork a server listening at `path` from this process. The caller makes sure that no
+    other thread of it is importing, or holds a lock the child needs (`session`).
+
+    The child keeps this process's objects out of the garbage collector (none of them is
+    finalised there), closes every descriptor it inherited but the standard streams (a
+    pipe to the JVM held open would keep the JVM alive), opens its own stream objects on
+    them, and runs in its own session, as a spawned one does. Python's hash seed is this process's: pyspark needs one seed
+    across a session's workers, and they all fork from here."""
+    read, write = os.pipe()
+    for stream in (sys.stdout, sys.stderr):  # nothing buffered here is written twice
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with warnings.catch_warnings():  # Python 3.12+ warns of any thread; see the doc above
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; the tests see what it serves
+        code = 1
+        try:
+            gc.freeze()
+            os.setsid()
+            os.dup2(read, 0)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            # Streams of its own on fds 0-2, as a new interpreter's: this process may have
+            # replaced its own (pytest, rich), and pyspark's daemon writes to sys.stdout's.
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            serve(path, preload)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(read)
+    return ForkedServer(pid, os.fdopen(write, "wb"))
 
 
 def stop() -> None:
     """End this process's server and remove its folder."""
-    global _server
+    global _server, _path
     server, _server = _server, None
-    if server is None:
-        return
-    if server.stdin is not None:
-        server.stdin.close()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    path = os.environ.pop(ENV, "")
-    if path.endswith(SOCKET):  # the server removes it; not if it was killed
+    if server is not None:
+        if server.stdin is not None:
+            server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    path, _path = _path, None
+    if path is not None:  # the server removes it; not if it was killed or never started
+        if os.environ.get(ENV) == path:
+            del os.environ[ENV]
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
@@ -185,6 +270,8 @@ def serve(path: str, preload: tuple[str, ...]) -> None:
     is queued) instead of importing on its own."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the forked daemons reap themselves
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):  # a server killed before left its socket
+        os.unlink(path)
     listener.bind(path)
     listener.listen(64)
     try:
@@ -195,8 +282,8 @@ def serve(path: str, preload: tuple[str, ...]) -> None:
         # preloaded objects cost no time there, and their pages stay shared with this one.
         gc.freeze()
         while True:
-            ready, _, _ = select.select([listener, sys.stdin.buffer], [], [])
-            if sys.stdin.buffer in ready and not os.read(sys.stdin.fileno(), 4096):
+            ready, _, _ = select.select([listener, 0], [], [])
+            if 0 in ready and not os.read(0, 4096):
                 return  # the process that started us closed our stdin, or ended
             if listener in ready:
                 conn, _ = listener.accept()
