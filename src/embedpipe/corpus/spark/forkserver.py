@@ -1,22 +1,26 @@
-"""A process that imports the Python workers' modules while the JVM starts, then forks the
-worker daemon of each local session from that state.
+"""A process with the Python workers' modules imported, from which the worker daemon of
+each local session forks.
 
 Spark starts a session's Python daemon only when its first Python task runs; the daemon
 then forks a worker per task slot, and every worker imports pyspark's worker, pyarrow,
 pandas (pyarrow's first conversion of a Python value imports it), the stage modules and,
 in the cooccur stage, numba: the same imports in each worker, on the critical path, and
-compiled from source wherever no bytecode is cached. Here the driver starts this server
-before the JVM (`start`), and it imports `PRELOAD` at idle priority, on what CPU the JVM's
-start leaves. The daemon Spark launches (`embedpipe.corpus.spark.daemon`) hands its
-standard streams, environment, working directory and module path to the server
+compiled from source wherever no bytecode is cached. Here the driver names the server's
+socket before it launches the JVM (`address`), then starts the server (`start`): forked
+from itself once its own imports are done, so the server shares them and only imports the
+rest of `PRELOAD` (`fork_server`), or, where the driver runs threads of its own, spawned as
+a new interpreter that imports all of it (`spawn`). It imports at idle priority, on what
+CPU the session's start leaves. The daemon Spark launches (`embedpipe.corpus.spark.daemon`)
+hands its standard streams, environment, working directory and module path to the server
 (`request_daemon`), which forks a child that runs pyspark's daemon, unchanged, with them;
 the workers that daemon forks start with everything imported.
 
 The server serves the process that started it and exits when that process closes its
-standard input (it ends, or calls `stop`). A daemon that cannot reach a server, or whose
-path finds another pyspark than the server's, runs pyspark's daemon itself, as before.
-The socket lives in a private temporary folder (mode 0700), so only its user reaches it.
-Imports nothing but the standard library: the daemon imports it before fixing its path.
+end of the server's stdin pipe (it ends, or calls `stop`). A daemon that cannot reach a
+server, or whose path finds another pyspark than the server's, runs pyspark's daemon
+itself, as before. The socket lives in a private temporary folder (mode 0700), so only its
+user reaches it. Imports nothing but the standard library: the daemon imports it before
+fixing its path.
 """
 
 from __future__ import annotations
