@@ -1,16 +1,19 @@
-"""What code produced an output: the package version, a hash of its source and the git revision."""
+"""What code produced an output: the package version, a hash of its source and the git revision.
+
+Every embedpipe process imports this module (the package's `__version__`), among them the
+worker daemon Spark launches for each session, so what only the hash and the revision need
+is imported when they are asked for.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import subprocess
-import zipfile
-from pathlib import Path
+import os
 
 __version__ = "0.1.0"
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 
 
 @functools.cache
@@ -28,13 +31,17 @@ def source_hash() -> str:
 
 def _source_files() -> list[tuple[str, bytes]]:
     """(path relative to the package, bytes) of every .py file of the package."""
-    if _PACKAGE_DIR.is_dir():
+    import zipfile
+    from pathlib import Path
+
+    package = Path(_PACKAGE_DIR)
+    if package.is_dir():
         return [
-            (path.relative_to(_PACKAGE_DIR).as_posix(), path.read_bytes())
-            for path in _PACKAGE_DIR.rglob("*.py")
+            (path.relative_to(package).as_posix(), path.read_bytes())
+            for path in package.rglob("*.py")
         ]
-    archive = next(p for p in _PACKAGE_DIR.parents if p.is_file())  # the zip imported from
-    inside = _PACKAGE_DIR.relative_to(archive).as_posix() + "/"
+    archive = next(p for p in package.parents if p.is_file())  # the zip imported from
+    inside = package.relative_to(archive).as_posix() + "/"
     with zipfile.ZipFile(archive) as zf:
         return [
             (name.removeprefix(inside), zf.read(name))
@@ -46,6 +53,8 @@ def _source_files() -> list[tuple[str, bytes]]:
 @functools.cache
 def git_revision() -> str | None:
     """The git commit of the checkout the package runs from, if it runs from one."""
+    import subprocess
+
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

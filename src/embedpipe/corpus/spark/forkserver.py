@@ -52,13 +52,14 @@ OFF = "off"
 SOCKET = "forkserver.sock"
 FOLDER_PREFIX = "embedpipe-forkserver-"  # `start`'s folders, which the server removes
 # What every worker of a local session imports: pyspark's daemon and worker, pandas
-# (through pyarrow) and the stages' task code; `module:function` also calls the function:
-# the cooccur kernels (numba) loaded and run once.
+# (through pyarrow), pyarrow's Parquet and dataset readers and the stages' task code;
+# `module:function` also calls the function: the cooccur kernels (numba) loaded and run once.
 PRELOAD = (
     "pyspark.daemon",
     "pyspark.worker",
     "pandas",
     "pyarrow.parquet",
+    "pyarrow.dataset",
     "embedpipe.corpus.stages",
     "embedpipe.corpus.cooccur:warm_up",
 )

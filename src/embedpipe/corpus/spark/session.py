@@ -32,12 +32,13 @@ if TYPE_CHECKING:
 
 DAEMON_MODULE = "embedpipe.corpus.spark.daemon"
 # What the driver imports on a thread while its JVM starts: pandas, which pyspark's
-# mapInArrow requires; the Parquet module and the stages, which the stages' driver code
-# imports; pyspark's daemon and worker, which only the workers use, so that the fork server
-# forked from here starts with them too.
+# mapInArrow requires; pyarrow's Parquet and dataset modules and the stages, which the
+# stages' code imports in the driver and in the tasks; pyspark's daemon and worker, which
+# only the workers use, so that the fork server forked from here starts with them too.
 DRIVER_IMPORTS = (
     "pandas",
     "pyarrow.parquet",
+    "pyarrow.dataset",
     "embedpipe.corpus.stages",
     "pyspark.daemon",
     "pyspark.worker",
