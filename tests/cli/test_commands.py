@@ -403,8 +403,9 @@ def test_prepare_loads_no_kernel_compiler_or_artefact_code() -> None:
     assert loaded_after(plans, ("numba", "embedpipe.artefacts", "torch")) == []
 
 
-def test_the_command_line_starts_without_numpy_or_pyarrow() -> None:
-    """Until a command needs them, the command line loads neither: `prepare` launches
-    Spark's JVM first, and imports them while it starts."""
+def test_the_command_line_starts_without_numpy_pyarrow_pyspark_or_rich() -> None:
+    """Until a command needs them, the command line loads none of them: `prepare` launches
+    Spark's JVM first and imports them while it starts; rich only draws a live bar."""
     starts = "import embedpipe.cli\nimport embedpipe.corpus.spark.session"
-    assert loaded_after(starts, ("numpy", "pyarrow", "pandas")) == []
+    modules = ("numpy", "pyarrow", "pandas", "pyspark", "rich")
+    assert loaded_after(starts, modules) == []

@@ -19,19 +19,11 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+if TYPE_CHECKING:  # rich is imported only where a bar is drawn (a command starts sooner)
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
 
 POLL_SECONDS = 0.5  # between two looks at the Spark session's task counts
 # Rank 0's progress line (`train.loop.Loop.log`): the bar shows what it says, so a live
@@ -60,11 +52,19 @@ class LiveBar:
     `log` shows a line of output: above the bar when live, else printed to stdout.
     """
 
-    def __init__(self, live: bool, columns: Sequence[ProgressColumn], console: Console | None):
+    def __init__(
+        self,
+        live: bool,
+        columns: Callable[[], Sequence[ProgressColumn]],
+        console: Console | None,
+    ):
         self.progress: Progress | None = None
         if live:
+            from rich.console import Console
+            from rich.progress import Progress
+
             self.progress = Progress(
-                *columns,
+                *columns(),
                 console=console or Console(stderr=True),
                 redirect_stdout=sys.stdout.isatty(),  # results sent to a file stay there
                 refresh_per_second=4,
@@ -97,6 +97,43 @@ def stage_line(stage: str, manifest: dict[str, Any]) -> str:
     return f"{stage:12s} {state:>8s}  {json.dumps(manifest['counts'])[:160]}"
 
 
+def _stage_columns() -> tuple[ProgressColumn, ...]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+
+
+def _training_columns() -> tuple[ProgressColumn, ...]:
+    from rich.progress import (
+        BarColumn,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return (
+        SpinnerColumn(),
+        TextColumn("train epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+
+
 class StageProgress(LiveBar):
     """`embedpipe prepare`: stage i of n, and the Spark tasks of the running stage when
     `poll` (this process's session) says; each finished stage's line goes to stdout."""
@@ -108,14 +145,7 @@ class StageProgress(LiveBar):
         poll: Callable[[], TaskCounts | None] | None = None,
         console: Console | None = None,
     ) -> None:
-        columns = (
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        super().__init__(live, columns, console)
+        super().__init__(live, _stage_columns, console)
         self.stages, self.poll, self.done_stages = list(stages), poll, 0
         self.stopped = threading.Event()
         self.poller = threading.Thread(target=self._poll_tasks, daemon=True)
@@ -175,15 +205,7 @@ class TrainingProgress(LiveBar):
     `metrics.jsonl` records; the workers' other lines above the bar."""
 
     def __init__(self, metrics: Path, epochs: int, live: bool, console: Console | None = None):
-        columns = (
-            SpinnerColumn(),
-            TextColumn("train epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-        )
-        super().__init__(live, columns, console)
+        super().__init__(live, _training_columns, console)
         self.metrics, self.offset, self.unit = metrics, 0, "words"
         self.last: dict[str, Any] | None = None  # the newest step record
         if self.progress is not None:
