@@ -35,7 +35,9 @@ def test_asking_them_imports_nothing() -> None:
         "from py4j import protocol\n"
         "from embedpipe.corpus.spark.converters import use_imported_numpy_converters\n"
         "use_imported_numpy_converters()\n"
-        "assert not any(c.can_convert('x') for c in protocol.INPUT_CONVERTER if 'Numpy' in type(c).__name__)\n"
+        "numpy_converters = [c for c in protocol.INPUT_CONVERTER if 'Numpy' in type(c).__name__]\n"
+        "assert len(numpy_converters) == 2\n"
+        "assert not any(c.can_convert('x') for c in numpy_converters)\n"
         "print(sorted(m for m in ('pandas', 'pyspark.testing') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -99,10 +99,12 @@ def where(batches):
     for _ in batches:
         pass
     preloaded = all(m.partition(":")[0] in sys.modules for m in forkserver.PRELOAD)
-    yield pa.RecordBatch.from_pylist([{"daemon_parent": parent(os.getppid()), "preloaded": preloaded}])
+    row = {"daemon_parent": parent(os.getppid()), "preloaded": preloaded}
+    yield pa.RecordBatch.from_pylist([row])
 
 
-rows = spark.range(0, 2, numPartitions=2).mapInArrow(where, "daemon_parent long, preloaded boolean").collect()
+schema = "daemon_parent long, preloaded boolean"
+rows = spark.range(0, 2, numPartitions=2).mapInArrow(where, schema).collect()
 runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()
 server = forkserver._server
 print(json.dumps({

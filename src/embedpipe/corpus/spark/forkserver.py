@@ -104,9 +104,9 @@ def address() -> str | None:
 def start(fork: bool = False) -> str | None:
     """Start this process's server at `address()` (once); its path, None where off.
 
-    `fork`: fork it from this process, which must have no other thread; it then starts
-    with what this process has imported and imports only the rest of PRELOAD. Otherwise
-    a new interpreter imports all of PRELOAD."""
+    `fork`: fork it from this process (see `fork_server` for when that is safe); it then
+    starts with what this process has imported and imports only the rest of PRELOAD.
+    Otherwise a new interpreter imports all of PRELOAD."""
     global _server
     path = address()
     if path is None:
@@ -126,7 +126,10 @@ class ForkedServer:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): it has ended
+                pid, status = self.pid, 0
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
@@ -151,8 +154,9 @@ def fork_server(path: str, preload: tuple[str, ...] = PRELOAD) -> ForkedServer:
     The child keeps this process's objects out of the garbage collector (none of them is
     finalised there), closes every descriptor it inherited but the standard streams (a
     pipe to the JVM held open would keep the JVM alive), opens its own stream objects on
-    them, and runs in its own session, as a spawned one does. Python's hash seed is this process's: pyspark needs one seed
-    across a session's workers, and they all fork from here."""
+    them, and runs in its own session, as a spawned one does. Python's hash seed is this
+    process's: pyspark needs one seed across a session's workers, and they all fork from
+    here."""
     read, write = os.pipe()
     for stream in (sys.stdout, sys.stderr):  # nothing buffered here is written twice
         with contextlib.suppress(Exception):
