@@ -76,10 +76,10 @@ from embedpipe.corpus.spark import forkserver, jvm
 if sys.argv[1] == "threaded":
     stop = threading.Event()
     threading.Thread(target=stop.wait, daemon=True).start()
-pyspark_at_launch = []
+pyspark_at_launch, launched = [], []
 launch = jvm.launch
-jvm.launch = lambda properties: pyspark_at_launch.append("pyspark" in sys.modules) or launch(
-    properties
+jvm.launch = lambda properties: pyspark_at_launch.append("pyspark" in sys.modules) or (
+    launched.append(launch(properties)) or launched[-1]
 )
 
 from embedpipe.config import SparkConfig
@@ -109,7 +109,7 @@ runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()
 server = forkserver._server
 print(json.dumps({
     "pyspark_at_launch": pyspark_at_launch,
-    "jvm_is_launched": SparkContext._gateway.proc.args[0].endswith("spark-submit"),
+    "jvm_is_launched": SparkContext._gateway.proc.pid == launched[0].process.pid,
     "max_heap_mib": runtime.maxMemory() / 2**20,
     "server": type(server).__name__,
     "server_parent": parent(server.pid),

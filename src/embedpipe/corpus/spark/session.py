@@ -31,18 +31,11 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 DAEMON_MODULE = "embedpipe.corpus.spark.daemon"
-# What the driver imports on a thread while its JVM starts: pandas, which pyspark's
-# mapInArrow requires; pyarrow's Parquet and dataset modules and the stages, which the
-# stages' code imports in the driver and in the tasks; pyspark's daemon and worker, which
-# only the workers use, so that the fork server forked from here starts with them too.
-DRIVER_IMPORTS = (
-    "pandas",
-    "pyarrow.parquet",
-    "pyarrow.dataset",
-    "embedpipe.corpus.stages",
-    "pyspark.daemon",
-    "pyspark.worker",
-)
+# What the driver imports on a thread while its JVM starts: the workers' modules (the fork
+# server's PRELOAD, but the kernels it runs), so that the server forked from here starts
+# with them. The driver needs most of them itself: pandas (pyspark's mapInArrow requires
+# it), pyarrow's Parquet and dataset modules and the stages.
+DRIVER_IMPORTS = tuple(entry for entry in forkserver.PRELOAD if ":" not in entry)
 
 
 class JavaNotFoundError(RuntimeError):
@@ -153,7 +146,7 @@ class SessionStart:
 
     jvm: jvm.LaunchedJvm | None
     imports: threading.Thread
-    fork_server: bool
+    fork: bool
 
     @classmethod
     def begin(cls, config: SparkConfig, properties: dict[str, str]) -> SessionStart:
@@ -172,14 +165,14 @@ class SessionStart:
             daemon=True,
         )
         imports.start()
-        return cls(launched, imports, fork_server=local and alone)
+        return cls(launched, imports, fork=local and alone)
 
     def start_server(self) -> None:
         """Wait for the driver's imports, then fork the workers' server from this process.
         The only other threads then are the two pyspark starts when it connects (py4j's
         finaliser and the accumulator server), which wait on a queue and a socket."""
         self.imports.join()
-        if self.fork_server:
+        if self.fork:
             forkserver.start(fork=True)
 
 
